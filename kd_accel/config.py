@@ -1,0 +1,137 @@
+"""Run configuration: one dataclass, built from a small common CLI shared by every script.
+
+Presets set defaults, explicit flags override them; the resolved configuration is saved as
+config.json beside the run's outputs.
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .cache import DTYPES
+from .data import DATA_DIR_ENV, DATASETS
+from .errors import KDError
+from .losses import KD_LOSSES
+
+
+@dataclass
+class Config:
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    output_dir: Optional[str] = None
+    run_name: Optional[str] = None
+    seed: int = 0
+    # student recipe (and teacher's in train_teacher.py, where --epochs/--lr are the teacher's)
+    epochs: int = 5
+    batch_size: int = 100
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    # teacher recipe inside distill.py
+    teacher_epochs: int = 5
+    teacher_lr: float = 1e-3
+    teacher_schedule: str = "cosine"
+    # distillation
+    kd_loss: str = "hinton"
+    temperature: float = 4.0
+    alpha: float = 0.5
+    # files
+    teacher: Optional[str] = None
+    logits: Optional[str] = None
+    out: Optional[str] = None
+    cache_dtype: str = "fp32"
+    baseline: bool = True
+    # smoke tests and quick looks: first N samples only
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    mixed_precision: Optional[str] = None
+    preset: str = "default"
+
+    @property
+    def run_dir(self):
+        return Path(self.output_dir or Path("runs") / (self.run_name or self.dataset))
+
+    def to_json(self):
+        return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
+
+
+# The notebook's recipe, loss and hyper-parameters, to reproduce it (see README).
+PRESETS = {
+    "default": {},
+    "notebook": dict(
+        epochs=5, teacher_epochs=5, batch_size=100, lr=1e-3, teacher_lr=1e-3,
+        schedule="constant", teacher_schedule="constant",
+        kd_loss="seed-mse", temperature=1.5, alpha=0.6,
+    ),
+}
+
+# flag name -> help; which flags a script takes is chosen by the script
+FLAGS = {
+    "dataset": dict(choices=sorted(DATASETS), help="data set (default: %(default)s)"),
+    "data_dir": dict(help=f"folder with <DATASET>/raw/*-ubyte[.gz] (default: ${DATA_DIR_ENV} or ./data, downloaded if online)"),
+    "output_dir": dict(help="run folder (default: runs/<run-name>)"),
+    "run_name": dict(help="name of the run folder under runs/ (default: the data set)"),
+    "seed": dict(type=int, help="random seed (default: %(default)s)"),
+    "epochs": dict(type=int, help="training epochs (default: %(default)s)"),
+    "batch_size": dict(type=int, help="per-process batch size (default: %(default)s)"),
+    "lr": dict(type=float, help="Adam learning rate (default: %(default)s)"),
+    "schedule": dict(choices=["cosine", "constant"], help="learning-rate schedule (default: %(default)s)"),
+    "teacher_epochs": dict(type=int, help="epochs when the teacher must be trained (default: %(default)s)"),
+    "teacher_lr": dict(type=float, help="teacher's Adam learning rate (default: %(default)s)"),
+    "teacher_schedule": dict(choices=["cosine", "constant"], help="teacher's lr schedule (default: %(default)s)"),
+    "kd_loss": dict(choices=sorted(KD_LOSSES), help="distillation loss (default: %(default)s)"),
+    "temperature": dict(type=float, help="softmax temperature T > 0 (default: %(default)s)"),
+    "alpha": dict(type=float, help="weight of the soft loss, 0..1 (default: %(default)s)"),
+    "teacher": dict(help="teacher checkpoint (safetensors)"),
+    "logits": dict(help="teacher-logits cache (safetensors)"),
+    "out": dict(help="where to write the cache (default: <output-dir>/teacher_logits.safetensors)"),
+    "cache_dtype": dict(choices=sorted(DTYPES), help="storage dtype of cached logits (default: %(default)s)"),
+    "limit_train": dict(type=int, help="use only the first N training samples (smoke tests)"),
+    "limit_test": dict(type=int, help="use only the first N test samples (smoke tests)"),
+    "mixed_precision": dict(choices=["no", "fp16", "bf16"], help="override Accelerate's mixed precision"),
+}
+
+
+def build_parser(description, flags, extra=None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="recipe defaults: 'notebook' reproduces the seed notebook (default: %(default)s)")
+    defaults = Config()
+    for name in flags:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=getattr(defaults, name), **FLAGS[name])
+    if extra:
+        extra(parser)
+    return parser
+
+
+def parse(parser, argv=None):
+    """Parse with the preset's defaults under the explicit flags; validate; return Config."""
+    pre, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[pre.preset])
+    args = vars(parser.parse_args(argv))
+    fields = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in args.items() if k in fields})
+    validate(cfg)
+    return cfg, args
+
+
+def validate(cfg):
+    """One clear line per bad value, before any work starts."""
+    if not cfg.temperature > 0:
+        raise KDError(f"--temperature must be > 0, got {cfg.temperature}")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise KDError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
+    for name in ("epochs", "teacher_epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("lr", "teacher_lr"):
+        if not getattr(cfg, name) > 0:
+            raise KDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    for name in ("limit_train", "limit_test"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.teacher and not os.path.isfile(cfg.teacher):
+        raise KDError(f"teacher checkpoint not found: {cfg.teacher}")
+    if cfg.data_dir and not os.path.isdir(cfg.data_dir):
+        raise KDError(f"data dir not found: {cfg.data_dir}")

@@ -1,0 +1,212 @@
+"""Data sets as in-memory tensors, batched by index.
+
+MNIST-sized sets are a few tens of MB, so (as in airbench) they live as one uint8 tensor and a
+batch is `images[idx]`: no PIL, no ToTensor, no per-sample Python work in the training loop.
+Every batch carries the dataset indices of its samples, so anything keyed by sample index (the
+teacher-logits cache) is looked up by index, never by batch position.
+"""
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import KDError
+
+DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a data set's IDX files live under the data dir, and what they hold."""
+
+    name: str
+    folder: str  # torchvision's layout: <data_dir>/<folder>/raw/<file>
+    files: dict  # split -> (images file, labels file)
+    num_classes: int
+    torchvision_class: str  # for the optional download
+
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+# New data sets register here; CIFAR-10 (3x32x32, pickled batches) would add its own reader.
+DATASETS = {
+    "mnist": DatasetSpec("mnist", "MNIST", _IDX_FILES, 10, "MNIST"),
+    "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", _IDX_FILES, 10, "FashionMNIST"),
+}
+
+
+@dataclass
+class Split:
+    """One split of a data set held as tensors.
+
+    images: uint8 [N, C, H, W]; labels: int64 [N]. Row i is dataset sample i."""
+
+    dataset: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, n):
+        """The first n samples (for smoke tests); indices stay 0..n-1."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes)
+
+    def fingerprint(self):
+        """sha256 of the pixels and labels: any change to the data changes it."""
+        h = hashlib.sha256()
+        h.update(f"{self.dataset}/{self.split}/{tuple(self.images.shape)}".encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+
+def resolve_data_dir(data_dir=None):
+    """--data-dir beats $KD_ACCEL_DATA_DIR beats ./data. Returns (path, explicitly_given)."""
+    if data_dir:
+        return Path(data_dir), True
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]), True
+    return Path(DEFAULT_DATA_DIR), False
+
+
+def _find(raw, fname):
+    for cand in (raw / fname, raw / (fname + ".gz")):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _read_idx(path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        body = data[4 + 4 * ndim :]
+        if len(body) != int(torch.tensor(shape).prod()):
+            raise ValueError(f"expected {shape} bytes of data, found {len(body)}")
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise KDError(f"cannot read IDX file {path}: {e}") from None
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _missing_files(spec, data_dir):
+    raw = data_dir / spec.folder / "raw"
+    return [raw / f for pair in spec.files.values() for f in pair if _find(raw, f) is None]
+
+
+def _download(spec, data_dir):
+    import torchvision.datasets as tvd
+
+    for train in (True, False):
+        getattr(tvd, spec.torchvision_class)(str(data_dir), train=train, download=True)
+
+
+def ensure_downloaded(dataset, data_dir=None, allow_download=True):
+    """Make sure the IDX files exist; download with torchvision only into the default ./data.
+
+    Called on the main process first (accelerator.main_process_first) so ranks don't race."""
+    spec = get_spec(dataset)
+    path, explicit = resolve_data_dir(data_dir)
+    missing = _missing_files(spec, path)
+    if missing and allow_download and not explicit:
+        try:
+            _download(spec, path)
+        except Exception:  # offline: fall through to the clear message below
+            pass
+        missing = _missing_files(spec, path)
+    if missing:
+        names = ", ".join(p.name for p in missing)
+        raise KDError(
+            f"{spec.name} data not found in {path}/{spec.folder}/raw (missing: {names}); "
+            f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR with DIR/{spec.folder}/raw/*-ubyte[.gz]"
+        )
+    return path
+
+
+def get_spec(dataset):
+    if dataset not in DATASETS:
+        raise KDError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def load_split(dataset, split, data_dir=None):
+    """Read one split into tensors. images: uint8 [N, 1, 28, 28]; labels: int64 [N]."""
+    spec = get_spec(dataset)
+    path = ensure_downloaded(dataset, data_dir, allow_download=False)
+    raw = path / spec.folder / "raw"
+    img_file, lbl_file = spec.files[split]
+    images = _read_idx(_find(raw, img_file))
+    labels = _read_idx(_find(raw, lbl_file)).long()
+    if images.ndim != 3 or len(images) != len(labels):
+        raise KDError(f"{raw}: images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+    return Split(dataset, split, images.unsqueeze(1).contiguous(), labels, spec.num_classes)
+
+
+class IndexedTensors(Dataset):
+    """Map-style dataset over aligned tensors; a batch is one fancy-index per column.
+
+    `__getitems__` receives the sampler's whole batch of indices, so the DataLoader does a single
+    gather per column instead of collating N samples. Extra columns (e.g. the teacher logits
+    from the cache) are indexed by the same sample index, which is what keeps them aligned
+    under shuffling and under sharding across processes."""
+
+    def __init__(self, **columns):
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise KDError(f"columns differ in length: { {k: len(v) for k, v in columns.items()} }")
+        self.columns = columns
+        self.n = lengths.pop()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        batch = {k: v[idx] for k, v in self.columns.items()}
+        batch["idx"] = idx
+        return batch
+
+
+def _as_batch(batch):
+    return batch  # __getitems__ already returns the collated batch
+
+
+def make_loader(columns, batch_size, shuffle, seed=0):
+    """A DataLoader over IndexedTensors(**columns), ready for accelerator.prepare.
+
+    `prepare` shards it across processes: each rank takes whole batches in turn, so with R
+    processes a step sees R*batch_size samples of one global permutation."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        IndexedTensors(**columns),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=_as_batch,
+    )
+
+
+def to_float(images):
+    """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing)."""
+    return images.float().div_(255.0)

@@ -1,0 +1,46 @@
+"""Evaluation and teacher-logit prediction, exact under any number of processes.
+
+Both shard the set with accelerator.prepare and collect with gather_for_metrics, which drops
+the samples Accelerate duplicates to even out the last batch: every sample counts once."""
+import torch
+
+from .data import make_loader, to_float
+from .reporting import progress_bar
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, split, batch_size=1000):
+    """Top-1 accuracy in percent of `model` (prepared or not) on `split`."""
+    loader = accelerator.prepare(make_loader({"images": split.images, "labels": split.labels}, batch_size, shuffle=False))
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    total = 0
+    for batch in loader:
+        preds = model(to_float(batch["images"])).argmax(dim=-1)
+        preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
+        correct += (preds == labels).sum()
+        total += len(labels)
+    assert total == len(split), f"evaluated {total} samples of {len(split)}"
+    return 100.0 * correct.item() / total
+
+
+@torch.inference_mode()
+def predict_logits(accelerator, model, split, batch_size=1000):
+    """Logits [N, C] (fp32, CPU) of a frozen model on every sample, row i = sample i.
+
+    Each rank runs its shard; the gathered rows are placed by their sample index, and a mask
+    checks that every row was written (so a sharding bug cannot leave zeros in the cache)."""
+    loader = accelerator.prepare(make_loader({"images": split.images}, batch_size, shuffle=False))
+    model.eval()
+    out = torch.empty(len(split), split.num_classes, dtype=torch.float32)
+    seen = torch.zeros(len(split), dtype=torch.bool)
+    with progress_bar(accelerator, "teacher logits", len(loader)) as advance:
+        for batch in loader:
+            logits = model(to_float(batch["images"])).float()
+            idx, logits = accelerator.gather_for_metrics((batch["idx"], logits))
+            out[idx.cpu()] = logits.cpu()
+            seen[idx.cpu()] = True
+            advance()
+    if not bool(seen.all()):
+        raise RuntimeError(f"precompute missed {int((~seen).sum())} samples")
+    return out

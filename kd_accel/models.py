@@ -1,0 +1,108 @@
+"""The seed notebook's teacher and student, exactly, in a small registry.
+
+Models know nothing of devices, DDP or precision: Accelerate handles those. Weights are stored
+as safetensors with the architecture name in the metadata, so a checkpoint says what it is.
+"""
+import hashlib
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import KDError
+from .io import atomic_path
+
+
+def conv_bn_relu(cin, cout, k):
+    # "same" padding: 5x5 -> pad 2, 3x3 -> pad 1, so only the pools shrink the map
+    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class Teacher(nn.Module):
+    """x [B,1,28,28] -> conv5 16 -> conv3 16 -> pool [B,16,14,14] -> conv3 32 -> pool [B,32,7,7]
+    -> fc 1568->300 -> fc 300->C. 481,214 parameters for C=10."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.block1 = nn.Sequential(*conv_bn_relu(in_channels, 16, 5))
+        self.block2 = nn.Sequential(*conv_bn_relu(16, 16, 3), nn.MaxPool2d(2))  # [B,16,14,14]
+        self.block3 = nn.Sequential(*conv_bn_relu(16, 32, 3), nn.MaxPool2d(2))  # [B,32,7,7]
+        # the notebook has no activation between the two linear layers; kept as is
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 300), nn.Linear(300, num_classes))
+
+    def forward(self, x):
+        return self.head(self.block3(self.block2(self.block1(x))))
+
+
+class Student(nn.Module):
+    """x [B,1,28,28] -> conv3 16 -> pool [B,16,14,14] -> fc 3136->C. 31,562 parameters for C=10."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.features = nn.Sequential(*conv_bn_relu(in_channels, 16, 3), nn.MaxPool2d(2))  # [B,16,14,14]
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 14 * 14, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+MODELS = {"teacher": Teacher, "student": Student}
+
+
+def build_model(arch, num_classes=10):
+    if arch not in MODELS:
+        raise KDError(f"unknown architecture {arch!r}; choose from {', '.join(MODELS)}")
+    return MODELS[arch](num_classes=num_classes)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_fingerprint(state_dict):
+    """sha256 over names, shapes, dtypes and values of every tensor (BN buffers included,
+    since they change the teacher's eval outputs)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def save_model(model, path, arch, num_classes, **meta):
+    """Atomic safetensors checkpoint; metadata values become strings."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"arch": arch, "num_classes": str(num_classes), **{k: str(v) for k, v in meta.items()}}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def read_checkpoint(path):
+    """(state_dict, metadata) from a safetensors checkpoint, with one-line errors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise KDError(f"checkpoint not found: {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise KDError(f"cannot read checkpoint {path} (truncated or not safetensors?): {e}") from None
+    return state, metadata
+
+
+def load_model(path, expect_arch=None):
+    """Build the model named in the checkpoint and load its weights. Returns (model, metadata)."""
+    state, meta = read_checkpoint(path)
+    arch = meta.get("arch")
+    if expect_arch and arch != expect_arch:
+        raise KDError(f"{path} holds a {arch!r} model, expected {expect_arch!r}")
+    model = build_model(arch, int(meta.get("num_classes", 10)))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise KDError(f"{path}: weights do not fit {arch!r}: {str(e).splitlines()[0]}") from None
+    return model, meta

@@ -1,0 +1,168 @@
+"""The experiment's steps, shared by the launch scripts: each script is a few lines of these.
+
+teacher (train or reuse) -> teacher-logits cache (reuse if valid, else precompute) ->
+distilled student (reads the cache, never the teacher) -> baseline student (hard labels).
+"""
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from .cache import CacheKey, CacheMismatch, load_cache, save_cache
+from .data import ensure_downloaded, load_split
+from .errors import KDError
+from .evaluation import evaluate, predict_logits
+from .io import write_json
+from .models import build_model, count_params, load_model, read_checkpoint, save_model, state_fingerprint
+from .training import fit, make_objective
+
+TEACHER_FILE = "teacher.safetensors"
+CACHE_FILE = "teacher_logits.safetensors"
+
+
+def setup(cfg, script):
+    """Accelerator, seed, run folder and config.json (written by the main process only)."""
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cfg.run_dir / f"config.{script}.json" if script != "distill" else cfg.run_dir / "config.json",
+                   {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision})
+    return accelerator
+
+
+def load_data(accelerator, cfg):
+    """(train, test) splits as tensors; the main process downloads first if it must."""
+    with accelerator.main_process_first():
+        ensure_downloaded(cfg.dataset, cfg.data_dir)
+    train = load_split(cfg.dataset, "train", cfg.data_dir).subset(cfg.limit_train)
+    test = load_split(cfg.dataset, "test", cfg.data_dir).subset(cfg.limit_test)
+    return train, test
+
+
+def columns(split, **extra):
+    return {"images": split.images, "labels": split.labels, **extra}
+
+
+def _recipe(cfg, role):
+    """The teacher trains with the teacher_* recipe inside distill.py, students with the plain one."""
+    if role != "teacher_in_pipeline":
+        return cfg
+    from dataclasses import replace
+
+    return replace(cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, schedule=cfg.teacher_schedule)
+
+
+def train_teacher(accelerator, cfg, train, test, path, recipe_role="teacher"):
+    """Train the seed teacher on hard labels and save it (with its test accuracy) to `path`."""
+    recipe = _recipe(cfg, recipe_role)
+    set_seed(cfg.seed)
+    model = build_model("teacher", train.num_classes)
+    model, hist = fit(accelerator, model, columns(train), test, recipe, make_objective("ce"), "teacher")
+    info = {
+        "test_accuracy": hist["epochs"][-1]["test_accuracy"],
+        "params": count_params(model),
+        "train_time_s": hist["train_time_s"],
+        "epochs": hist["epochs"],
+    }
+    if accelerator.is_main_process:
+        save_model(model, path, "teacher", train.num_classes, dataset=cfg.dataset,
+                   test_accuracy=info["test_accuracy"], test_fingerprint=test.fingerprint(),
+                   params=info["params"], train_time_s=info["train_time_s"], seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    return info
+
+
+def teacher_info_from_checkpoint(accelerator, path, test):
+    """Teacher metrics without running it, when its checkpoint recorded them for this test set;
+    otherwise (a checkpoint from elsewhere) evaluate it once."""
+    state, meta = read_checkpoint(path)
+    if meta.get("arch") != "teacher":
+        raise KDError(f"{path} holds a {meta.get('arch')!r} model, not a teacher")
+    if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
+        acc = float(meta["test_accuracy"])
+        params = int(meta["params"])
+        note = "reused"
+    else:
+        model, _ = load_model(path, "teacher")
+        acc = evaluate(accelerator, model.to(accelerator.device), test)
+        params = count_params(model)
+        note = "reused, evaluated"
+    train_time = float(meta["train_time_s"]) if "train_time_s" in meta else None
+    return {"test_accuracy": acc, "params": params, "train_time_s": train_time, "note": note,
+            "fingerprint": state_fingerprint(state)}
+
+
+def resolve_teacher(accelerator, cfg, train, test):
+    """--teacher PATH, else the run folder's teacher, else train one. Returns (path, info)."""
+    path = Path(cfg.teacher) if cfg.teacher else cfg.run_dir / TEACHER_FILE
+    if path.exists():
+        accelerator.print(f"teacher: reusing {path} (no teacher training)")
+        return path, teacher_info_from_checkpoint(accelerator, path, test)
+    accelerator.print(f"teacher: {path} not found, training it")
+    info = train_teacher(accelerator, cfg, train, test, path, recipe_role="teacher_in_pipeline")
+    info["note"] = "trained"
+    info["fingerprint"] = state_fingerprint(read_checkpoint(path)[0])
+    return path, info
+
+
+def cache_key(train, teacher_fingerprint):
+    return CacheKey(train.dataset, train.split, len(train), train.num_classes, teacher_fingerprint, train.fingerprint())
+
+
+def precompute(accelerator, cfg, teacher_path, train, out_path):
+    """Run the frozen teacher once over the training set and write the cache atomically."""
+    model, _ = load_model(teacher_path, "teacher")
+    model.to(accelerator.device).requires_grad_(False)  # frozen, never wrapped for DDP
+    start = time.perf_counter()
+    logits = predict_logits(accelerator, model, train)
+    key = cache_key(train, state_fingerprint(model.state_dict()))
+    if accelerator.is_main_process:
+        save_cache(out_path, logits, train.labels, key, cfg.cache_dtype)
+    accelerator.wait_for_everyone()
+    accelerator.print(f"cache: wrote {out_path} ({len(train)} x {train.num_classes}, {cfg.cache_dtype}) "
+                      f"in {time.perf_counter() - start:.1f}s")
+
+
+def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
+    """Validated cached logits for this teacher and data. Returns (logits, hit, path).
+
+    An explicit --logits file that does not match is refused; the run folder's own stale cache
+    is replaced (and the reason printed)."""
+    path = Path(cfg.logits) if cfg.logits else cfg.run_dir / CACHE_FILE
+    key = cache_key(train, teacher_fp)
+    if path.exists():
+        try:
+            logits, _ = load_cache(path, key)
+            accelerator.print(f"cache: hit {path} (no teacher forward pass)")
+            return logits, True, path
+        except KDError as e:
+            if cfg.logits:
+                raise
+            accelerator.print(f"cache: refusing {e}; recomputing")
+    else:
+        accelerator.print(f"cache: miss, {path} does not exist; precomputing teacher logits")
+    precompute(accelerator, cfg, teacher_path, train, path)
+    logits, _ = load_cache(path, key)
+    return logits, False, path
+
+
+def train_student(accelerator, cfg, train, test, teacher_logits, label):
+    """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
+    Both start from the same seed, so they differ only in the loss."""
+    set_seed(cfg.seed)
+    model = build_model("student", train.num_classes)
+    if teacher_logits is None:
+        cols, objective = columns(train), make_objective("ce")
+    else:
+        cols = columns(train, teacher_logits=teacher_logits)
+        objective = make_objective(cfg.kd_loss, cfg.temperature, cfg.alpha)
+    model, hist = fit(accelerator, model, cols, test, cfg, objective, label)
+    return model, {
+        "test_accuracy": hist["epochs"][-1]["test_accuracy"],
+        "params": count_params(model),
+        "train_time_s": hist["train_time_s"],
+        "epochs": hist["epochs"],
+    }

@@ -1,0 +1,59 @@
+"""What a person reads: progress bars, the summary table, metrics.json.
+
+Progress bars are drawn only on the main process and only on a terminal; in a log file (CI,
+SLURM) each epoch is one plain line instead of thousands of redraws."""
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def interactive(accelerator):
+    return accelerator.is_main_process and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(accelerator, description, total):
+    """Yield an `advance(n=1)` callable backed by a rich bar (or a no-op when not interactive)."""
+    if not interactive(accelerator):
+        yield lambda n=1: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def fmt_pct(x):
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def fmt_secs(x):
+    return "-" if x is None else f"{x:.1f}s"
+
+
+def summary_table(metrics):
+    """The run's result at a glance: one row per model, then the gain and the cache status."""
+    table = Table(title=f"kd_accel: {metrics['dataset']} ({metrics['run_dir']})")
+    for col in ("model", "test acc", "params", "train time", "note"):
+        table.add_column(col, justify="left" if col in ("model", "note") else "right")
+    for role in ("teacher", "student", "baseline"):
+        m = metrics.get(role)
+        if not m:
+            continue
+        name = {"student": "distilled student"}.get(role, role)
+        table.add_row(name, fmt_pct(m["test_accuracy"]), f"{m['params']:,}", fmt_secs(m.get("train_time_s")), m.get("note", ""))
+    gain = metrics.get("gain_over_baseline")
+    cache = metrics["cache"]
+    table.caption = (
+        (f"gain over baseline: {gain:+.2f} points; " if gain is not None else "")
+        + f"teacher logits cache: {'hit' if cache['hit'] else 'miss'} ({cache['path']})"
+    )
+    return table
+
+
+def print_summary(accelerator, metrics):
+    if accelerator.is_main_process:
+        Console().print(summary_table(metrics))

@@ -75,6 +75,6 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label):
         acc = evaluate(accelerator, model, test_split)
         history.append({"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}, "test_accuracy": acc})
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
-        accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt} test_acc={acc:.2f}%")
+        accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt} test_acc={acc:.2f}%", flush=True)
     train_time = time.perf_counter() - start
     return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}

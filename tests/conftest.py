@@ -1,0 +1,64 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# The MNIST files shipped beside the repo (read-only in CI); override with KD_ACCEL_TEST_DATA.
+DATA_DIR = Path(os.environ.get("KD_ACCEL_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    raw = DATA_DIR / "MNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").exists() and not (raw / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"MNIST files not found under {raw}: set KD_ACCEL_TEST_DATA")
+    return DATA_DIR
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(script, *args, nproc=1, check=True, env=None, timeout=600):
+    """Run launch/<script> as a user would: plain python, or accelerate launch with N CPU procs."""
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, str(ROOT / "launch" / script), *map(str, args)]
+    else:
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(ROOT / "launch" / script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tiny_split(n=64, num_classes=10, seed=0):
+    """A synthetic MNIST-shaped split: uint8 images [n,1,28,28], labels [n]."""
+    from kd_accel.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    return Split("mnist", "train", images, labels, num_classes)

@@ -1,0 +1,48 @@
+"""Bad input: one line on stderr, a non-zero exit, no traceback, nothing written."""
+import pytest
+
+from conftest import run_script
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--data-dir", "/nonexistent/kd"], "data dir not found"),
+        (["--teacher", "/nonexistent/teacher.safetensors"], "teacher checkpoint not found"),
+        (["--temperature", "0"], "--temperature must be > 0"),
+        (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+    ],
+)
+def test_bad_input_one_line_error(args, words, tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, *args, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("kd_accel: error:") and words in err, err
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
+def test_data_dir_without_files_names_them(tmp_path):
+    proc = run_script("train_teacher.py", "--data-dir", tmp_path, "--output-dir", tmp_path / "o", check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "missing: train-images-idx3-ubyte" in err, err
+
+
+def test_corrupt_teacher_checkpoint(tmp_path, mnist_dir):
+    bad = tmp_path / "teacher.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    proc = run_script("precompute_logits.py", "--data-dir", mnist_dir, "--teacher", bad,
+                      "--out", tmp_path / "c.safetensors", "--limit-train", "10", check=False)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read checkpoint" in proc.stderr
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("script", ["distill.py", "train_teacher.py", "precompute_logits.py"])
+def test_help(script):
+    proc = run_script(script, "--help")
+    assert "--data-dir" in proc.stdout and "--output-dir" in proc.stdout

@@ -1,0 +1,68 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from kd_accel.data import IndexedTensors, ensure_downloaded, load_split, make_loader
+from kd_accel.errors import KDError
+
+
+def test_mnist_from_shared_data(mnist_dir):
+    train = load_split("mnist", "train", mnist_dir)
+    test = load_split("mnist", "test", mnist_dir)
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.labels.shape == (10000,) and int(test.labels.max()) == 9
+    assert torch.bincount(train.labels).min() > 5000
+    assert train.fingerprint() != test.fingerprint()
+    assert train.subset(100).fingerprint() != train.subset(101).fingerprint()
+
+
+def test_gzipped_files_read_the_same(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_dir / "MNIST" / "raw").iterdir():
+        if f.name.startswith("t10k") or f.name.startswith("train"):
+            with open(f, "rb") as src, gzip.open(raw / (f.name + ".gz"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    a = load_split("mnist", "test", tmp_path)
+    b = load_split("mnist", "test", mnist_dir)
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_missing_files_named(tmp_path, mnist_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    shutil.copy(mnist_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", raw)
+    with pytest.raises(KDError) as e:
+        ensure_downloaded("mnist", tmp_path)
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte" in msg and "t10k-images-idx3-ubyte" in msg
+    assert "t10k-labels" not in msg and "--data-dir" in msg and "\n" not in msg
+
+
+def test_truncated_idx_file(tmp_path, mnist_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", raw)
+    p = raw / "t10k-images-idx3-ubyte"
+    p.chmod(0o644)
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(KDError, match="cannot read IDX"):
+        load_split("mnist", "test", tmp_path)
+
+
+def test_batches_carry_indices_and_aligned_columns():
+    n = 37
+    cols = {"images": torch.arange(n) * 10, "labels": torch.arange(n) + 1000, "extra": torch.arange(n).float()}
+    seen = []
+    for batch in make_loader(cols, batch_size=8, shuffle=True, seed=3):
+        assert torch.equal(batch["images"], batch["idx"] * 10)
+        assert torch.equal(batch["labels"], batch["idx"] + 1000)
+        assert torch.equal(batch["extra"], batch["idx"].float())
+        seen += batch["idx"].tolist()
+    assert sorted(seen) == list(range(n)) and seen != list(range(n))
+
+
+def test_mismatched_columns_refused():
+    with pytest.raises(KDError):
+        IndexedTensors(a=torch.zeros(3), b=torch.zeros(4))

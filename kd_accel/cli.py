@@ -6,7 +6,6 @@ import torch
 from . import __version__
 from .config import build_parser, parse
 from .io import write_json
-from .models import save_model
 from .pipeline import (
     CACHE_FILE, TEACHER_FILE, load_data, precompute, resolve_cache, resolve_teacher, setup,
     train_student, train_teacher,
@@ -14,7 +13,7 @@ from .pipeline import (
 from .reporting import print_summary
 
 COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train", "limit_test", "mixed_precision"]
-RECIPE = ["epochs", "batch_size", "lr", "schedule"]
+RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume"]
 
 
 def train_teacher_main(argv=None):
@@ -57,14 +56,8 @@ def distill_main(argv=None):
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
     logits, hit, cache_path = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
 
-    student_model, student = train_student(accelerator, cfg, train, test, logits, "student")
-    if accelerator.is_main_process:
-        save_model(student_model, cfg.run_dir / "student.safetensors", "student", train.num_classes,
-                   test_accuracy=student["test_accuracy"], kd_loss=cfg.kd_loss,
-                   temperature=cfg.temperature, alpha=cfg.alpha, seed=cfg.seed)
-    baseline = None
-    if cfg.baseline:
-        _, baseline = train_student(accelerator, cfg, train, test, None, "baseline")
+    student = train_student(accelerator, cfg, train, test, logits, "student")
+    baseline = train_student(accelerator, cfg, train, test, None, "baseline") if cfg.baseline else None
 
     metrics = {
         "dataset": cfg.dataset,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from .cache import DTYPES
+from .checkpointing import parse_every
 from .data import DATA_DIR_ENV, DATASETS
 from .errors import KDError
 from .losses import KD_LOSSES
@@ -46,6 +47,11 @@ class Config:
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
     mixed_precision: Optional[str] = None
+    # scale-out and fault tolerance
+    grad_accum: int = 1
+    checkpoint_every: Optional[str] = None
+    keep_checkpoints: int = 3
+    resume: Optional[str] = None
     preset: str = "default"
 
     @property
@@ -90,6 +96,10 @@ FLAGS = {
     "limit_train": dict(type=int, help="use only the first N training samples (smoke tests)"),
     "limit_test": dict(type=int, help="use only the first N test samples (smoke tests)"),
     "mixed_precision": dict(choices=["no", "fp16", "bf16"], help="override Accelerate's mixed precision"),
+    "grad_accum": dict(type=int, help="micro-batches per optimizer step, via accelerator.accumulate (default: %(default)s)"),
+    "checkpoint_every": dict(help="save resumable state every N optimizer steps, or 'epoch' (default: off)"),
+    "keep_checkpoints": dict(type=int, help="how many checkpoints to keep per phase (default: %(default)s)"),
+    "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
 }
 
 
@@ -122,7 +132,7 @@ def validate(cfg):
         raise KDError(f"--temperature must be > 0, got {cfg.temperature}")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KDError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
-    for name in ("epochs", "teacher_epochs", "batch_size"):
+    for name in ("epochs", "teacher_epochs", "batch_size", "grad_accum", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("lr", "teacher_lr"):
@@ -131,6 +141,9 @@ def validate(cfg):
     for name in ("limit_train", "limit_test"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    parse_every(cfg.checkpoint_every)
+    if cfg.resume not in (None, "latest") and not os.path.isdir(cfg.resume):
+        raise KDError(f"--resume: checkpoint folder not found: {cfg.resume}")
     if cfg.teacher and not os.path.isfile(cfg.teacher):
         raise KDError(f"teacher checkpoint not found: {cfg.teacher}")
     if cfg.data_dir and not os.path.isdir(cfg.data_dir):

@@ -3,10 +3,11 @@
 teacher (train or reuse) -> teacher-logits cache (reuse if valid, else precompute) ->
 distilled student (reads the cache, never the teacher) -> baseline student (hard labels).
 """
+import json
 import time
 from pathlib import Path
 
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
 from .cache import CacheKey, CacheMismatch, load_cache, save_cache
@@ -21,9 +22,23 @@ TEACHER_FILE = "teacher.safetensors"
 CACHE_FILE = "teacher_logits.safetensors"
 
 
+def make_accelerator(cfg, **kwargs):
+    """The Accelerator every script uses. The sampler is seeded from (seed, epoch), so an epoch's
+    order can be replayed on resume and is the same on every rank."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        **kwargs,
+    )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise KDError("fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)")
+    return accelerator
+
+
 def setup(cfg, script):
     """Accelerator, seed, run folder and config.json (written by the main process only)."""
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +75,8 @@ def train_teacher(accelerator, cfg, train, test, path, recipe_role="teacher"):
     recipe = _recipe(cfg, recipe_role)
     set_seed(cfg.seed)
     model = build_model("teacher", train.num_classes)
-    model, hist = fit(accelerator, model, columns(train), test, recipe, make_objective("ce"), "teacher")
+    model, hist = fit(accelerator, model, columns(train), test, recipe, make_objective("ce"), "teacher",
+                      cfg.run_dir / "checkpoints" / "teacher")
     info = {
         "test_accuracy": hist["epochs"][-1]["test_accuracy"],
         "params": count_params(model),
@@ -151,7 +167,14 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
 
 def train_student(accelerator, cfg, train, test, teacher_logits, label):
     """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
-    Both start from the same seed, so they differ only in the loss."""
+    Both start from the same seed, so they differ only in the loss. Saves
+    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone."""
+    path = cfg.run_dir / f"{label}.safetensors"
+    if cfg.resume and path.exists():
+        _, meta = read_checkpoint(path)
+        if "info" in meta:
+            accelerator.print(f"{label}: already finished in {path}, not retrained (--resume)")
+            return json.loads(meta["info"])
     set_seed(cfg.seed)
     model = build_model("student", train.num_classes)
     if teacher_logits is None:
@@ -159,10 +182,14 @@ def train_student(accelerator, cfg, train, test, teacher_logits, label):
     else:
         cols = columns(train, teacher_logits=teacher_logits)
         objective = make_objective(cfg.kd_loss, cfg.temperature, cfg.alpha)
-    model, hist = fit(accelerator, model, cols, test, cfg, objective, label)
-    return model, {
+    model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label)
+    info = {
         "test_accuracy": hist["epochs"][-1]["test_accuracy"],
         "params": count_params(model),
         "train_time_s": hist["train_time_s"],
         "epochs": hist["epochs"],
     }
+    if accelerator.is_main_process:
+        save_model(model, path, "student", train.num_classes, info=json.dumps(info), seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    return info

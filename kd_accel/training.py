@@ -5,16 +5,23 @@ loss function, which receives the batch (images, labels, idx and, for distillati
 teacher logits gathered from the cache by the same sample index).
 """
 import math
+import os
+import signal
 import time
 from functools import partial
 
 import torch
 
+from .checkpointing import find_resume, load_checkpoint, parse_every, save_checkpoint
 from .data import make_loader, to_float
+from .distributed import sync_batchnorm
 from .errors import KDError
 from .evaluation import evaluate
 from .losses import KD_LOSSES, ce_loss
 from .reporting import progress_bar
+
+# Fault injection for the crash/resume tests: SIGKILL this process after this optimizer step.
+FAULT_ENV = "KD_ACCEL_FAULT_STEP"
 
 
 def hard_label_objective(logits, batch):
@@ -41,40 +48,112 @@ def lr_lambda(schedule, total_steps):
     raise KDError(f"unknown lr schedule {schedule!r}")
 
 
-def fit(accelerator, model, train_columns, test_split, cfg, objective, label):
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss parts were not finite, so the loop
+    needs no host sync per step; `check()` (at log and checkpoint points) raises on it."""
+
+    def __init__(self, label):
+        self.label, self.names, self.record = label, None, None
+
+    def update(self, step, parts):
+        vals = torch.stack([v.detach().float() for v in parts.values()])
+        if self.record is None:
+            self.names = list(parts)
+            self.record = torch.full((len(vals) + 1,), -1.0, device=vals.device)
+        bad = (~torch.isfinite(vals).all()) & (self.record[0] < 0)
+        row = torch.cat([vals.new_tensor([step]), vals])
+        self.record = torch.where(bad, row, self.record)
+
+    def check(self):
+        if self.record is not None and self.record[0].item() >= 0:
+            r = self.record.tolist()
+            parts = ", ".join(f"{n}={v}" for n, v in zip(self.names, r[1:]))
+            raise KDError(f"{self.label}: non-finite loss at step {int(r[0])} ({parts}); stopped, nothing saved")
+
+
+def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None):
     """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
     for cfg.epochs; evaluate on `test_split` after each epoch. Returns (model, history).
 
-    The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop."""
+    The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop.
+    cfg.batch_size is per process and per micro-batch: a step sees
+    batch_size * grad_accum * num_processes samples."""
     loader = make_loader(train_columns, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if accelerator.num_processes > 1:
+        model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    # Built on the un-sharded loader length: the prepared scheduler steps once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.epochs * len(loader)))
+    # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
+    # per process on each optimizer step and not at all on accumulation micro-steps.
+    total_steps = cfg.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    history = []
+    every = parse_every(getattr(cfg, "checkpoint_every", None))
+    keep = getattr(cfg, "keep_checkpoints", 3)
+    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    log_every = 50
+
+    history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
+    resume = find_resume(getattr(cfg, "resume", None), ckpt_dir) if ckpt_dir else None
+    if resume:
+        p = load_checkpoint(accelerator, resume)
+        history, epoch0, pos0, global_step = p["history"], p["epoch"], p["position"], p["global_step"]
+        elapsed0, carried = p["elapsed_s"], p["sums"]
+        accelerator.print(f"{label}: resumed from {resume} (epoch {epoch0 + 1}, batch {pos0})", flush=True)
+
+    watch = NonFiniteWatch(label)
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+
+    def checkpoint(epoch, position, sums, steps):
+        watch.check()  # never save weights a NaN has already touched
+        progress = {"epoch": epoch, "position": position, "global_step": global_step, "history": history,
+                    "elapsed_s": elapsed0 + time.perf_counter() - start,
+                    "sums": {k: float(v) for k, v in sums.items()} | {"_steps": steps}}
+        save_checkpoint(accelerator, ckpt_dir, global_step, progress, keep)
+
+    for epoch in range(epoch0, cfg.epochs):
         model.train()
+        loader.set_epoch(epoch)  # the permutation is a function of (seed, epoch): resumable
+        position = pos0 if epoch == epoch0 else 0
+        batches = loader
+        if position:
+            batches = accelerator.skip_first_batches(loader, position)
+            batches.set_epoch(epoch)
         # loss parts summed on the device: no .item() (host sync) inside the step
-        sums, steps = {}, 0
+        sums = {k: torch.tensor(v, device=accelerator.device) for k, v in carried.items() if k != "_steps"}
+        steps = carried.get("_steps", 0) if epoch == epoch0 else 0
+        carried = {}
         with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{cfg.epochs}", len(loader)) as advance:
-            for batch in loader:
-                parts = objective(model(to_float(batch["images"])), batch)
-                accelerator.backward(parts["loss"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            advance(position)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    parts = objective(model(to_float(batch["images"])), batch)
+                    accelerator.backward(parts["loss"])
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                position += 1
+                steps += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
-                steps += 1
+                watch.update(global_step + 1, parts)
                 advance()
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                if global_step % log_every == 0:
+                    watch.check()
+                if fault_step and global_step == fault_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if isinstance(every, int) and global_step % every == 0 and position < len(loader):
+                    checkpoint(epoch, position, sums, steps)
+        watch.check()
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
-            raise KDError(f"{label}: non-finite loss in epoch {epoch + 1} ({means}); stopping")
         acc = evaluate(accelerator, model, test_split)
         history.append({"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}, "test_accuracy": acc})
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
         accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt} test_acc={acc:.2f}%", flush=True)
-    train_time = time.perf_counter() - start
+        if every and ckpt_dir and epoch + 1 < cfg.epochs:
+            checkpoint(epoch + 1, 0, {}, 0)
+    train_time = elapsed0 + time.perf_counter() - start
     return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}

@@ -1,0 +1,66 @@
+"""Helper for the equivalence tests, run under 1, 2 or 3 processes (accelerate launch).
+
+  train_check.py train  OUT --role teacher|student --batch-size B [--grad-accum K]
+      trains on the first 400 MNIST samples for 2 epochs and saves the final weights (rank 0)
+  train_check.py eval   OUT
+      evaluates a fixed seeded student on the first 1001 test samples; writes the accuracy
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+
+from kd_accel.config import Config
+from kd_accel.data import load_split
+from kd_accel.evaluation import evaluate
+from kd_accel.models import build_model
+from kd_accel.pipeline import columns, make_accelerator
+from kd_accel.training import fit, make_objective
+
+p = argparse.ArgumentParser()
+p.add_argument("mode", choices=["train", "eval"])
+p.add_argument("out")
+p.add_argument("--data-dir", required=True)
+p.add_argument("--role", default="student")
+p.add_argument("--batch-size", type=int, default=40)
+p.add_argument("--grad-accum", type=int, default=1)
+p.add_argument("--no-bn", action="store_true", help="BatchNorm -> Identity (micro-batch BN statistics differ)")
+a = p.parse_args()
+
+cfg = dataclasses.replace(Config(), epochs=2, batch_size=a.batch_size, grad_accum=a.grad_accum, seed=5, lr=2e-3)
+accelerator = make_accelerator(cfg, cpu=True)
+set_seed(cfg.seed)
+train = load_split("mnist", "train", a.data_dir).subset(400)
+test = load_split("mnist", "test", a.data_dir).subset(1001)
+
+if a.mode == "eval":
+    set_seed(1)
+    model = build_model("student").to(accelerator.device)
+    acc = evaluate(accelerator, model, test)
+    if accelerator.is_main_process:
+        Path(a.out).write_text(json.dumps({"accuracy": acc, "processes": accelerator.num_processes}))
+    sys.exit(0)
+
+model = build_model(a.role)
+if a.no_bn:
+    for mod in model.modules():
+        for name, child in mod.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(mod, name, torch.nn.Identity())
+if a.role == "teacher":
+    cols, objective = columns(train), make_objective("ce")
+else:  # distillation from a fixed synthetic "cache"
+    g = torch.Generator().manual_seed(0)
+    cols = columns(train, teacher_logits=torch.randn(len(train), 10, generator=g) * 3)
+    objective = make_objective("hinton", 2.0, 0.5)
+model, _ = fit(accelerator, model, cols, test.subset(100), cfg, objective, a.role)
+model.eval()
+with torch.no_grad():  # the function the weights compute, on 100 fixed test images
+    probe = model(test.images[:100].float().div(255).to(accelerator.device)).cpu()
+if accelerator.is_main_process:
+    save_file({**{k: v.contiguous() for k, v in model.state_dict().items()}, "_probe_logits": probe}, a.out)

@@ -82,3 +82,130 @@ def test_evaluation_counts_every_sample_once(nproc, tmp_path, mnist_dir):
     one, many = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "n.json"))
     assert many["processes"] == nproc
     assert many["accuracy"] == one["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A seeded, untrained teacher checkpoint: enough to test precompute plumbing."""
+    from kd_accel.models import Teacher, save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_model(Teacher(), path, "teacher", 10)
+    return path
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_precompute_on_n_processes_equals_one(nproc, teacher_file, tmp_path, mnist_dir):
+    """1,001 samples divide by neither 2 nor 3: every sample once, in index order."""
+    outs = {}
+    for n in (1, nproc):
+        outs[n] = tmp_path / f"c{n}.safetensors"
+        run_script("precompute_logits.py", "--data-dir", mnist_dir, "--teacher", teacher_file, "--out", outs[n],
+                   "--limit-train", "1001", "--batch-size", "100", "--output-dir", tmp_path / f"o{n}", nproc=n)
+    a, b = load_file(outs[1]), load_file(outs[nproc])
+    assert b["logits"].shape == (1001, 10)
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
+    assert torch.equal(a["labels"], b["labels"])
+    assert read_metadata(outs[1])["logits_sha256"] is not None
+
+
+def test_teacher_is_frozen_and_never_prepared(teacher_file, mnist_dir, monkeypatch, tmp_path, accelerator):
+    from kd_accel import pipeline
+    from kd_accel.config import Config
+    from kd_accel.data import load_split
+    from kd_accel.models import Teacher
+
+    prepared, teachers = [], []
+    real_prepare = accelerator.prepare
+    monkeypatch.setattr(accelerator, "prepare", lambda *objs: (prepared.extend(objs), real_prepare(*objs))[1])
+    real_init = Teacher.__init__
+
+    def spy_init(self, *a, **k):
+        real_init(self, *a, **k)
+        teachers.append(self)
+
+    monkeypatch.setattr(Teacher, "__init__", spy_init)
+    train = load_split("mnist", "train", mnist_dir).subset(200)
+    pipeline.precompute(accelerator, Config(), teacher_file, train, tmp_path / "c.safetensors")
+    assert len(teachers) == 1 and not any(isinstance(o, torch.nn.Module) for o in prepared)
+    assert all(not p.requires_grad and p.grad is None for p in teachers[0].parameters())
+
+
+def test_bf16_pipeline_is_finite_and_cache_stays_fp32(tmp_path, mnist_dir):
+    out = tmp_path / "bf16"
+    run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "2000", "--limit-test",
+               "300", "--epochs", "2", "--teacher-epochs", "2", "--no-baseline", "--mixed-precision", "bf16")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["environment"]["mixed_precision"] == "bf16"
+    for role in ("teacher", "student"):
+        assert m[role]["test_accuracy"] > 80  # fp32 gives 93.0 (teacher) and 86.0 (student) here
+        assert all(torch.isfinite(torch.tensor(v)) for e in m[role]["epochs"] for v in e.values())
+    assert read_metadata(out / "teacher_logits.safetensors")["dtype"] == "fp32"
+    assert load_file(out / "teacher_logits.safetensors")["logits"].dtype == torch.float32
+
+
+def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir):
+    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", tmp_path / "o",
+                      "--mixed-precision", "fp16", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "kd_accel: error: fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)"]
+
+
+def test_non_finite_loss_stops_with_step_and_parts(accelerator):
+    import dataclasses
+
+    from kd_accel.config import Config
+    from kd_accel.errors import KDError
+    from kd_accel.models import Student
+    from kd_accel.pipeline import columns
+    from kd_accel.training import fit, make_objective
+
+    from conftest import tiny_split
+
+    train = tiny_split(60)
+    cache = torch.randn(60, 10)
+    cache[17] = float("nan")  # one poisoned teacher row
+    cfg = dataclasses.replace(Config(), epochs=1, batch_size=10)
+    with pytest.raises(KDError, match=r"non-finite loss at step [1-6] \(loss=nan, hard=[0-9.]+, soft=nan\)"):
+        fit(accelerator, Student(), columns(train, teacher_logits=cache), train, cfg,
+            make_objective("hinton", 2.0, 0.5), "student")
+
+
+def test_partial_checkpoints_are_never_resumed(tmp_path):
+    from kd_accel.checkpointing import PROGRESS, complete_checkpoints, find_resume
+
+    (tmp_path / "step_00000010").mkdir()
+    (tmp_path / "step_00000010" / PROGRESS).write_text("{}")
+    (tmp_path / "step_00000030").mkdir()  # crashed before progress.json: incomplete
+    (tmp_path / ".tmp_step_00000040").mkdir()  # crashed mid-save
+    (tmp_path / ".tmp_step_00000040" / PROGRESS).write_text("{}")
+    assert complete_checkpoints(tmp_path) == [tmp_path / "step_00000010"]
+    assert find_resume("latest", tmp_path) == tmp_path / "step_00000010"
+    assert find_resume("latest", tmp_path / "none") is None
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir):
+    base = tmp_path / "base"
+    small = ["--data-dir", mnist_dir, "--limit-train", "1000", "--limit-test", "300"]
+    run_script("distill.py", *small, "--output-dir", base, "--epochs", "1", "--teacher-epochs", "1", "--no-baseline")
+    args = [*small, "--teacher", base / "teacher.safetensors", "--logits", base / "teacher_logits.safetensors",
+            "--epochs", "2", "--batch-size", "50", "--checkpoint-every", "8", "--no-baseline"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_script("distill.py", *args, "--output-dir", whole)
+    # 20 steps an epoch; checkpoints at 8, 16, 20 (epoch end), 24; SIGKILL after step 27
+    proc = run_script("distill.py", *args, "--output-dir", killed, check=False, env={"KD_ACCEL_FAULT_STEP": "27"})
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists() and not (killed / "student.safetensors").exists()
+    ckpts = sorted(p.name for p in (killed / "checkpoints" / "student").iterdir())
+    assert ckpts == ["step_00000016", "step_00000020", "step_00000024"], ckpts  # keeps the last 3
+    proc = run_script("distill.py", *args, "--output-dir", killed, "--resume", "latest")
+    assert "resumed from" in proc.stdout and "step_00000024" in proc.stdout
+    a, b = load_file(whole / "student.safetensors"), load_file(killed / "student.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    assert ma["student"]["test_accuracy"] == mb["student"]["test_accuracy"]
+    for ea, eb in zip(ma["student"]["epochs"], mb["student"]["epochs"]):
+        assert ea == pytest.approx(eb, rel=1e-6)

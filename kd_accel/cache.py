@@ -7,8 +7,13 @@ checks every stamp against what the run uses and refuses a mismatch by name: a s
 never silently used.
 """
 import hashlib
+import json
+import os
+import struct
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -40,7 +45,12 @@ class CacheKey:
 
 
 def _checksum(t):
-    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:32]
+    """sha256 of the tensor's bytes, hashed in 64 MiB pieces (no second copy of a big cache)."""
+    flat = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+    h = hashlib.sha256()
+    for i in range(0, len(flat), 1 << 26):
+        h.update(flat[i : i + (1 << 26)])
+    return h.hexdigest()[:32]
 
 
 def save_cache(path, logits, labels, key, dtype="fp32"):
@@ -95,19 +105,52 @@ def check_metadata(meta, key, path="cache"):
         raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
 
 
-def load_cache(path, key):
-    """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`."""
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def _mmap_tensors(path):
+    """Memory-map every tensor of a safetensors file (read-only, zero-copy).
+
+    The format is 8 bytes of header length, a JSON header with each tensor's dtype, shape and
+    byte range, then the raw data. Mapping it means N processes on one machine share one copy
+    in the page cache, and a batch reads only the rows it gathers."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        if hlen > size - 8:
+            raise ValueError("header larger than the file")
+        header = json.loads(f.read(hlen))
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = spec["data_offsets"]
+        dtype = np.dtype(_NP_DTYPES[spec["dtype"]])
+        if 8 + hlen + end > size or end - start != dtype.itemsize * int(np.prod(spec["shape"])):
+            raise ValueError(f"tensor {name!r} runs past the end of the file")
+        arr = np.memmap(path, dtype=dtype, mode="r", offset=8 + hlen + start, shape=tuple(spec["shape"]))
+        with warnings.catch_warnings():  # read-only mapping: torch warns it is not writable
+            warnings.simplefilter("ignore", UserWarning)
+            out[name] = torch.from_numpy(arr)
+    return out
+
+
+def load_cache(path, key, verify=True):
+    """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`.
+
+    The logits are memory-mapped, not read: they are paged in as batches gather their rows.
+    `verify` checks the stored checksum (reads the file once)."""
     meta = read_metadata(path)
     check_metadata(meta, key, path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            logits, labels = f.get_tensor("logits"), f.get_tensor("labels")
-    except (SafetensorError, OSError, ValueError) as e:
+        tensors = _mmap_tensors(str(path))
+        logits, labels = tensors["logits"], tensors["labels"]
+    except (KeyError, OSError, ValueError, struct.error) as e:
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
     if tuple(logits.shape) != (key.num_samples, key.num_classes) or str(logits.dtype) != str(
         DTYPES.get(meta.get("dtype"))
     ):
         raise KDError(f"logits cache {path} is corrupted: tensor {tuple(logits.shape)} {logits.dtype}")
-    if _checksum(logits) != meta.get("logits_sha256"):
+    if verify and _checksum(logits) != meta.get("logits_sha256"):
         raise KDError(f"logits cache {path} is corrupted: checksum of the logits does not match")
     return logits, labels

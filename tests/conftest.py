@@ -38,16 +38,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def launch_cmd(path, args, nproc):
+    """Plain python for one process; `accelerate launch` with the repo's two-CPU-process config
+    (and ACCELERATE_USE_CPU=1, which it needs) for several. Returns (cmd, extra env)."""
+    if nproc == 1:
+        return [sys.executable, str(path), *map(str, args)], {}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "cpu_2proc.yaml"),
+           "--num_processes", str(nproc), "--main_process_port", str(free_port()), str(path), *map(str, args)]
+    return cmd, {"ACCELERATE_USE_CPU": "1"}
+
+
 def run_script(script, *args, nproc=1, check=True, env=None, timeout=600):
     """Run launch/<script> as a user would: plain python, or accelerate launch with N CPU procs."""
-    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, str(ROOT / "launch" / script), *map(str, args)]
-    else:
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(ROOT / "launch" / script), *map(str, args)]
+    cmd, extra = launch_cmd(ROOT / "launch" / script, args, nproc)
+    env = {**os.environ, **(env or {}), **extra, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

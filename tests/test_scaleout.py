@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,22 +10,15 @@ from safetensors.torch import load_file
 
 from kd_accel.cache import read_metadata
 
-from conftest import ROOT, free_port, run_script
+from conftest import ROOT, launch_cmd, run_script
 
 HELPER = ROOT / "tests" / "scripts" / "train_check.py"
 
 
-def launch(nproc, *args, env=None):
+def launch(nproc, *args):
     """Run the helper under `nproc` CPU processes (gloo), the Accelerate way."""
-    env = {**os.environ, **(env or {})}
-    if nproc == 1:
-        cmd = [sys.executable, str(HELPER), *map(str, args)]
-    else:
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(HELPER), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    cmd, extra = launch_cmd(HELPER, args, nproc)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra}, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -209,3 +201,14 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir
     assert ma["student"]["test_accuracy"] == mb["student"]["test_accuracy"]
     for ea, eb in zip(ma["student"]["epochs"], mb["student"]["epochs"]):
         assert ea == pytest.approx(eb, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["accelerate_config.yaml", "configs/cpu_2proc.yaml", "configs/multi_gpu.yaml",
+                                  "configs/multi_node.yaml"])
+def test_accelerate_config_files_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / name))
+    assert cfg.num_processes >= 1 and cfg.compute_environment.value == "LOCAL_MACHINE"
+    if "multi_node" in name:
+        assert cfg.num_machines == 2 and cfg.main_process_ip

@@ -52,6 +52,8 @@ class Config:
     checkpoint_every: Optional[str] = None
     keep_checkpoints: int = 3
     resume: Optional[str] = None
+    channels_last: bool = True
+    compile: bool = False
     preset: str = "default"
 
     @property
@@ -99,6 +101,9 @@ FLAGS = {
     "grad_accum": dict(type=int, help="micro-batches per optimizer step, via accelerator.accumulate (default: %(default)s)"),
     "checkpoint_every": dict(help="save resumable state every N optimizer steps, or 'epoch' (default: off)"),
     "keep_checkpoints": dict(type=int, help="how many checkpoints to keep per phase (default: %(default)s)"),
+    "channels_last": dict(action=argparse.BooleanOptionalAction,
+                          help="channels-last memory format for conv/BN (same math; default: %(default)s)"),
+    "compile": dict(action="store_true", help="torch.compile the models (Accelerate's dynamo backend 'inductor')"),
     "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
 }
 

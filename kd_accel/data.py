@@ -30,6 +30,7 @@ class DatasetSpec:
     files: dict  # split -> (images file, labels file)
     num_classes: int
     torchvision_class: str  # for the optional download
+    system_dirs: tuple = ()  # where a distribution package puts the files (flat layout)
 
 
 _IDX_FILES = {
@@ -40,7 +41,9 @@ _IDX_FILES = {
 # New data sets register here; CIFAR-10 (3x32x32, pickled batches) would add its own reader.
 DATASETS = {
     "mnist": DatasetSpec("mnist", "MNIST", _IDX_FILES, 10, "MNIST"),
-    "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", _IDX_FILES, 10, "FashionMNIST"),
+    # Debian's dataset-fashion-mnist installs the gzipped files flat in this folder
+    "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", _IDX_FILES, 10, "FashionMNIST",
+                                 ("/usr/share/datasets/fashion-mnist",)),
 }
 
 
@@ -107,9 +110,21 @@ def _read_idx(path):
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
-def _missing_files(spec, data_dir):
-    raw = data_dir / spec.folder / "raw"
+def _missing_in(raw, spec):
     return [raw / f for pair in spec.files.values() for f in pair if _find(raw, f) is None]
+
+
+def raw_dir(spec, data_dir):
+    """The folder holding the IDX files: <data_dir>/<folder>/raw (torchvision's layout), else
+    <data_dir> itself (flat), else a system folder (Debian's package). None if none is complete."""
+    for cand in (data_dir / spec.folder / "raw", data_dir, *map(Path, spec.system_dirs)):
+        if not _missing_in(cand, spec):
+            return cand
+    return None
+
+
+def _missing_files(spec, data_dir):
+    return [] if raw_dir(spec, data_dir) else _missing_in(data_dir / spec.folder / "raw", spec)
 
 
 def _download(spec, data_dir):
@@ -134,9 +149,10 @@ def ensure_downloaded(dataset, data_dir=None, allow_download=True):
         missing = _missing_files(spec, path)
     if missing:
         names = ", ".join(p.name for p in missing)
+        hint = " or install Debian's dataset-fashion-mnist" if spec.system_dirs else ""
         raise KDError(
             f"{spec.name} data not found in {path}/{spec.folder}/raw (missing: {names}); "
-            f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR with DIR/{spec.folder}/raw/*-ubyte[.gz]"
+            f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR with DIR/{spec.folder}/raw/*-ubyte[.gz]{hint}"
         )
     return path
 
@@ -150,8 +166,7 @@ def get_spec(dataset):
 def load_split(dataset, split, data_dir=None):
     """Read one split into tensors. images: uint8 [N, 1, 28, 28]; labels: int64 [N]."""
     spec = get_spec(dataset)
-    path = ensure_downloaded(dataset, data_dir, allow_download=False)
-    raw = path / spec.folder / "raw"
+    raw = raw_dir(spec, ensure_downloaded(dataset, data_dir, allow_download=False))
     img_file, lbl_file = spec.files[split]
     images = _read_idx(_find(raw, img_file))
     labels = _read_idx(_find(raw, lbl_file)).long()

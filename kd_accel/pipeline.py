@@ -5,6 +5,8 @@ distilled student (reads the cache, never the teacher) -> baseline student (hard
 """
 import json
 import time
+
+import torch
 from pathlib import Path
 
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -29,6 +31,7 @@ def make_accelerator(cfg, **kwargs):
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        dynamo_backend="inductor" if cfg.compile else None,
         **kwargs,
     )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
@@ -132,6 +135,8 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
     """Run the frozen teacher once over the training set and write the cache atomically."""
     model, _ = load_model(teacher_path, "teacher")
     model.to(accelerator.device).requires_grad_(False)  # frozen, never wrapped for DDP
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     logits = predict_logits(accelerator, model, train)
     key = cache_key(train, state_fingerprint(model.state_dict()))

@@ -66,3 +66,20 @@ def test_batches_carry_indices_and_aligned_columns():
 def test_mismatched_columns_refused():
     with pytest.raises(KDError):
         IndexedTensors(a=torch.zeros(3), b=torch.zeros(4))
+
+
+def test_flat_layout_is_read(tmp_path, mnist_dir):
+    for f in (mnist_dir / "MNIST" / "raw").glob("t10k-*"):
+        shutil.copy(f, tmp_path / f.name)
+    for f in (mnist_dir / "MNIST" / "raw").glob("train-*"):
+        shutil.copy(f, tmp_path / f.name)
+    assert load_split("mnist", "test", tmp_path).fingerprint() == load_split("mnist", "test", mnist_dir).fingerprint()
+
+
+def test_fashion_mnist_from_debian_package(tmp_path):
+    """.ci/run installs Debian's dataset-fashion-mnist; it is found with no --data-dir files."""
+    train = load_split("fashion-mnist", "train", tmp_path)
+    test = load_split("fashion-mnist", "test", tmp_path)
+    assert train.images.shape == (60000, 1, 28, 28) and len(test) == 10000
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    assert train.dataset == "fashion-mnist"

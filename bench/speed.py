@@ -1,0 +1,251 @@
+"""Side-by-side speed benchmark: kd_accel vs the seed notebook's pipeline, in one run.
+
+    python bench/speed.py --data-dir ../shared/data [--reps 3] [--whole] [--json bench/results.json]
+
+Every measurement runs in its own fresh process (so each one's peak memory is its own), and the
+cases alternate rep by rep, so a slow minute on the machine hits both sides alike. The
+notebook-style loops live here only, as the reference: torchvision MNIST + ToTensor +
+DataLoader(batch_size=100, shuffle=True), the teacher run online in every student step, Adam
+1e-3. Both sides run the same models, the same loss math, batch 100 and 600 steps an epoch.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (numerator, denominator, what the ratio says, target)
+RATIOS = [
+    ("nb_teacher_epoch", "kd_teacher_epoch", "teacher epoch: notebook / kd_accel", ">= 2"),
+    ("nb_distill_epoch", "kd_distill_epoch", "distillation epoch: notebook online teacher / kd_accel cache", ">= 3"),
+    ("kd_distill_epoch", "kd_ce_epoch", "kd_accel: distillation from cache / plain CE epoch", "<= 1.05"),
+    ("kd_precompute", "bare_forward", "precompute (incl. cache write) / bare teacher forward", "<= 1.2"),
+    ("nb_whole", "kd_whole", "whole experiment: notebook / kd_accel default", ">= 3"),
+]
+
+
+# ---------------------------------------------------------------- the notebook's side
+def notebook_loader(data_dir, device):
+    import torchvision
+    from torchvision import transforms
+
+    ds = torchvision.datasets.MNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
+    return torch.utils.data.DataLoader(ds, batch_size=100, shuffle=True, pin_memory=device.type == "cuda")
+
+
+def notebook_test_accuracy(model, data_dir, device):
+    import torchvision
+    from torchvision import transforms
+
+    ds = torchvision.datasets.MNIST(data_dir, train=False, download=False, transform=transforms.ToTensor())
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=100):
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    return 100.0 * correct / len(ds)
+
+
+def notebook_train_epoch(model, loader, opt, device):
+    model.train()
+    running = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running += loss.item()
+    return running
+
+
+def notebook_distill_epoch(student, teacher, loader, opt, device, temperature=4.0, alpha=0.5):
+    from kd_accel.losses import hinton_kd_loss
+
+    student.train()
+    teacher.eval()
+    running = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            t = teacher(x)  # the teacher runs again in every step of every epoch
+        loss = hinton_kd_loss(student(x), y, t, temperature, alpha)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running += loss.item()
+    return running
+
+
+# ---------------------------------------------------------------- one case, in a child process
+def run_case(case, data_dir, device_name, workdir):
+    from accelerate.utils import set_seed
+
+    from kd_accel.config import Config
+    from kd_accel.data import load_split, to_float
+    from kd_accel.evaluation import predict_logits
+    from kd_accel.models import Student, Teacher
+    from kd_accel.pipeline import cache_key, columns, make_accelerator
+    from kd_accel.cache import save_cache
+    from kd_accel.models import state_fingerprint
+    from kd_accel.training import fit, make_objective
+
+    set_seed(0)
+    device = torch.device(device_name)
+    cfg = dataclasses.replace(Config(), epochs=1, batch_size=100)
+    result = {}
+    if case.startswith("nb_"):
+        loader = notebook_loader(data_dir, device)
+        teacher = Teacher().to(device)
+        if case == "nb_teacher_epoch":
+            opt = torch.optim.Adam(teacher.parameters(), 1e-3)
+            t0 = time.perf_counter()
+            notebook_train_epoch(teacher, loader, opt, device)
+        elif case == "nb_distill_epoch":
+            student = Student().to(device)
+            opt = torch.optim.Adam(student.parameters(), 1e-3)
+            t0 = time.perf_counter()
+            notebook_distill_epoch(student, teacher, loader, opt, device)
+        elif case == "nb_whole":  # the notebook's whole run: teacher 5 epochs, student 5 epochs online
+            t0 = time.perf_counter()
+            opt = torch.optim.Adam(teacher.parameters(), 1e-3)
+            for _ in range(5):
+                notebook_train_epoch(teacher, loader, opt, device)
+            result["teacher_acc"] = notebook_test_accuracy(teacher, data_dir, device)
+            student = Student().to(device)
+            opt = torch.optim.Adam(student.parameters(), 1e-3)
+            for _ in range(5):
+                notebook_distill_epoch(student, teacher, loader, opt, device)
+            result["student_acc"] = notebook_test_accuracy(student, data_dir, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result["seconds"] = time.perf_counter() - t0
+        return result
+
+    if case == "kd_whole":
+        out = Path(workdir) / "kd_whole_run"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "launch" / "distill.py"), "--data-dir", data_dir,
+                        "--output-dir", str(out)], check=True, stdout=subprocess.DEVNULL)
+        result["seconds"] = time.perf_counter() - t0
+        m = json.loads((out / "metrics.json").read_text())
+        result.update(teacher_acc=m["teacher"]["test_accuracy"], student_acc=m["student"]["test_accuracy"],
+                      baseline_acc=m["baseline"]["test_accuracy"])
+        return result
+
+    accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
+    train = load_split("mnist", "train", data_dir)
+    probe = load_split("mnist", "test", data_dir).subset(100)  # fit evaluates each epoch: keep it tiny
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if case == "kd_teacher_epoch":
+        t0 = time.perf_counter()
+        fit(accelerator, Teacher(), columns(train), probe, cfg, make_objective("ce"), "teacher")
+    elif case in ("kd_distill_epoch", "kd_ce_epoch"):
+        logits = torch.randn(len(train), 10) * 5  # stands in for the cache: same shape, same gather
+        cols = columns(train, teacher_logits=logits) if case == "kd_distill_epoch" else columns(train)
+        objective = make_objective("hinton", 4.0, 0.5) if case == "kd_distill_epoch" else make_objective("ce")
+        t0 = time.perf_counter()
+        fit(accelerator, Student(), cols, probe, cfg, objective, "student")
+    elif case == "bare_forward":  # the floor: the teacher over pre-made float tensors, no bookkeeping
+        teacher = Teacher().to(device).eval().to(memory_format=torch.channels_last)
+        x = to_float(train.images).to(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(x), 1000):
+                teacher(x[i : i + 1000])
+    elif case == "kd_precompute":
+        teacher = Teacher().to(device).requires_grad_(False).to(memory_format=torch.channels_last)
+        t0 = time.perf_counter()
+        logits = predict_logits(accelerator, teacher, train)
+        save_cache(Path(workdir) / "cache.safetensors", logits, train.labels,
+                   cache_key(train, state_fingerprint(teacher.state_dict())))
+    else:
+        raise SystemExit(f"unknown case {case}")
+    sync()
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------- the driver
+def measure(case, args, workdir):
+    cmd = [sys.executable, __file__, "--case", case, "--data-dir", args.data_dir, "--device", args.device,
+           "--workdir", workdir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"case {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description="kd_accel vs notebook-style pipeline, side by side")
+    p.add_argument("--data-dir", default=os.environ.get("KD_ACCEL_DATA_DIR", "data"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--whole", action="store_true", help="also the whole default experiment vs the notebook's whole run (once each)")
+    p.add_argument("--cases", nargs="*", default=None)
+    p.add_argument("--json", default=None)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.case:  # child: one measurement, one JSON line
+        res = run_case(args.case, args.data_dir, args.device, args.workdir)
+        res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device == "cuda":
+            res["max_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        print(json.dumps(res))
+        return
+
+    cases = args.cases or ["nb_teacher_epoch", "kd_teacher_epoch", "nb_distill_epoch", "kd_distill_epoch",
+                           "kd_ce_epoch", "bare_forward", "kd_precompute"]
+    results = {c: [] for c in cases}
+    with tempfile.TemporaryDirectory() as workdir:
+        for rep in range(args.reps):
+            for c in cases:
+                results[c].append(measure(c, args, workdir))
+                print(f"rep {rep + 1}/{args.reps} {c}: {results[c][-1]['seconds']:.2f}s", flush=True)
+        if args.whole:
+            for c in ("nb_whole", "kd_whole"):
+                results[c] = [measure(c, args, workdir)]
+                print(f"{c}: {results[c][-1]}", flush=True)
+
+    summary = {}
+    print(f"\n{'case':<20}{'median s':>10}{'min':>9}{'max':>9}{'peak RSS MB':>13}")
+    for c, runs in results.items():
+        secs = [r["seconds"] for r in runs]
+        summary[c] = {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs), "n": len(secs),
+                      "max_rss_mb": max(r["max_rss_mb"] for r in runs),
+                      **{k: v for k, v in runs[-1].items() if k not in ("seconds", "max_rss_mb")}}
+        s = summary[c]
+        print(f"{c:<20}{s['median_s']:>10.2f}{s['min_s']:>9.2f}{s['max_s']:>9.2f}{s['max_rss_mb']:>13.0f}")
+    print()
+    ratios = []
+    for num, den, what, target in RATIOS:
+        if num in summary and den in summary:
+            r = summary[num]["median_s"] / summary[den]["median_s"]
+            op, bound = target.split()
+            ok = r >= float(bound) if op == ">=" else r <= float(bound)
+            ratios.append({"ratio": what, "value": r, "target": target, "met": ok})
+            print(f"{what:<62}{r:>7.2f}x  target {target:<8}{'met' if ok else 'MISSED'}")
+    env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+           "cpus": os.cpu_count(), "device": args.device, "torch_threads": torch.get_num_threads(),
+           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    print(json.dumps(env))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, "cases": summary, "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

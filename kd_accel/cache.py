@@ -135,6 +135,20 @@ def _mmap_tensors(path):
     return out
 
 
+def open_cache(path):
+    """(logits, labels, metadata) of a cache, checksum-verified but not matched to a run
+    (for inspecting a cache on its own)."""
+    meta = read_metadata(path)
+    try:
+        tensors = _mmap_tensors(str(path))
+        logits, labels = tensors["logits"], tensors["labels"]
+    except (KeyError, OSError, ValueError, struct.error) as e:
+        raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
+    if _checksum(logits) != meta.get("logits_sha256"):
+        raise KDError(f"logits cache {path} is corrupted: checksum of the logits does not match")
+    return logits, labels, meta
+
+
 def load_cache(path, key, verify=True):
     """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`.
 

@@ -1,19 +1,27 @@
 """The three entry points behind launch/*.py. Each is the pipeline's steps in order."""
+import dataclasses
+import math
 import platform
+import re
 
 import torch
 
 from . import __version__
 from .config import build_parser, parse
-from .io import write_json
+from .cache import open_cache
+from .errors import KDError
+from .io import atomic_path, write_json
 from .pipeline import (
     CACHE_FILE, TEACHER_FILE, load_data, precompute, resolve_cache, resolve_teacher, setup,
     train_student, train_teacher,
 )
 from .reporting import print_summary
+from .study import Variant, markdown_table, parse_variant, plot_curves, plot_temperature, summarize, temperature_stats
 
 COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train", "limit_test", "mixed_precision",
           "channels_last", "compile"]
+STUDENT = ["teacher_epochs", "teacher_lr", "teacher_schedule", "kd_loss", "temperature", "alpha", "teacher",
+           "logits", "cache_dtype", "train_subset", "soft_targets"]
 RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume"]
 
 
@@ -46,8 +54,7 @@ def distill_main(argv=None):
     parser = build_parser(
         "The whole experiment: teacher (train or reuse) -> logits cache (reuse or precompute) -> "
         "distilled student -> baseline student -> summary.",
-        COMMON + RECIPE + ["teacher_epochs", "teacher_lr", "teacher_schedule", "kd_loss", "temperature",
-                           "alpha", "teacher", "logits", "cache_dtype"],
+        COMMON + RECIPE + STUDENT,
         extra,
     )
     cfg, _ = parse(parser, argv)
@@ -80,3 +87,71 @@ def distill_main(argv=None):
         write_json(cfg.run_dir / "metrics.json", metrics)
     print_summary(accelerator, metrics)
     accelerator.end_training()
+
+
+def compare_main(argv=None):
+    """Baseline and distilled students over several seeds, one shared teacher and cache."""
+    def extra(p):
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+        p.add_argument("--variants", nargs="+", default=["baseline", "hinton", "seed-mse"],
+                       help="baseline, hinton[:T=..,alpha=..], seed-mse[:T=..,alpha=..] (default: %(default)s)")
+
+    parser = build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?",
+                          COMMON + RECIPE + STUDENT, extra)
+    cfg, args = parse(parser, argv)
+    variants = [parse_variant(v, cfg) for v in args["variants"]]
+    if "baseline" not in [v.name for v in variants]:
+        variants.insert(0, Variant("baseline"))
+    accelerator = setup(cfg, "compare")
+    train, test = load_data(accelerator, cfg)
+    teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
+    logits = None
+    if any(v.distilled for v in variants):
+        logits, _, _ = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
+
+    runs = {v.name: {} for v in variants}
+    for seed in args["seeds"]:
+        for v in variants:
+            vcfg = dataclasses.replace(v.apply(cfg), seed=seed)
+            label = "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", v.name) + f"/seed{seed}"
+            runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label)
+            accelerator.print(f"{v.name} seed {seed}: {runs[v.name][seed]['test_accuracy']:.2f}%", flush=True)
+
+    summary = summarize(runs)
+    title = f"{cfg.dataset}, {cfg.epochs} epochs ({cfg.schedule} lr), teacher {teacher['test_accuracy']:.2f}%" + (
+        f", {cfg.train_subset} labelled samples (soft targets: {cfg.soft_targets})" if cfg.train_subset else "")
+    table = markdown_table(summary, title)
+    if accelerator.is_main_process:
+        write_json(cfg.run_dir / "results.json", {"config": cfg.to_json(), "teacher": teacher, "summary": summary,
+                                                  "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()}})
+        with atomic_path(cfg.run_dir / "results.md") as tmp:
+            tmp.write_text(table)
+        plotted = plot_curves(runs, cfg.run_dir / "results.png", title)
+        print(table)
+        print(f"wrote {cfg.run_dir}/results.json, results.md" + (", results.png" if plotted else
+              " (no plot: pip install -e '.[plots]' for matplotlib)"))
+
+
+def inspect_main(argv=None):
+    """Does a higher temperature flatten the teacher's outputs? Read from the cache alone."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Entropy and max-probability of the cached teacher outputs softened by T.")
+    p.add_argument("cache", help="a teacher-logits cache (safetensors)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1, 1.5, 2, 4, 8, 16])
+    p.add_argument("--plot", help="write a PNG here (needs matplotlib)")
+    a = p.parse_args(argv)
+    if any(t <= 0 for t in a.temperatures):
+        raise KDError("--temperatures must all be > 0")
+    logits, _, meta = open_cache(a.cache)
+    rows = temperature_stats(logits, sorted(a.temperatures))
+    print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes "
+          f"(uniform entropy {math.log(logits.shape[1]):.3f} nats)")
+    print(f"{'T':>6} {'mean entropy (nats)':>20} {'mean max prob':>14}")
+    for r in rows:
+        print(f"{r['T']:>6g} {r['mean_entropy']:>20.4f} {r['mean_max_prob']:>14.4f}")
+    if a.plot:
+        if plot_temperature(rows, logits.shape[1], a.plot):
+            print(f"wrote {a.plot}")
+        else:
+            raise KDError("--plot needs matplotlib: pip install -e '.[plots]'")

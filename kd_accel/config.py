@@ -53,6 +53,9 @@ class Config:
     keep_checkpoints: int = 3
     resume: Optional[str] = None
     channels_last: bool = True
+    # limited labels (students only; the teacher always trains on the full set)
+    train_subset: Optional[int] = None
+    soft_targets: str = "all"
     compile: bool = False
     preset: str = "default"
 
@@ -104,6 +107,8 @@ FLAGS = {
     "channels_last": dict(action=argparse.BooleanOptionalAction,
                           help="channels-last memory format for conv/BN (same math; default: %(default)s)"),
     "compile": dict(action="store_true", help="torch.compile the models (Accelerate's dynamo backend 'inductor')"),
+    "train_subset": dict(type=int, help="students see hard labels of a fixed class-balanced subset of N samples only"),
+    "soft_targets": dict(choices=["all", "subset"], help="with --train-subset: soft targets on the whole set or the subset (default: %(default)s)"),
     "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
 }
 

@@ -203,6 +203,24 @@ class IndexedTensors(Dataset):
         return batch
 
 
+def balanced_subset(labels, n, seed=0):
+    """Indices (sorted) of a fixed, seeded, class-balanced subset of n samples: n // C per class,
+    the remainder going one each to the lowest classes. Independent of the run's seed, so every
+    seed and variant of a study sees the same labelled samples."""
+    classes = int(labels.max()) + 1
+    if not 1 <= n <= len(labels):
+        raise KDError(f"--train-subset must be between 1 and {len(labels)}, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(classes):
+        want = n // classes + (1 if c < n % classes else 0)
+        members = (labels == c).nonzero().flatten()
+        if want > len(members):
+            raise KDError(f"--train-subset {n}: class {c} has only {len(members)} samples")
+        picks.append(members[torch.randperm(len(members), generator=g)[:want]])
+    return torch.cat(picks).sort().values
+
+
 def _as_batch(batch):
     return batch  # __getitems__ already returns the collated batch
 

@@ -6,13 +6,25 @@ logits loses the small probabilities that carry the teacher's "dark knowledge".
 import torch.nn.functional as F
 
 
+def masked_ce(logits, labels, label_mask=None):
+    """Cross-entropy over the samples that have a hard label (all when label_mask is None).
+
+    With --train-subset the soft targets may cover the whole set while only the subset keeps
+    its labels; a batch without any labelled sample contributes no hard loss."""
+    if label_mask is None:
+        return F.cross_entropy(logits, labels)
+    per = F.cross_entropy(logits, labels, reduction="none")
+    m = label_mask.to(per.dtype)
+    return (per * m).sum() / m.sum().clamp_min(1.0)
+
+
 def ce_loss(student_logits, labels, **_):
     """Plain cross-entropy (the baseline student and the teacher)."""
     hard = F.cross_entropy(student_logits.float(), labels)
     return {"loss": hard, "hard": hard}
 
 
-def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha):
+def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha, label_mask=None):
     """(1-a)*CE(s, y) + a*T^2*KL(softmax(t/T) || softmax(s/T)) (Hinton et al. 2015).
 
     KL with log_target and reduction='batchmean' is the true per-sample KL; the T^2 factor keeps
@@ -20,7 +32,7 @@ def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha):
     student_logits, teacher_logits: [B, C]; labels: [B]."""
     s = student_logits.float()
     t = teacher_logits.float()
-    hard = F.cross_entropy(s, labels)
+    hard = masked_ce(s, labels, label_mask)
     soft = F.kl_div(
         F.log_softmax(s / temperature, dim=-1),
         F.log_softmax(t / temperature, dim=-1),
@@ -30,11 +42,11 @@ def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha):
     return {"loss": (1 - alpha) * hard + alpha * soft, "hard": hard, "soft": soft}
 
 
-def seed_mse_loss(student_logits, labels, teacher_logits, temperature, alpha):
+def seed_mse_loss(student_logits, labels, teacher_logits, temperature, alpha, label_mask=None):
     """The seed notebook's loss, kept only to reproduce it: MSE between the student's *raw
     logits* and the teacher's softened *probabilities* (a mismatch of spaces: see README)."""
     s = student_logits.float()
-    hard = F.cross_entropy(s, labels)
+    hard = masked_ce(s, labels, label_mask)
     soft = F.mse_loss(s, F.softmax(teacher_logits.float() / temperature, dim=-1))
     return {"loss": (1 - alpha) * hard + alpha * soft, "hard": hard, "soft": soft}
 

@@ -13,7 +13,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
 from .cache import CacheKey, CacheMismatch, load_cache, save_cache
-from .data import ensure_downloaded, load_split
+from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate, predict_logits
 from .io import write_json
@@ -170,6 +170,27 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     return logits, False, path
 
 
+def student_data(cfg, train, teacher_logits):
+    """(columns, objective) of a student run. Baseline: hard labels. Distilled: + the cached
+    teacher logits, gathered by sample index. With --train-subset N only a class-balanced subset
+    keeps its labels: the baseline trains on it alone; a distilled student uses soft targets on
+    the subset (--soft-targets subset) or on the whole training set (all, the default), its
+    hard loss then masked to the labelled samples."""
+    if teacher_logits is None:
+        objective, extra = make_objective("ce"), {}
+    else:
+        objective, extra = make_objective(cfg.kd_loss, cfg.temperature, cfg.alpha), {"teacher_logits": teacher_logits}
+    cols = columns(train, **extra)
+    if not cfg.train_subset:
+        return cols, objective
+    keep = balanced_subset(train.labels, cfg.train_subset)
+    if teacher_logits is None or cfg.soft_targets == "subset":
+        return {k: v[keep] for k, v in cols.items()}, objective
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[keep] = True
+    return {**cols, "label_mask": mask}, objective
+
+
 def train_student(accelerator, cfg, train, test, teacher_logits, label):
     """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
     Both start from the same seed, so they differ only in the loss. Saves
@@ -182,11 +203,7 @@ def train_student(accelerator, cfg, train, test, teacher_logits, label):
             return json.loads(meta["info"])
     set_seed(cfg.seed)
     model = build_model("student", train.num_classes)
-    if teacher_logits is None:
-        cols, objective = columns(train), make_objective("ce")
-    else:
-        cols = columns(train, teacher_logits=teacher_logits)
-        objective = make_objective(cfg.kd_loss, cfg.temperature, cfg.alpha)
+    cols, objective = student_data(cfg, train, teacher_logits)
     model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label)
     info = {
         "test_accuracy": hist["epochs"][-1]["test_accuracy"],

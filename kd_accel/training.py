@@ -29,7 +29,8 @@ def hard_label_objective(logits, batch):
 
 
 def kd_objective(logits, batch, kind, temperature, alpha):
-    return KD_LOSSES[kind](logits, batch["labels"], batch["teacher_logits"], temperature, alpha)
+    return KD_LOSSES[kind](logits, batch["labels"], batch["teacher_logits"], temperature, alpha,
+                           label_mask=batch.get("label_mask"))
 
 
 def make_objective(kind, temperature=None, alpha=None):

@@ -1,0 +1,155 @@
+"""Multi-seed comparisons of students (does distillation help, and by how much) and the
+temperature inspection of a cache. Tables are plain text/markdown; plots need matplotlib
+(`pip install -e '.[plots]'`) and are skipped with a note without it."""
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import KDError
+from .stats import mean, paired_ci, std
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of student: 'baseline' (hard labels), or a KD loss with its T and alpha."""
+
+    name: str
+    kd_loss: str = None
+    temperature: float = None
+    alpha: float = None
+
+    @property
+    def distilled(self):
+        return self.kd_loss is not None
+
+    def apply(self, cfg):
+        if not self.distilled:
+            return cfg
+        return dataclasses.replace(cfg, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha)
+
+
+_SPEC = re.compile(r"^(baseline|hinton|seed-mse)(?::(.*))?$")
+
+
+def parse_variant(spec, cfg):
+    """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'seed-mse' (the
+    notebook's loss; T=1.5, alpha=0.6 unless given)."""
+    m = _SPEC.match(spec)
+    if not m:
+        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..] or seed-mse[:T=..,alpha=..]")
+    kind, args = m.group(1), m.group(2)
+    if kind == "baseline":
+        return Variant("baseline")
+    t, a = (cfg.temperature, cfg.alpha) if kind == "hinton" else (1.5, 0.6)
+    for part in filter(None, (args or "").split(",")):
+        key, _, val = part.partition("=")
+        try:
+            if key.strip() in ("T", "temperature"):
+                t = float(val)
+            elif key.strip() in ("a", "alpha"):
+                a = float(val)
+            else:
+                raise ValueError
+        except ValueError:
+            raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
+    if not t > 0 or not 0 <= a <= 1:
+        raise KDError(f"bad variant {spec!r}: need T > 0 and 0 <= alpha <= 1")
+    return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
+
+
+def summarize(runs, baseline="baseline"):
+    """runs: {variant name: {seed: info}} -> {variant: stats}; gains are paired by seed."""
+    out = {}
+    base = runs.get(baseline, {})
+    for name, by_seed in runs.items():
+        accs = [by_seed[s]["test_accuracy"] for s in sorted(by_seed)]
+        row = {"n": len(accs), "mean": mean(accs), "std": std(accs), "accuracies": accs,
+               "train_time_s": mean([by_seed[s]["train_time_s"] for s in by_seed])}
+        shared = sorted(set(by_seed) & set(base))
+        if name != baseline and shared:
+            diffs = [by_seed[s]["test_accuracy"] - base[s]["test_accuracy"] for s in shared]
+            row["gain"] = paired_ci(diffs)
+        out[name] = row
+    return out
+
+
+def markdown_table(summary, title=""):
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| variant | seeds | test acc (mean ± std) | gain over baseline [95% CI] | p (paired t) | train time |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in summary.items():
+        g = r.get("gain")
+        gain = f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "-"
+        p = f"{g['p']:.3f}" if g else "-"
+        lines.append(f"| {name} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} | {gain} | {p} | {r['train_time_s']:.1f}s |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs, path, title=""):
+    """Test accuracy per epoch, mean over seeds with a min-max band, one line per variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, by_seed in runs.items():
+        curves = torch.tensor([[e["test_accuracy"] for e in info["epochs"]] for info in by_seed.values()])
+        epochs = range(1, curves.shape[1] + 1)
+        ax.plot(epochs, curves.mean(0), marker="o", label=f"{name} (n={len(curves)})")
+        ax.fill_between(epochs, curves.min(0).values, curves.max(0).values, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def temperature_stats(logits, temperatures):
+    """Mean entropy (nats) and mean max-probability of softmax(logits / T) for each T."""
+    x = logits.float()
+    rows = []
+    for t in temperatures:
+        logp = torch.log_softmax(x / t, dim=-1)
+        p = logp.exp()
+        rows.append({"T": t, "mean_entropy": float(-(p * logp).sum(-1).mean()),
+                     "mean_max_prob": float(p.max(-1).values.mean())})
+    return rows
+
+
+def plot_temperature(rows, num_classes, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from .io import atomic_path
+
+    ts = [r["T"] for r in rows]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(ts, [r["mean_entropy"] for r in rows], "o-", color="C0", label="mean entropy (nats)")
+    ax1.axhline(torch.log(torch.tensor(float(num_classes))).item(), color="C0", ls=":", label="uniform")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("temperature T")
+    ax1.set_ylabel("entropy (nats)")
+    ax2 = ax1.twinx()
+    ax2.plot(ts, [r["mean_max_prob"] for r in rows], "s--", color="C1", label="mean max probability")
+    ax2.set_ylabel("max probability")
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize="small")
+    ax1.set_title("Teacher's softened outputs flatten as T grows")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True

@@ -1,0 +1,108 @@
+"""Multi-seed comparison, temperature inspection, limited labels."""
+import json
+
+import pytest
+import torch
+
+from kd_accel.config import Config
+from kd_accel.data import balanced_subset
+from kd_accel.errors import KDError
+from kd_accel.pipeline import student_data
+from kd_accel.study import parse_variant, summarize, temperature_stats
+
+from conftest import run_script, tiny_split
+
+
+def test_variant_parsing():
+    cfg = Config()
+    assert parse_variant("baseline", cfg).distilled is False
+    v = parse_variant("hinton:T=2,alpha=0.9", cfg)
+    assert (v.kd_loss, v.temperature, v.alpha) == ("hinton", 2.0, 0.9)
+    assert parse_variant("seed-mse", cfg).temperature == 1.5
+    assert parse_variant("hinton", cfg).temperature == cfg.temperature
+    for bad in ("hinton:T=0", "hinton:beta=1", "fitnet", "hinton:alpha=2"):
+        with pytest.raises(KDError):
+            parse_variant(bad, cfg)
+
+
+def test_summarize_pairs_by_seed():
+    runs = {"baseline": {0: {"test_accuracy": 98.0, "train_time_s": 1}, 1: {"test_accuracy": 98.2, "train_time_s": 1}},
+            "kd": {0: {"test_accuracy": 98.1, "train_time_s": 2}, 1: {"test_accuracy": 98.5, "train_time_s": 2}}}
+    s = summarize(runs)
+    assert s["kd"]["gain"]["mean"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
+    assert s["kd"]["mean"] == pytest.approx(98.3) and "gain" not in s["baseline"]
+
+
+def test_balanced_subset_is_deterministic_and_balanced():
+    labels = torch.arange(1000) % 10
+    a, b = balanced_subset(labels, 105), balanced_subset(labels, 105)
+    assert torch.equal(a, b) and len(a) == 105 and len(set(a.tolist())) == 105
+    assert torch.bincount(labels[a]).tolist() == [11] * 5 + [10] * 5
+    assert not torch.equal(a, balanced_subset(labels, 105, seed=1))
+    with pytest.raises(KDError):
+        balanced_subset(labels, 0)
+
+
+def test_limited_labels_columns():
+    import dataclasses
+
+    train = tiny_split(200)
+    logits = torch.randn(200, 10)
+    cfg = dataclasses.replace(Config(), train_subset=20)
+    cols, _ = student_data(cfg, train, None)  # baseline: the subset only
+    assert len(cols["labels"]) == 20
+    cols, _ = student_data(cfg, train, logits)  # distilled: soft on all, hard on the subset
+    assert len(cols["labels"]) == 200 and int(cols["label_mask"].sum()) == 20
+    cols, _ = student_data(dataclasses.replace(cfg, soft_targets="subset"), train, logits)
+    assert len(cols["teacher_logits"]) == 20
+    keep = balanced_subset(train.labels, 20)
+    assert torch.equal(cols["teacher_logits"], logits[keep])
+
+
+def test_masked_hard_loss_ignores_unlabelled():
+    from kd_accel.losses import hinton_kd_loss
+
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    y = torch.randint(0, 10, (6,))
+    mask = torch.tensor([1, 1, 0, 0, 0, 1], dtype=torch.bool)
+    out = hinton_kd_loss(s, y, t, 2.0, 0.5, label_mask=mask)
+    assert torch.allclose(out["hard"], torch.nn.functional.cross_entropy(s[mask], y[mask]))
+    none = hinton_kd_loss(s, y, t, 2.0, 0.5, label_mask=torch.zeros(6, dtype=torch.bool))
+    assert none["hard"].item() == 0.0 and torch.isfinite(none["loss"])
+
+
+def test_temperature_flattens():
+    rows = temperature_stats(torch.tensor([[5.0, 0.0, -1.0], [0.0, 3.0, 1.0]]), [1, 2, 8])
+    ent = [r["mean_entropy"] for r in rows]
+    mx = [r["mean_max_prob"] for r in rows]
+    assert ent == sorted(ent) and mx == sorted(mx, reverse=True)
+    p = torch.softmax(torch.tensor([5.0, 0.0, -1.0]), 0)
+    q = torch.softmax(torch.tensor([0.0, 3.0, 1.0]), 0)
+    assert rows[0]["mean_max_prob"] == pytest.approx(float((p.max() + q.max()) / 2), rel=1e-6)
+
+
+def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
+    out = tmp_path / "cmp"
+    proc = run_script("compare.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "1000",
+                      "--limit-test", "300", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1",
+                      "--variants", "hinton:T=2,alpha=0.5", "seed-mse")
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6"}
+    for name, row in res["summary"].items():
+        assert row["n"] == 2 and len(row["accuracies"]) == 2
+        if name != "baseline":
+            g = row["gain"]
+            assert g["low"] <= g["mean"] <= g["high"]
+    assert "| baseline | 2 |" in (out / "results.md").read_text() and "gain over baseline" in proc.stdout
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # the teacher and the cache were made once and shared by all four student runs
+    assert proc.stdout.count("training it") == 1 and proc.stdout.count("precomputing") == 1
+
+    proc = run_script("inspect_logits.py", out / "teacher_logits.safetensors", "--temperatures", "1", "4",
+                      "--plot", tmp_path / "t.png")
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [float(line[0]) for line in lines] == [1.0, 4.0]
+    assert float(lines[0][1]) < float(lines[1][1])  # entropy grows with T
+    assert (tmp_path / "t.png").exists()
+    bad = run_script("inspect_logits.py", tmp_path / "t.png", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("kd_accel: error:")

@@ -13,7 +13,7 @@ from .errors import KDError
 from .io import atomic_path, write_json
 from .pipeline import (
     CACHE_FILE, TEACHER_FILE, load_data, precompute, resolve_cache, resolve_teacher, setup,
-    train_student, train_teacher,
+    train_fitnet_student, train_student, train_teacher,
 )
 from .reporting import print_summary
 from .study import Variant, markdown_table, parse_variant, plot_curves, plot_temperature, summarize, temperature_stats
@@ -21,7 +21,7 @@ from .study import Variant, markdown_table, parse_variant, plot_curves, plot_tem
 COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train", "limit_test", "mixed_precision",
           "channels_last", "compile"]
 STUDENT = ["teacher_epochs", "teacher_lr", "teacher_schedule", "kd_loss", "temperature", "alpha", "teacher",
-           "logits", "cache_dtype", "train_subset", "soft_targets"]
+           "logits", "cache_dtype", "train_subset", "soft_targets", "hint_mode", "hint_epochs", "hint_beta"]
 RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume"]
 
 
@@ -114,7 +114,10 @@ def compare_main(argv=None):
         for v in variants:
             vcfg = dataclasses.replace(v.apply(cfg), seed=seed)
             label = "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", v.name) + f"/seed{seed}"
-            runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label)
+            if v.hints:
+                runs[v.name][seed] = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, logits, label)
+            else:
+                runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label)
             accelerator.print(f"{v.name} seed {seed}: {runs[v.name][seed]['test_accuracy']:.2f}%", flush=True)
 
     summary = summarize(runs)

@@ -54,6 +54,10 @@ class Config:
     resume: Optional[str] = None
     channels_last: bool = True
     # limited labels (students only; the teacher always trains on the full set)
+    # FitNets hints
+    hint_mode: str = "two-stage"
+    hint_epochs: int = 2
+    hint_beta: float = 1.0
     train_subset: Optional[int] = None
     soft_targets: str = "all"
     compile: bool = False
@@ -107,6 +111,9 @@ FLAGS = {
     "channels_last": dict(action=argparse.BooleanOptionalAction,
                           help="channels-last memory format for conv/BN (same math; default: %(default)s)"),
     "compile": dict(action="store_true", help="torch.compile the models (Accelerate's dynamo backend 'inductor')"),
+    "hint_mode": dict(choices=["two-stage", "joint"], help="FitNets: hint stage then KD, or both at once (default: %(default)s)"),
+    "hint_epochs": dict(type=int, help="FitNets two-stage: epochs of hint regression (default: %(default)s)"),
+    "hint_beta": dict(type=float, help="FitNets joint: weight of the hint loss (default: %(default)s)"),
     "train_subset": dict(type=int, help="students see hard labels of a fixed class-balanced subset of N samples only"),
     "soft_targets": dict(choices=["all", "subset"], help="with --train-subset: soft targets on the whole set or the subset (default: %(default)s)"),
     "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
@@ -142,7 +149,7 @@ def validate(cfg):
         raise KDError(f"--temperature must be > 0, got {cfg.temperature}")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KDError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
-    for name in ("epochs", "teacher_epochs", "batch_size", "grad_accum", "keep_checkpoints"):
+    for name in ("epochs", "teacher_epochs", "batch_size", "grad_accum", "keep_checkpoints", "hint_epochs"):
         if getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("lr", "teacher_lr"):

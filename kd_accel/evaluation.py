@@ -16,7 +16,8 @@ def evaluate(accelerator, model, split, batch_size=1000):
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
     for batch in loader:
-        preds = model(to_float(batch["images"])).argmax(dim=-1)
+        out = model(to_float(batch["images"]))
+        preds = (out[0] if isinstance(out, tuple) else out).argmax(dim=-1)  # FitNetStudent: (logits, hint)
         preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
         correct += (preds == labels).sum()
         total += len(labels)

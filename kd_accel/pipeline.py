@@ -5,6 +5,7 @@ distilled student (reads the cache, never the teacher) -> baseline student (hard
 """
 import json
 import time
+from dataclasses import replace
 
 import torch
 from pathlib import Path
@@ -16,6 +17,7 @@ from .cache import CacheKey, CacheMismatch, load_cache, save_cache
 from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate, predict_logits
+from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import write_json
 from .models import build_model, count_params, load_model, read_checkpoint, save_model, state_fingerprint
 from .training import fit, make_objective
@@ -68,8 +70,6 @@ def _recipe(cfg, role):
     """The teacher trains with the teacher_* recipe inside distill.py, students with the plain one."""
     if role != "teacher_in_pipeline":
         return cfg
-    from dataclasses import replace
-
     return replace(cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, schedule=cfg.teacher_schedule)
 
 
@@ -191,27 +191,66 @@ def student_data(cfg, train, teacher_logits):
     return {**cols, "label_mask": mask}, objective
 
 
-def train_student(accelerator, cfg, train, test, teacher_logits, label):
-    """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
-    Both start from the same seed, so they differ only in the loss. Saves
-    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone."""
+def _finished(accelerator, cfg, label):
+    """With --resume, a student phase whose weights (and metrics) were saved is not redone."""
     path = cfg.run_dir / f"{label}.safetensors"
     if cfg.resume and path.exists():
         _, meta = read_checkpoint(path)
         if "info" in meta:
             accelerator.print(f"{label}: already finished in {path}, not retrained (--resume)")
             return json.loads(meta["info"])
+    return None
+
+
+def _student_info(model, hist, **extra):
+    return {"test_accuracy": hist["epochs"][-1]["test_accuracy"], "params": count_params(model),
+            "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
+
+
+def _save_student(accelerator, cfg, model, info, label, num_classes):
+    path = cfg.run_dir / f"{label}.safetensors"
+    if accelerator.is_main_process:
+        save_model(model, path, "student", num_classes, info=json.dumps(info), seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    return info
+
+
+def train_student(accelerator, cfg, train, test, teacher_logits, label):
+    """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
+    Both start from the same seed, so they differ only in the loss. Saves
+    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone."""
+    done = _finished(accelerator, cfg, label)
+    if done:
+        return done
     set_seed(cfg.seed)
     model = build_model("student", train.num_classes)
     cols, objective = student_data(cfg, train, teacher_logits)
     model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label)
-    info = {
-        "test_accuracy": hist["epochs"][-1]["test_accuracy"],
-        "params": count_params(model),
-        "train_time_s": hist["train_time_s"],
-        "epochs": hist["epochs"],
-    }
-    if accelerator.is_main_process:
-        save_model(model, path, "student", train.num_classes, info=json.dumps(info), seed=cfg.seed)
-    accelerator.wait_for_everyone()
-    return info
+    return _save_student(accelerator, cfg, model, _student_info(model, hist), label, train.num_classes)
+
+
+def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_logits, label):
+    """FitNets: hints from the teacher's block 2 plus KD from the cache. 'two-stage' (the
+    paper): cfg.hint_epochs of hint regression, then cfg.epochs of KD; 'joint': cfg.epochs of
+    KD + hint_beta x hint. The teacher runs online (first two blocks, frozen, not DDP-wrapped)."""
+    done = _finished(accelerator, cfg, label)
+    if done:
+        return done
+    teacher, _ = load_model(teacher_path, "teacher")
+    hint = teacher_hint(teacher.to(accelerator.device))
+    set_seed(cfg.seed)
+    wrapped = FitNetStudent(build_model("student", train.num_classes))
+    cols, kd = student_data(cfg, train, teacher_logits)
+    ckpt = cfg.run_dir / "checkpoints" / label
+    if cfg.hint_mode == "two-stage":
+        stage_cfg = replace(cfg, epochs=cfg.hint_epochs)
+        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, stage_cfg, hint_objective(hint), f"{label} hints", ckpt / "hints")
+        student, h2 = fit(accelerator, wrapped.student, cols, test, cfg, kd, label, ckpt / "kd")
+        hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
+        extra = {"hint_epochs": h1["epochs"]}
+    else:
+        obj = joint_objective(hint, cfg.kd_loss, cfg.temperature, cfg.alpha, cfg.hint_beta)
+        wrapped, hist = fit(accelerator, wrapped, cols, test, cfg, obj, label, ckpt)
+        student, extra = wrapped.student, {}
+    info = _student_info(student, hist, hint_mode=cfg.hint_mode, **extra)
+    return _save_student(accelerator, cfg, student, info, label, train.num_classes)

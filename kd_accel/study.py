@@ -19,6 +19,7 @@ class Variant:
     kd_loss: str = None
     temperature: float = None
     alpha: float = None
+    hints: dict = None  # FitNets: {"hint_mode", "hint_epochs", "hint_beta"}
 
     @property
     def distilled(self):
@@ -27,36 +28,48 @@ class Variant:
     def apply(self, cfg):
         if not self.distilled:
             return cfg
-        return dataclasses.replace(cfg, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha)
+        return dataclasses.replace(cfg, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
+                                   **(self.hints or {}))
 
 
-_SPEC = re.compile(r"^(baseline|hinton|seed-mse)(?::(.*))?$")
+_SPEC = re.compile(r"^(baseline|hinton|seed-mse|fitnets)(?::(.*))?$")
+_HINT_KEYS = {"mode": ("hint_mode", str), "beta": ("hint_beta", float), "hint_epochs": ("hint_epochs", int)}
 
 
 def parse_variant(spec, cfg):
     """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'seed-mse' (the
-    notebook's loss; T=1.5, alpha=0.6 unless given)."""
+    notebook's loss; T=1.5, alpha=0.6 unless given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,
+    hint_epochs=..,beta=..]' (hints + Hinton KD)."""
     m = _SPEC.match(spec)
     if not m:
-        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..] or seed-mse[:T=..,alpha=..]")
+        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], seed-mse[:...] or fitnets[:...]")
     kind, args = m.group(1), m.group(2)
     if kind == "baseline":
         return Variant("baseline")
-    t, a = (cfg.temperature, cfg.alpha) if kind == "hinton" else (1.5, 0.6)
+    t, a = (1.5, 0.6) if kind == "seed-mse" else (cfg.temperature, cfg.alpha)
+    hints = {"hint_mode": cfg.hint_mode, "hint_epochs": cfg.hint_epochs, "hint_beta": cfg.hint_beta}
     for part in filter(None, (args or "").split(",")):
-        key, _, val = part.partition("=")
+        key, _, val = (x.strip() for x in part.partition("="))
         try:
-            if key.strip() in ("T", "temperature"):
+            if key in ("T", "temperature"):
                 t = float(val)
-            elif key.strip() in ("a", "alpha"):
+            elif key in ("a", "alpha"):
                 a = float(val)
+            elif kind == "fitnets" and key in _HINT_KEYS:
+                field, cast = _HINT_KEYS[key]
+                hints[field] = cast(val)
             else:
                 raise ValueError
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
     if not t > 0 or not 0 <= a <= 1:
         raise KDError(f"bad variant {spec!r}: need T > 0 and 0 <= alpha <= 1")
-    return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
+    if kind != "fitnets":
+        return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
+    if hints["hint_mode"] not in ("two-stage", "joint") or hints["hint_epochs"] < 1:
+        raise KDError(f"bad variant {spec!r}: mode is two-stage or joint, hint_epochs >= 1")
+    how = f"{hints['hint_epochs']} hint epochs" if hints["hint_mode"] == "two-stage" else f"joint beta={hints['hint_beta']:g}"
+    return Variant(f"fitnets ({how}) T={t:g} a={a:g}", "hinton", t, a, hints)
 
 
 def summarize(runs, baseline="baseline"):

@@ -20,7 +20,8 @@ from .evaluation import evaluate
 from .losses import KD_LOSSES, ce_loss
 from .reporting import progress_bar
 
-# Fault injection for the crash/resume tests: SIGKILL this process after this optimizer step.
+# Fault injection for the crash/resume tests: "[phase:]N" SIGKILLs this process after
+# optimizer step N (of that phase, e.g. "baseline:27").
 FAULT_ENV = "KD_ACCEL_FAULT_STEP"
 
 
@@ -82,6 +83,9 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
     # The whole (small) data set and cache live on the training device: a batch is one gather
     # there, with no host-to-device copy per step. On CPU this is a no-op (a memory-mapped
     # cache stays mapped).
+    # Forget the previous phase's model/optimizer/loaders: save_state would otherwise write the
+    # teacher into the student's checkpoints, and load_state would restore them out of order.
+    accelerator.free_memory()
     train_columns = {k: v.to(accelerator.device) for k, v in train_columns.items()}
     loader = make_loader(train_columns, cfg.batch_size, shuffle=True, seed=cfg.seed)
     if accelerator.num_processes > 1:
@@ -97,7 +101,8 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
 
     every = parse_every(getattr(cfg, "checkpoint_every", None))
     keep = getattr(cfg, "keep_checkpoints", 3)
-    fault_step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    fault_phase, _, fault_step = os.environ.get(FAULT_ENV, "").rpartition(":")
+    fault_step = int(fault_step or 0) if fault_phase in ("", label) else 0
     log_every = 50
 
     history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
@@ -134,7 +139,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
             advance(position)
             for batch in batches:
                 with accelerator.accumulate(model):
-                    x = to_float(batch["images"]).contiguous(memory_format=memory_format)
+                    x = batch["x"] = to_float(batch["images"]).contiguous(memory_format=memory_format)
                     parts = objective(model(x), batch)
                     accelerator.backward(parts["loss"])
                     optimizer.step()
@@ -157,10 +162,13 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
                     checkpoint(epoch, position, sums, steps)
         watch.check()
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
-        acc = evaluate(accelerator, model, test_split)
-        history.append({"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}, "test_accuracy": acc})
+        entry = {"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}}
+        if test_split is not None:  # None: a model without a classifier (FitNets' hint stage)
+            entry["test_accuracy"] = evaluate(accelerator, model, test_split)
+        history.append(entry)
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
-        accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt} test_acc={acc:.2f}%", flush=True)
+        acc_txt = f" test_acc={entry['test_accuracy']:.2f}%" if "test_accuracy" in entry else ""
+        accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt}{acc_txt}", flush=True)
         if every and ckpt_dir and epoch + 1 < cfg.epochs:
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start

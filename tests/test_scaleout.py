@@ -179,28 +179,32 @@ def test_partial_checkpoints_are_never_resumed(tmp_path):
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir):
-    base = tmp_path / "base"
-    small = ["--data-dir", mnist_dir, "--limit-train", "1000", "--limit-test", "300"]
-    run_script("distill.py", *small, "--output-dir", base, "--epochs", "1", "--teacher-epochs", "1", "--no-baseline")
-    args = [*small, "--teacher", base / "teacher.safetensors", "--logits", base / "teacher_logits.safetensors",
-            "--epochs", "2", "--batch-size", "50", "--checkpoint-every", "8", "--no-baseline"]
+    """The whole pipeline, killed in its third phase (baseline), resumed with --resume latest."""
+    args = ["--data-dir", mnist_dir, "--limit-train", "1000", "--limit-test", "300", "--teacher-epochs", "1",
+            "--epochs", "2", "--batch-size", "50", "--checkpoint-every", "8"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script("distill.py", *args, "--output-dir", whole)
-    # 20 steps an epoch; checkpoints at 8, 16, 20 (epoch end), 24; SIGKILL after step 27
-    proc = run_script("distill.py", *args, "--output-dir", killed, check=False, env={"KD_ACCEL_FAULT_STEP": "27"})
+    # 20 steps an epoch; checkpoints at 8, 16, 20 (epoch end), 24; SIGKILL after baseline step 27
+    proc = run_script("distill.py", *args, "--output-dir", killed, check=False,
+                      env={"KD_ACCEL_FAULT_STEP": "baseline:27"})
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "metrics.json").exists() and not (killed / "student.safetensors").exists()
-    ckpts = sorted(p.name for p in (killed / "checkpoints" / "student").iterdir())
+    assert (killed / "student.safetensors").exists() and not (killed / "baseline.safetensors").exists()
+    assert not (killed / "metrics.json").exists()
+    ckpts = sorted(p.name for p in (killed / "checkpoints" / "baseline").iterdir())
     assert ckpts == ["step_00000016", "step_00000020", "step_00000024"], ckpts  # keeps the last 3
     proc = run_script("distill.py", *args, "--output-dir", killed, "--resume", "latest")
-    assert "resumed from" in proc.stdout and "step_00000024" in proc.stdout
-    a, b = load_file(whole / "student.safetensors"), load_file(killed / "student.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert "baseline: resumed from" in proc.stdout and "step_00000024" in proc.stdout
+    assert "student: already finished" in proc.stdout and "teacher: reusing" in proc.stdout
+    for name in ("teacher", "student", "baseline"):
+        a, b = load_file(whole / f"{name}.safetensors"), load_file(killed / f"{name}.safetensors")
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
-    assert ma["student"]["test_accuracy"] == mb["student"]["test_accuracy"]
-    for ea, eb in zip(ma["student"]["epochs"], mb["student"]["epochs"]):
+    for role in ("teacher", "student", "baseline"):
+        assert ma[role]["test_accuracy"] == mb[role]["test_accuracy"]
+    for ea, eb in zip(ma["baseline"]["epochs"], mb["baseline"]["epochs"]):
         assert ea == pytest.approx(eb, rel=1e-6)
+
 
 
 @pytest.mark.parametrize("name", ["accelerate_config.yaml", "configs/cpu_2proc.yaml", "configs/multi_gpu.yaml",

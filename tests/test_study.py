@@ -85,9 +85,12 @@ def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
     out = tmp_path / "cmp"
     proc = run_script("compare.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "1000",
                       "--limit-test", "300", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1",
-                      "--variants", "hinton:T=2,alpha=0.5", "seed-mse")
+                      "--variants", "hinton:T=2,alpha=0.5", "seed-mse", "fitnets:hint_epochs=1", "fitnets:mode=joint,beta=0.5")
     res = json.loads((out / "results.json").read_text())
-    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6"}
+    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6",
+                                   "fitnets (1 hint epochs) T=4 a=0.5", "fitnets (joint beta=0.5) T=4 a=0.5"}
+    two_stage = res["runs"]["fitnets (1 hint epochs) T=4 a=0.5"]["0"]
+    assert len(two_stage["hint_epochs"]) == 1 and two_stage["hint_epochs"][0]["loss_hint"] > 0
     for name, row in res["summary"].items():
         assert row["n"] == 2 and len(row["accuracies"]) == 2
         if name != "baseline":
@@ -95,7 +98,7 @@ def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
             assert g["low"] <= g["mean"] <= g["high"]
     assert "| baseline | 2 |" in (out / "results.md").read_text() and "gain over baseline" in proc.stdout
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    # the teacher and the cache were made once and shared by all four student runs
+    # the teacher and the cache were made once and shared by all the student runs
     assert proc.stdout.count("training it") == 1 and proc.stdout.count("precomputing") == 1
 
     proc = run_script("inspect_logits.py", out / "teacher_logits.safetensors", "--temperatures", "1", "4",

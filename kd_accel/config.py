@@ -35,7 +35,7 @@ class Config:
     teacher_schedule: str = "cosine"
     # distillation
     kd_loss: str = "hinton"
-    temperature: float = 4.0
+    temperature: float = 1.0
     alpha: float = 0.5
     # files
     teacher: Optional[str] = None

@@ -87,9 +87,10 @@ def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
                       "--limit-test", "300", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1",
                       "--variants", "hinton:T=2,alpha=0.5", "seed-mse", "fitnets:hint_epochs=1", "fitnets:mode=joint,beta=0.5")
     res = json.loads((out / "results.json").read_text())
-    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6",
-                                   "fitnets (1 hint epochs) T=4 a=0.5", "fitnets (joint beta=0.5) T=4 a=0.5"}
-    two_stage = res["runs"]["fitnets (1 hint epochs) T=4 a=0.5"]["0"]
+    d = Config()  # fitnets uses the run's default T and alpha
+    fit2, fitj = (f"fitnets ({how}) T={d.temperature:g} a={d.alpha:g}" for how in ("1 hint epochs", "joint beta=0.5"))
+    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6", fit2, fitj}
+    two_stage = res["runs"][fit2]["0"]
     assert len(two_stage["hint_epochs"]) == 1 and two_stage["hint_epochs"][0]["loss_hint"] > 0
     for name, row in res["summary"].items():
         assert row["n"] == 2 and len(row["accuracies"]) == 2

@@ -40,7 +40,7 @@ def precompute_main(argv=None):
                           COMMON + ["teacher", "out", "cache_dtype", "batch_size"])
     cfg, _ = parse(parser, argv)
     if not cfg.teacher:
-        parser.error("--teacher PATH is required")
+        raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
     accelerator = setup(cfg, "precompute_logits")
     train, _ = load_data(accelerator, cfg)
     precompute(accelerator, cfg, cfg.teacher, train, cfg.out or cfg.run_dir / CACHE_FILE)

@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
-from .cache import CacheKey, CacheMismatch, load_cache, save_cache
+from .cache import CacheKey, load_cache, save_cache
 from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate, predict_logits

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from kd_accel import models, pipeline
 from kd_accel.cache import read_metadata

@@ -7,9 +7,9 @@ import json
 import time
 from dataclasses import replace
 
-import torch
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
@@ -66,19 +66,17 @@ def columns(split, **extra):
     return {"images": split.images, "labels": split.labels, **extra}
 
 
-def _recipe(cfg, role):
-    """The teacher trains with the teacher_* recipe inside distill.py, students with the plain one."""
-    if role != "teacher_in_pipeline":
-        return cfg
+def teacher_recipe(cfg):
+    """distill.py trains its teacher with the --teacher-* flags; train_teacher.py uses the plain
+    --epochs/--lr/--schedule, which there are the teacher's."""
     return replace(cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, schedule=cfg.teacher_schedule)
 
 
-def train_teacher(accelerator, cfg, train, test, path, recipe_role="teacher"):
+def train_teacher(accelerator, cfg, train, test, path):
     """Train the seed teacher on hard labels and save it (with its test accuracy) to `path`."""
-    recipe = _recipe(cfg, recipe_role)
     set_seed(cfg.seed)
     model = build_model("teacher", train.num_classes)
-    model, hist = fit(accelerator, model, columns(train), test, recipe, make_objective("ce"), "teacher",
+    model, hist = fit(accelerator, model, columns(train), test, cfg, make_objective("ce"), "teacher",
                       cfg.run_dir / "checkpoints" / "teacher")
     info = {
         "test_accuracy": hist["epochs"][-1]["test_accuracy"],
@@ -121,7 +119,7 @@ def resolve_teacher(accelerator, cfg, train, test):
         accelerator.print(f"teacher: reusing {path} (no teacher training)")
         return path, teacher_info_from_checkpoint(accelerator, path, test)
     accelerator.print(f"teacher: {path} not found, training it")
-    info = train_teacher(accelerator, cfg, train, test, path, recipe_role="teacher_in_pipeline")
+    info = train_teacher(accelerator, teacher_recipe(cfg), train, test, path)
     info["note"] = "trained"
     info["fingerprint"] = state_fingerprint(read_checkpoint(path)[0])
     return path, info

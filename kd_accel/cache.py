@@ -135,36 +135,28 @@ def _mmap_tensors(path):
     return out
 
 
-def open_cache(path):
-    """(logits, labels, metadata) of a cache, checksum-verified but not matched to a run
-    (for inspecting a cache on its own)."""
+def open_cache(path, key=None, verify=True):
+    """(logits [N, C], labels [N], metadata) from `path`, checked against `key` (the run that
+    wants it) when given; `verify` checks the stored checksum (reads the file once).
+
+    The logits are memory-mapped, not read: they are paged in as batches gather their rows."""
     meta = read_metadata(path)
+    if key is not None:
+        check_metadata(meta, key, path)
     try:
         tensors = _mmap_tensors(str(path))
         logits, labels = tensors["logits"], tensors["labels"]
     except (KeyError, OSError, ValueError, struct.error) as e:
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
-    if _checksum(logits) != meta.get("logits_sha256"):
+    want_rows = (key.num_samples, key.num_classes) if key else tuple(logits.shape)
+    if tuple(logits.shape) != want_rows or str(logits.dtype) != str(DTYPES.get(meta.get("dtype"))):
+        raise KDError(f"logits cache {path} is corrupted: tensor {tuple(logits.shape)} {logits.dtype}")
+    if verify and _checksum(logits) != meta.get("logits_sha256"):
         raise KDError(f"logits cache {path} is corrupted: checksum of the logits does not match")
     return logits, labels, meta
 
 
 def load_cache(path, key, verify=True):
-    """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`.
-
-    The logits are memory-mapped, not read: they are paged in as batches gather their rows.
-    `verify` checks the stored checksum (reads the file once)."""
-    meta = read_metadata(path)
-    check_metadata(meta, key, path)
-    try:
-        tensors = _mmap_tensors(str(path))
-        logits, labels = tensors["logits"], tensors["labels"]
-    except (KeyError, OSError, ValueError, struct.error) as e:
-        raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
-    if tuple(logits.shape) != (key.num_samples, key.num_classes) or str(logits.dtype) != str(
-        DTYPES.get(meta.get("dtype"))
-    ):
-        raise KDError(f"logits cache {path} is corrupted: tensor {tuple(logits.shape)} {logits.dtype}")
-    if verify and _checksum(logits) != meta.get("logits_sha256"):
-        raise KDError(f"logits cache {path} is corrupted: checksum of the logits does not match")
+    """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`."""
+    logits, labels, _ = open_cache(path, key, verify)
     return logits, labels

@@ -72,18 +72,19 @@ def teacher_recipe(cfg):
     return replace(cfg, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, schedule=cfg.teacher_schedule)
 
 
+def run_info(model, hist, **extra):
+    """What metrics.json records of a trained model: final accuracy, size, time, history."""
+    return {"test_accuracy": hist["epochs"][-1]["test_accuracy"], "params": count_params(model),
+            "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
+
+
 def train_teacher(accelerator, cfg, train, test, path):
     """Train the seed teacher on hard labels and save it (with its test accuracy) to `path`."""
     set_seed(cfg.seed)
     model = build_model("teacher", train.num_classes)
     model, hist = fit(accelerator, model, columns(train), test, cfg, make_objective("ce"), "teacher",
                       cfg.run_dir / "checkpoints" / "teacher")
-    info = {
-        "test_accuracy": hist["epochs"][-1]["test_accuracy"],
-        "params": count_params(model),
-        "train_time_s": hist["train_time_s"],
-        "epochs": hist["epochs"],
-    }
+    info = run_info(model, hist)
     if accelerator.is_main_process:
         save_model(model, path, "teacher", train.num_classes, dataset=cfg.dataset,
                    test_accuracy=info["test_accuracy"], test_fingerprint=test.fingerprint(),
@@ -200,11 +201,6 @@ def _finished(accelerator, cfg, label):
     return None
 
 
-def _student_info(model, hist, **extra):
-    return {"test_accuracy": hist["epochs"][-1]["test_accuracy"], "params": count_params(model),
-            "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
-
-
 def _save_student(accelerator, cfg, model, info, label, num_classes):
     path = cfg.run_dir / f"{label}.safetensors"
     if accelerator.is_main_process:
@@ -224,7 +220,7 @@ def train_student(accelerator, cfg, train, test, teacher_logits, label):
     model = build_model("student", train.num_classes)
     cols, objective = student_data(cfg, train, teacher_logits)
     model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label)
-    return _save_student(accelerator, cfg, model, _student_info(model, hist), label, train.num_classes)
+    return _save_student(accelerator, cfg, model, run_info(model, hist), label, train.num_classes)
 
 
 def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_logits, label):
@@ -250,5 +246,5 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_lo
         obj = joint_objective(hint, cfg.kd_loss, cfg.temperature, cfg.alpha, cfg.hint_beta)
         wrapped, hist = fit(accelerator, wrapped, cols, test, cfg, obj, label, ckpt)
         student, extra = wrapped.student, {}
-    info = _student_info(student, hist, hint_mode=cfg.hint_mode, **extra)
+    info = run_info(student, hist, hint_mode=cfg.hint_mode, **extra)
     return _save_student(accelerator, cfg, student, info, label, train.num_classes)

@@ -7,6 +7,15 @@ class KDError(Exception):
     """A problem the user can fix (bad flag, missing file, stale cache). Printed as one line."""
 
 
+def close_process_group():
+    """Tear down torch.distributed before the interpreter exits. Left to interpreter shutdown,
+    gloo's worker threads can be destroyed while still joinable, and a rank then dies with
+    "terminate called without an active exception" (SIGABRT) after its work is done."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)`; print KDError as `kd_accel: error: ...` and exit 2."""
     try:
@@ -17,3 +26,5 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print("kd_accel: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        close_process_group()

@@ -1,4 +1,7 @@
 """Bad input: one line on stderr, a non-zero exit, no traceback, nothing written."""
+import subprocess
+import sys
+
 import pytest
 
 from conftest import run_script
@@ -46,3 +49,25 @@ def test_corrupt_teacher_checkpoint(tmp_path, mnist_dir):
 def test_help(script):
     proc = run_script(script, "--help")
     assert "--data-dir" in proc.stdout and "--output-dir" in proc.stdout
+
+
+def test_run_cli_destroys_the_process_group_on_success_and_on_error(tmp_path):
+    """A gloo group left to interpreter shutdown can abort a finished rank (SIGABRT, "terminate
+    called without an active exception"); run_cli must tear it down on every way out."""
+    code = f"""
+import sys, torch.distributed as dist
+from kd_accel.errors import KDError, run_cli
+def main(argv):
+    dist.init_process_group("gloo", init_method="file://{tmp_path}/rdzv" + argv[0], rank=0, world_size=1)
+    if argv[1] == "fail":
+        raise KDError("bad flag")
+try:
+    run_cli(main, [sys.argv[1], sys.argv[2]])
+except SystemExit as e:
+    print("exit", e.code)
+print("initialized", dist.is_initialized())
+"""
+    for mode, exit_line in [("ok", ""), ("fail", "exit 2\n")]:
+        proc = subprocess.run([sys.executable, "-c", code, mode, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == exit_line + "initialized False\n", proc.stdout

@@ -49,6 +49,7 @@ if a.mode == "eval":
     acc = evaluate(accelerator, model, test)
     if accelerator.is_main_process:
         Path(a.out).write_text(json.dumps({"accuracy": acc, "processes": accelerator.num_processes}))
+    accelerator.end_training()  # destroys the process group: see kd_accel.errors.close_process_group
     sys.exit(0)
 
 model = build_model(a.role)
@@ -73,3 +74,4 @@ with torch.no_grad():
     probe = model(test.images[:100].float().div(255).to(accelerator.device)).cpu()
 if accelerator.is_main_process:
     save_file({**state, "_probe_logits": probe}, a.out)
+accelerator.end_training()

@@ -16,7 +16,8 @@ from .pipeline import (
     train_fitnet_student, train_student, train_teacher,
 )
 from .reporting import print_summary
-from .study import Variant, markdown_table, parse_variant, plot_curves, plot_temperature, summarize, temperature_stats
+from .study import (Variant, grid_matrix, markdown_table, parse_variant, plot_curves, plot_temperature, summarize,
+                    temperature_stats)
 
 COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train", "limit_test", "mixed_precision",
           "channels_last", "compile"]
@@ -124,6 +125,8 @@ def compare_main(argv=None):
     title = f"{cfg.dataset}, {cfg.epochs} epochs ({cfg.schedule} lr), teacher {teacher['test_accuracy']:.2f}%" + (
         f", {cfg.train_subset} labelled samples (soft targets: {cfg.soft_targets})" if cfg.train_subset else "")
     table = markdown_table(summary, title)
+    grid = grid_matrix(summary)
+    table += "\n" + grid if grid else ""
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "results.json", {"config": cfg.to_json(), "teacher": teacher, "summary": summary,
                                                   "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()}})

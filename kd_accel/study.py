@@ -100,8 +100,45 @@ def markdown_table(summary, title=""):
     return "\n".join(lines) + "\n"
 
 
+_HINTON = re.compile(r"^hinton T=([0-9.e+-]+) a=([0-9.e+-]+)$")
+
+
+def grid_matrix(summary):
+    """The Hinton cells of a comparison as a T x alpha matrix of 'gain (p)' in markdown, or ''
+    when fewer than two such cells were run. Bold: significant at 5% (paired t)."""
+    cells = {}
+    for name, r in summary.items():
+        m = _HINTON.match(name)
+        if m and "gain" in r:
+            cells[float(m.group(1)), float(m.group(2))] = r["gain"]
+    if len(cells) < 2:
+        return ""
+    ts, alphas = sorted({t for t, _ in cells}), sorted({a for _, a in cells})
+    lines = ["Gain of Hinton KD over the baseline, percentage points (p, paired t); **bold**: p < 0.05", "",
+             "| T \\ α | " + " | ".join(f"{a:g}" for a in alphas) + " |", "| --- |" + " --- |" * len(alphas)]
+    for t in ts:
+        row = []
+        for a in alphas:
+            g = cells.get((t, a))
+            txt = f"{g['mean']:+.3f} ({g['p']:.2f})" if g else "-"
+            row.append(f"**{txt}**" if g and g["p"] < 0.05 else txt)
+        lines.append(f"| {t:g} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_variants(runs, baseline="baseline", most=6):
+    """Which variants a curve plot shows: all of them up to `most`, else the baseline and the
+    best `most - 1` by final mean accuracy (a plot of 15 bands is unreadable)."""
+    if len(runs) <= most:
+        return list(runs)
+    final = {k: mean([v["test_accuracy"] for v in by_seed.values()]) for k, by_seed in runs.items() if k != baseline}
+    best = sorted(final, key=final.get, reverse=True)[: most - (baseline in runs)]
+    return [k for k in runs if k == baseline or k in best]
+
+
 def plot_curves(runs, path, title=""):
-    """Test accuracy per epoch, mean over seeds with a min-max band, one line per variant."""
+    """Test accuracy per epoch, mean over seeds with a min-max band, one line per variant
+    (the baseline and the best five when more were compared)."""
     try:
         import matplotlib
 
@@ -111,8 +148,12 @@ def plot_curves(runs, path, title=""):
         return False
     from .io import atomic_path
 
+    shown = curve_variants(runs)
+    if len(shown) < len(runs):
+        title += f" (baseline + best {len(shown) - 1} of {len(runs) - 1})"
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, by_seed in runs.items():
+    for name in shown:
+        by_seed = runs[name]
         curves = torch.tensor([[e["test_accuracy"] for e in info["epochs"]] for info in by_seed.values()])
         epochs = range(1, curves.shape[1] + 1)
         ax.plot(epochs, curves.mean(0), marker="o", label=f"{name} (n={len(curves)})")

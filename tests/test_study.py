@@ -8,7 +8,7 @@ from kd_accel.config import Config
 from kd_accel.data import balanced_subset
 from kd_accel.errors import KDError
 from kd_accel.pipeline import student_data
-from kd_accel.study import parse_variant, summarize, temperature_stats
+from kd_accel.study import curve_variants, grid_matrix, parse_variant, summarize, temperature_stats
 
 from conftest import run_script, tiny_split
 
@@ -31,6 +31,29 @@ def test_summarize_pairs_by_seed():
     s = summarize(runs)
     assert s["kd"]["gain"]["mean"] == pytest.approx(0.2)  # (0.1 + 0.3) / 2
     assert s["kd"]["mean"] == pytest.approx(98.3) and "gain" not in s["baseline"]
+
+
+def test_grid_matrix_places_cells_and_marks_significance():
+    def run(*accs):
+        return {s: {"test_accuracy": a, "train_time_s": 1} for s, a in enumerate(accs)}
+
+    runs = {"baseline": run(98.0, 98.2, 98.1), "hinton T=1 a=0.5": run(98.1, 98.3, 98.2),  # +0.1 every seed
+            "hinton T=4 a=0.9": run(97.9, 98.4, 98.0), "seed-mse T=1.5 a=0.6": run(97.0, 97.0, 97.0)}
+    table = grid_matrix(summarize(runs))
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| T \\ α | 0.5 | 0.9 |"
+    assert rows[1].startswith("| 1 | **+0.100 (0.00)** | - |"), rows[1]  # constant gain: p = 0
+    assert rows[2].startswith("| 4 | - | ") and "**" not in rows[2], rows[2]  # mixed signs: not significant
+    assert "seed-mse" not in table
+    assert grid_matrix(summarize({"baseline": runs["baseline"], "hinton T=1 a=0.5": runs["hinton T=1 a=0.5"]})) == ""
+
+
+def test_curve_plot_keeps_baseline_and_best():
+    runs = {"baseline": {0: {"test_accuracy": 90.0}}}
+    runs.update({f"v{i}": {0: {"test_accuracy": 90.0 + i}} for i in range(8)})
+    assert curve_variants(runs) == ["baseline", "v3", "v4", "v5", "v6", "v7"]
+    small = {k: runs[k] for k in ("baseline", "v0", "v1")}
+    assert curve_variants(small) == ["baseline", "v0", "v1"]
 
 
 def test_balanced_subset_is_deterministic_and_balanced():

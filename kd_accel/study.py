@@ -95,7 +95,7 @@ def markdown_table(summary, title=""):
     for name, r in summary.items():
         g = r.get("gain")
         gain = f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "-"
-        p = f"{g['p']:.3f}" if g else "-"
+        p = ("< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}") if g else "-"
         lines.append(f"| {name} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} | {gain} | {p} | {r['train_time_s']:.1f}s |")
     return "\n".join(lines) + "\n"
 
@@ -120,7 +120,7 @@ def grid_matrix(summary):
         row = []
         for a in alphas:
             g = cells.get((t, a))
-            txt = f"{g['mean']:+.3f} ({g['p']:.2f})" if g else "-"
+            txt = f"{g['mean']:+.3f} ({'<0.001' if g['p'] < 0.001 else format(g['p'], '.3f')})" if g else "-"
             row.append(f"**{txt}**" if g and g["p"] < 0.05 else txt)
         lines.append(f"| {t:g} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

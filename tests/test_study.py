@@ -8,7 +8,7 @@ from kd_accel.config import Config
 from kd_accel.data import balanced_subset
 from kd_accel.errors import KDError
 from kd_accel.pipeline import student_data
-from kd_accel.study import curve_variants, grid_matrix, parse_variant, summarize, temperature_stats
+from kd_accel.study import curve_variants, grid_matrix, markdown_table, parse_variant, summarize, temperature_stats
 
 from conftest import run_script, tiny_split
 
@@ -42,9 +42,10 @@ def test_grid_matrix_places_cells_and_marks_significance():
     table = grid_matrix(summarize(runs))
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0] == "| T \\ α | 0.5 | 0.9 |"
-    assert rows[1].startswith("| 1 | **+0.100 (0.00)** | - |"), rows[1]  # constant gain: p = 0
+    assert rows[1].startswith("| 1 | **+0.100 (<0.001)** | - |"), rows[1]  # constant gain: p = 0
     assert rows[2].startswith("| 4 | - | ") and "**" not in rows[2], rows[2]  # mixed signs: not significant
     assert "seed-mse" not in table
+    assert "| < 0.001 |" in markdown_table(summarize(runs))
     assert grid_matrix(summarize({"baseline": runs["baseline"], "hinton T=1 a=0.5": runs["hinton T=1 a=0.5"]})) == ""
 
 

@@ -7,7 +7,7 @@ import re
 import torch
 
 from . import __version__
-from .config import build_parser, parse
+from .config import Config, build_parser, parse
 from .cache import open_cache
 from .errors import KDError
 from .io import atomic_path, write_json
@@ -29,6 +29,8 @@ RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_ev
 def train_teacher_main(argv=None):
     parser = build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.",
                           COMMON + RECIPE)
+    # here --epochs/--lr/--schedule are the teacher's: default them to the teacher recipe
+    parser.set_defaults(epochs=Config.teacher_epochs, lr=Config.teacher_lr, schedule=Config.teacher_schedule)
     cfg, _ = parse(parser, argv)
     accelerator = setup(cfg, "train_teacher")
     train, test = load_data(accelerator, cfg)

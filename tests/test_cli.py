@@ -51,6 +51,23 @@ def test_help(script):
     assert "--data-dir" in proc.stdout and "--output-dir" in proc.stdout
 
 
+def test_train_teacher_epochs_default_to_the_teacher_recipe():
+    """train_teacher.py's --epochs/--lr/--schedule are the teacher's: their defaults must be the
+    teacher recipe distill.py uses, not the (longer) student recipe."""
+    import re
+
+    from kd_accel.config import Config
+
+    def default(script, flag):
+        text = " ".join(run_script(script, "--help").stdout.split())
+        return re.search(rf"{flag} [A-Z_]+ [^\[(]*\(default: ([^)]+)\)", text).group(1)
+
+    assert default("train_teacher.py", "--epochs") == str(Config.teacher_epochs)
+    assert default("train_teacher.py", "--lr") == str(Config.teacher_lr)
+    assert default("distill.py", "--epochs") == str(Config.epochs)
+    assert Config.epochs != Config.teacher_epochs  # else this test could not tell them apart
+
+
 def test_run_cli_destroys_the_process_group_on_success_and_on_error(tmp_path):
     """A gloo group left to interpreter shutdown can abort a finished rank (SIGABRT, "terminate
     called without an active exception"); run_cli must tear it down on every way out."""

@@ -107,7 +107,7 @@ FLAGS = {
     "teacher_lr": dict(type=float, help="teacher's Adam learning rate (default: %(default)s)"),
     "teacher_schedule": dict(choices=["cosine", "constant"], help="teacher's lr schedule (default: %(default)s)"),
     "kd_loss": dict(choices=sorted(KD_LOSSES), help="distillation loss (default: %(default)s)"),
-    "temperature": dict(type=float, help="softmax temperature T > 0 (default: %(default)s; 2.0 for fashion-mnist)"),
+    "temperature": dict(type=float, help="softmax temperature T > 0 (default: %(default)s)"),
     "alpha": dict(type=float, help="weight of the soft loss, 0..1 (default: %(default)s)"),
     "teacher": dict(help="teacher checkpoint (safetensors)"),
     "logits": dict(help="teacher-logits cache (safetensors)"),
@@ -129,6 +129,10 @@ FLAGS = {
     "soft_targets": dict(choices=["all", "subset"], help="with --train-subset: soft targets on the whole set or the subset (default: %(default)s)"),
     "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
 }
+# say the per-data-set defaults in --help: "(default: 4.0)" -> "(default: 4.0; 2.0 for fashion-mnist)"
+for _dataset, _values in DATASET_DEFAULTS.items():
+    for _name, _value in _values.items():
+        FLAGS[_name]["help"] = FLAGS[_name]["help"][:-1] + f"; {_value} for {_dataset})"
 
 
 def build_parser(description, flags, extra=None):

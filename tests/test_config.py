@@ -25,3 +25,8 @@ def test_fashion_mnist_gets_its_measured_temperature():
 ])
 def test_flags_and_presets_override_the_data_set(argv, want):
     assert config(*argv).temperature == want
+
+
+def test_help_names_the_per_data_set_default():
+    text = " ".join(build_parser("test", list(FLAGS)).format_help().split())
+    assert "(default: 4.0; 2.0 for fashion-mnist)" in text

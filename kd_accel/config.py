@@ -27,7 +27,7 @@ class Config:
     # student recipe (train_teacher.py defaults --epochs/--lr/--schedule to the teacher's below).
     # 20 epochs with Hinton KD at T=4, alpha=0.9: the best student of the study (README, "When
     # distillation helps"); the baseline overfits over 20 epochs, the soft targets keep it in check.
-    # Fashion-MNIST keeps T=2 (DATASET_DEFAULTS below).
+    # Fashion-MNIST keeps T=2 (DATASET_DEFAULTS below, applied by parse(), not by Config itself).
     epochs: int = 20
     batch_size: int = 100
     lr: float = 1e-3

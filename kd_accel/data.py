@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import KDError
 
@@ -225,19 +225,49 @@ def _as_batch(batch):
     return batch  # __getitems__ already returns the collated batch
 
 
+def epoch_seed(seed, epoch):
+    """A 63-bit generator seed for (run seed, epoch): neighbouring seeds and epochs give
+    unrelated permutations (sha256 mixes them), and the result depends on nothing else."""
+    digest = hashlib.sha256(f"kd_accel/order/{int(seed)}/{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class EpochPermutation(Sampler):
+    """The training order: epoch e visits the samples in randperm(n) drawn from
+    epoch_seed(seed, e), a pure function of the run's seed and the epoch.
+
+    This sampler is the one owner of the data order. It is not a RandomSampler, so
+    accelerator.prepare keeps it as it is (Accelerate's seedable sampler, seeded once per
+    Accelerator, would give every seed trained under one Accelerator the same order); the
+    prepared loader's set_epoch reaches it on every rank, so all ranks draw the same global
+    permutation and shard it by whole batches, and a resumed epoch replays it exactly."""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def permutation(self, epoch=None):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        return iter(self.permutation().tolist())
+
+    def __len__(self):
+        return self.n
+
+
 def make_loader(columns, batch_size, shuffle, seed=0):
     """A DataLoader over IndexedTensors(**columns), ready for accelerator.prepare.
 
+    shuffle=True: the order is EpochPermutation(n, seed), set per epoch with loader.set_epoch.
     `prepare` shards it across processes: each rank takes whole batches in turn, so with R
     processes a step sees R*batch_size samples of one global permutation."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        IndexedTensors(**columns),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=_as_batch,
-    )
+    dataset = IndexedTensors(**columns)
+    sampler = EpochPermutation(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
 
 
 def to_float(images):

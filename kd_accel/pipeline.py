@@ -27,12 +27,13 @@ CACHE_FILE = "teacher_logits.safetensors"
 
 
 def make_accelerator(cfg, **kwargs):
-    """The Accelerator every script uses. The sampler is seeded from (seed, epoch), so an epoch's
-    order can be replayed on resume and is the same on every rank."""
+    """The Accelerator every script uses. It owns no randomness: the data order belongs to each
+    trained model's loader (data.EpochPermutation, from that model's seed and the epoch), so one
+    Accelerator can train many seeds (compare.py) and each still gets its own order."""
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
         dynamo_backend="inductor" if cfg.compile else None,
         **kwargs,
     )

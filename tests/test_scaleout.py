@@ -216,3 +216,15 @@ def test_accelerate_config_files_load(name):
     assert cfg.num_processes >= 1 and cfg.compute_environment.value == "LOCAL_MACHINE"
     if "multi_node" in name:
         assert cfg.num_machines == 2 and cfg.main_process_ip
+
+
+def test_one_and_two_processes_see_the_same_global_order(tmp_path, mnist_dir):
+    """The data order is the seed's alone: two ranks with batch B/2 take turns over the same
+    global permutation that one process walks with batch B."""
+    launch(1, "order", tmp_path / "one", "--data-dir", mnist_dir, "--batch-size", 40)
+    launch(2, "order", tmp_path / "two", "--data-dir", mnist_dir, "--batch-size", 20)
+    one = json.loads((tmp_path / "one.rank0.json").read_text())
+    r0, r1 = (json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in (0, 1))
+    assert len(one) == len(r0) == len(r1) == 20  # 2 epochs x 400 / 40 steps
+    assert [a + b for a, b in zip(r0, r1)] == one
+    assert sorted(sum(one[:10], [])) == list(range(400)) and one[:10] != one[10:]

@@ -55,3 +55,70 @@ def test_cosine_schedule_ends_at_zero():
     f = lr_lambda("cosine", 100)
     assert f(0) == 1.0 and abs(f(50) - 0.5) < 1e-9 and f(100) < 1e-12
     assert lr_lambda("constant", 100)(77) == 1.0
+
+
+def _record_fit(monkeypatch):
+    """Wrap pipeline.fit: per call, the model's initial weights and every batch's sample indices."""
+    from kd_accel import pipeline
+
+    calls, real_fit = [], pipeline.fit
+
+    def spy_fit(accelerator, model, cols, test, cfg, objective, label, ckpt_dir=None):
+        rec = {"label": label, "init": {k: v.clone() for k, v in model.state_dict().items()}, "order": []}
+        calls.append(rec)
+
+        def spy(logits, batch):
+            rec["order"].append(batch["idx"].clone())
+            return objective(logits, batch)
+
+        return real_fit(accelerator, model, cols, test, cfg, spy, label, ckpt_dir)
+
+    monkeypatch.setattr(pipeline, "fit", spy_fit)
+    return calls
+
+
+def test_seed_fixes_weights_and_data_order_under_one_accelerator(accelerator, monkeypatch, tmp_path):
+    """compare.py trains every seed under one Accelerator (the scripts' own, made from the
+    first seed): each seed must still get its own initial weights *and* its own data order, and
+    the baseline and the distilled student of one seed the same of both (the pairing of the
+    paired t-test)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from kd_accel.pipeline import make_accelerator, train_student
+
+    calls = _record_fit(monkeypatch)
+    train, test = tiny_split(120), tiny_split(20, seed=1)
+    cache = torch.randn(len(train), 10)
+    base = dataclasses.replace(Config(), epochs=2, batch_size=20, output_dir=str(tmp_path))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = make_accelerator(dataclasses.replace(base, seed=1), cpu=True)
+    for seed in (1, 2, 3):
+        cfg = dataclasses.replace(base, seed=seed)
+        train_student(accelerator, cfg, train, test, cache, f"student{seed}")
+        train_student(accelerator, cfg, train, test, None, f"baseline{seed}")
+    orders = {c["label"]: torch.cat(c["order"]) for c in calls}
+    inits = {c["label"]: c["init"] for c in calls}
+    for seed in (1, 2, 3):  # paired: same order (both epochs) and same initial weights
+        assert torch.equal(orders[f"student{seed}"], orders[f"baseline{seed}"])
+        for k, v in inits[f"student{seed}"].items():
+            assert torch.equal(v, inits[f"baseline{seed}"][k]), k
+    for a, b in ((1, 2), (1, 3), (2, 3)):  # other seeds: other first batch, other weights
+        assert not torch.equal(orders[f"student{a}"][:20], orders[f"student{b}"][:20])
+        assert not torch.equal(inits[f"student{a}"]["features.0.weight"], inits[f"student{b}"]["features.0.weight"])
+    n = len(train)
+    for o in orders.values():  # each epoch a permutation, and a new one
+        assert sorted(o[:n].tolist()) == list(range(n)) and not torch.equal(o[:n], o[n:])
+
+
+def test_epoch_permutation_is_a_function_of_seed_and_epoch():
+    from kd_accel.data import EpochPermutation
+
+    a, b = EpochPermutation(50, 7), EpochPermutation(50, 7)
+    torch.manual_seed(0)
+    pa = list(a)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert list(b) == pa
+    b.set_epoch(1)
+    assert list(b) != pa and sorted(b) == list(range(50))
+    assert list(EpochPermutation(50, 8)) != pa

@@ -4,6 +4,9 @@
       trains on the first 400 MNIST samples for 2 epochs and saves the final weights (rank 0)
   train_check.py eval   OUT
       evaluates a fixed seeded student on the first 1001 test samples; writes the accuracy
+  train_check.py order  OUT --batch-size B
+      trains a student 2 epochs on 400 samples; rank r writes OUT.rank<r>.json: the sample
+      indices of each of its batches, in order
 """
 import argparse
 import dataclasses
@@ -23,7 +26,7 @@ from kd_accel.pipeline import columns, make_accelerator
 from kd_accel.training import fit, make_objective
 
 p = argparse.ArgumentParser()
-p.add_argument("mode", choices=["train", "eval"])
+p.add_argument("mode", choices=["train", "eval", "order"])
 p.add_argument("out")
 p.add_argument("--data-dir", required=True)
 p.add_argument("--role", default="student")
@@ -64,6 +67,13 @@ else:  # distillation from a fixed synthetic "cache"
     g = torch.Generator().manual_seed(0)
     cols = columns(train, teacher_logits=torch.randn(len(train), 10, generator=g) * 3)
     objective = make_objective("hinton", 2.0, 0.5)
+if a.mode == "order":
+    seen, real_objective = [], objective
+
+    def objective(logits, batch):
+        seen.append(batch["idx"].tolist())
+        return real_objective(logits, batch)
+
 model, _ = fit(accelerator, model, cols, test.subset(100), cfg, objective, a.role)
 state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 # The function the weights compute, on 100 fixed test images, with BN on batch statistics: a
@@ -72,6 +82,8 @@ state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items
 model.train()
 with torch.no_grad():
     probe = model(test.images[:100].float().div(255).to(accelerator.device)).cpu()
-if accelerator.is_main_process:
+if a.mode == "order":
+    Path(f"{a.out}.rank{accelerator.process_index}.json").write_text(json.dumps(seen))
+elif accelerator.is_main_process:
     save_file({**state, "_probe_logits": probe}, a.out)
 accelerator.end_training()

@@ -2,7 +2,7 @@
 
 Tensors: `logits` [N, C] (fp32 or fp16) and `labels` [N] int64. Metadata stamps what produced
 it: format version, data set and split, sample count, class count, dtype, a fingerprint of the
-teacher's weights, a fingerprint of the data, and a checksum of the stored logits. Loading
+teacher's weights, a fingerprint of the data, and a checksum of every stored tensor. Loading
 checks every stamp against what the run uses and refuses a mismatch by name: a stale cache is
 never silently used.
 """
@@ -12,6 +12,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,10 @@ from safetensors.torch import save_file
 from .errors import KDError
 from .io import atomic_path
 
-FORMAT_VERSION = "1"
+# 2: the labels are checksummed too (1 covered the logits only); a version-1 cache is refused
+# by name, and the run folder's own is recomputed.
+FORMAT_VERSION = "2"
+TENSORS = ("logits", "labels")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -61,14 +65,37 @@ def save_cache(path, logits, labels, key, dtype="fp32"):
     labels = labels.detach().cpu().long().contiguous()
     if logits.shape != (key.num_samples, key.num_classes) or len(labels) != key.num_samples:
         raise KDError(f"cache tensors {tuple(logits.shape)} do not match {key}")
+    # checked after the cast: fp16 turns logits beyond 65504 into inf
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if bad:
+        raise KDError(f"refusing to write {path}: {bad} of {len(logits)} rows of logits are not finite as {dtype}")
+    tensors = {"logits": logits, "labels": labels}
     meta = {
         "format_version": FORMAT_VERSION,
         **key.as_metadata(),
         "dtype": dtype,
-        "logits_sha256": _checksum(logits),
+        **{f"{name}_sha256": _checksum(t) for name, t in tensors.items()},
     }
     with atomic_path(path) as tmp:
-        save_file({"logits": logits, "labels": labels}, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def check_cache_target(out, teacher=None):
+    """Refuse to write a cache at `out` over anything but a kd_accel cache (a checkpoint, any
+    other file, a folder), and over the teacher that the cache is computed from."""
+    out = Path(out)
+    if teacher is not None and out.exists() and os.path.samefile(out, teacher):
+        raise KDError(f"--out {out} is the teacher checkpoint itself; refusing to overwrite it with a cache")
+    if out.is_dir():
+        raise KDError(f"--out {out} is a folder; give the cache file's path")
+    if out.exists():
+        try:
+            meta = read_metadata(out)
+        except KDError:
+            meta = {}
+        if "format_version" not in meta or "teacher_fingerprint" not in meta:
+            raise KDError(f"--out {out} exists and is not a kd_accel logits cache; refusing to overwrite it "
+                          "(remove it or choose another path)")
 
 
 def read_metadata(path):
@@ -137,7 +164,7 @@ def _mmap_tensors(path):
 
 def open_cache(path, key=None, verify=True):
     """(logits [N, C], labels [N], metadata) from `path`, checked against `key` (the run that
-    wants it) when given; `verify` checks the stored checksum (reads the file once).
+    wants it) when given; `verify` checks every tensor's stored checksum (reads the file once).
 
     The logits are memory-mapped, not read: they are paged in as batches gather their rows."""
     meta = read_metadata(path)
@@ -148,11 +175,14 @@ def open_cache(path, key=None, verify=True):
         logits, labels = tensors["logits"], tensors["labels"]
     except (KeyError, OSError, ValueError, struct.error) as e:
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
+    if set(tensors) != set(TENSORS):
+        raise KDError(f"logits cache {path} is corrupted: tensors {sorted(tensors)}, expected {list(TENSORS)}")
     want_rows = (key.num_samples, key.num_classes) if key else tuple(logits.shape)
     if tuple(logits.shape) != want_rows or str(logits.dtype) != str(DTYPES.get(meta.get("dtype"))):
         raise KDError(f"logits cache {path} is corrupted: tensor {tuple(logits.shape)} {logits.dtype}")
-    if verify and _checksum(logits) != meta.get("logits_sha256"):
-        raise KDError(f"logits cache {path} is corrupted: checksum of the logits does not match")
+    for name in TENSORS if verify else ():
+        if _checksum(tensors[name]) != meta.get(f"{name}_sha256"):
+            raise KDError(f"logits cache {path} is corrupted: checksum of the {name} does not match")
     return logits, labels, meta
 
 

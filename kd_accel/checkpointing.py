@@ -2,19 +2,25 @@
 
 A checkpoint is `<run>/checkpoints/<phase>/step_<global step>/`: Accelerate's state (model,
 optimizer, scheduler, RNG of every rank) plus `progress.json` (epoch, position in the epoch,
-history). It is written under a temporary name and renamed when complete, so a crash while
-saving leaves only a `.tmp_*` folder, which is never taken for a checkpoint.
+history) and the stamp of the phase that wrote it: its label, its run and the settings that shape
+its math (`stamp` below). It is written under a temporary name and renamed when complete, so a
+crash while saving leaves only a `.tmp_*` folder, which is never taken for a checkpoint.
 """
 import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from .errors import KDError
 
 PROGRESS = "progress.json"
 _STEP = re.compile(r"^step_(\d+)$")
+PROGRESS_KEYS = ("epoch", "position", "global_step", "history", "elapsed_s", "sums")
+RESUME_HINT = "rerun with the old values or use a new --output-dir"
 
 
 def parse_every(value):
@@ -42,17 +48,90 @@ def complete_checkpoints(folder):
     return [p for _, p in sorted(found)]
 
 
-def find_resume(resume, folder):
-    """The checkpoint to resume from: 'latest' in `folder` (None if there is none) or a path."""
+def read_progress(path):
+    """progress.json of checkpoint `path` as a dict; KDError if it is missing or unreadable."""
+    try:
+        progress = json.loads((Path(path) / PROGRESS).read_text())
+    except (OSError, ValueError) as e:
+        raise KDError(f"{PROGRESS} unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(progress, dict):
+        raise KDError(f"{PROGRESS} is not a JSON object")
+    if not all(k in progress for k in PROGRESS_KEYS):
+        raise KDError(f"{PROGRESS} lacks {', '.join(k for k in PROGRESS_KEYS if k not in progress)}")
+    return progress
+
+
+def find_resume(resume, folder, phase=None):
+    """The checkpoint to resume from: 'latest' in `folder` (None if there is none) or a path.
+
+    A path is only for the phase recorded in it: every other phase resumes as with 'latest' from
+    its own folder (the path may even be gone by then, pruned by its own phase)."""
     if not resume:
         return None
-    if resume == "latest":
-        done = complete_checkpoints(folder)
-        return done[-1] if done else None
-    path = Path(resume)
-    if not (path / PROGRESS).is_file():
-        raise KDError(f"--resume {resume}: not a complete checkpoint (no {PROGRESS})")
-    return path
+    if resume != "latest":
+        path = Path(resume)
+        if phase is None:
+            if not (path / PROGRESS).is_file():
+                raise KDError(f"--resume {resume}: not a complete checkpoint (no {PROGRESS})")
+            return path
+        try:
+            if read_progress(path).get("phase") == phase:
+                return path
+        except KDError:
+            pass  # unreadable now, yet checked at start (resume_progress): another phase's, since pruned
+    done = complete_checkpoints(folder)
+    return done[-1] if done else None
+
+
+def resume_progress(path):
+    """progress.json of --resume PATH, or one line saying why it is not a usable checkpoint; for
+    checking PATH's phase and run before any work."""
+    try:
+        return read_progress(path)
+    except KDError as e:
+        raise KDError(f"--resume {path}: not a usable checkpoint: {e}") from None
+
+
+def checkpoint_problem(path):
+    """Why checkpoint `path` cannot be resumed, or None. Checked before `load_state`, which would
+    fail half-way (weights loaded, optimizer not) on a truncated file, or only log a warning on a
+    missing RNG file and so silently break bit-exact resumption."""
+    path = Path(path)
+    try:
+        progress = read_progress(path)
+    except KDError as e:
+        return str(e)
+    names = [f.name for f in path.iterdir()]
+    for prefix in ("model", "optimizer", "scheduler"):
+        if not any(n.startswith(prefix) for n in names):
+            return f"no {prefix}* file"
+    for rank in range(int((progress.get("settings") or {}).get("processes", 1))):  # every rank's RNG
+        if f"random_states_{rank}.pkl" not in names:
+            return f"no random_states_{rank}.pkl"
+    for f in sorted(path.iterdir()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as st:
+                    for key in st.keys():
+                        st.get_tensor(key)
+            elif f.suffix in (".bin", ".pkl"):  # torch.save zip archives: testzip checks every CRC
+                with zipfile.ZipFile(f) as z:
+                    if z.testzip() is not None:
+                        raise zipfile.BadZipFile("bad CRC")
+        except (SafetensorError, OSError, ValueError, RuntimeError, zipfile.BadZipFile) as e:
+            return f"{f.name} truncated or unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def check_stamp(what, stamp, settings, hint):
+    """Refuse to continue or reuse `what` unless its stamped settings are this run's: name each
+    changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown."""
+    if stamp is None:
+        raise KDError(f"{what} predates settings stamps, so the settings it was made with are unknown; {hint}")
+    changed = [f"{k} {stamp.get(k)} -> {settings.get(k)}" for k in {**stamp, **settings}
+               if stamp.get(k) != settings.get(k)]
+    if changed:
+        raise KDError(f"{what} was made with other settings: {', '.join(changed)}; {hint}")
 
 
 def save_checkpoint(accelerator, folder, global_step, progress, keep):
@@ -80,7 +159,30 @@ def save_checkpoint(accelerator, folder, global_step, progress, keep):
     return final
 
 
-def load_checkpoint(accelerator, path):
-    """Restore Accelerate's state from `path`; return its progress dict."""
-    accelerator.load_state(str(path))
-    return json.loads((Path(path) / PROGRESS).read_text())
+def load_checkpoint(accelerator, path, phase=None, settings=None, log=print):
+    """Restore Accelerate's state from `path`, or, if it is damaged, from the newest usable older
+    checkpoint beside it (saying which was skipped and why). Its stamp must be `phase` with
+    `settings`. Returns (path used, progress dict)."""
+    path = Path(path)
+    older = [p for p in reversed(complete_checkpoints(path.parent)) if _step(p) < _step(path)]
+    problems = []
+    for candidate in [path, *older]:
+        problem = checkpoint_problem(candidate)
+        if problem:
+            problems.append(f"{candidate.name}: {problem}")
+            log(f"{phase}: skipping checkpoint {candidate}: {problem}", flush=True)
+            continue
+        progress = read_progress(candidate)
+        if progress.get("phase") not in (None, phase):
+            raise KDError(f"{phase}: checkpoint {candidate} belongs to phase {progress['phase']!r}")
+        if phase is not None:
+            check_stamp(f"{phase}: checkpoint {candidate}", progress.get("settings"), settings, RESUME_HINT)
+        accelerator.load_state(str(candidate))
+        return candidate, progress
+    raise KDError(f"{phase}: no usable checkpoint in {path.parent} ({'; '.join(problems)}); "
+                  f"delete {path.parent} to redo the phase from its start, or use a new --output-dir")
+
+
+def _step(path):
+    m = _STEP.match(Path(path).name)
+    return int(m.group(1)) if m else -1

@@ -8,12 +8,12 @@ import torch
 
 from . import __version__
 from .config import Config, build_parser, parse
-from .cache import open_cache
+from .cache import check_cache_target, open_cache
 from .errors import KDError
 from .io import atomic_path, write_json
 from .pipeline import (
-    CACHE_FILE, TEACHER_FILE, load_data, precompute, resolve_cache, resolve_teacher, setup,
-    train_fitnet_student, train_student, train_teacher,
+    CACHE_FILE, TEACHER_FILE, check_resume_target, load_data, precompute, resolve_cache, resolve_teacher, setup,
+    train_fitnet_student, train_student, train_teacher, write_config,
 )
 from .reporting import print_summary
 from .study import (Variant, grid_matrix, markdown_table, parse_variant, plot_curves, plot_temperature, summarize,
@@ -32,9 +32,11 @@ def train_teacher_main(argv=None):
     # here --epochs/--lr/--schedule are the teacher's: default them to the teacher recipe
     parser.set_defaults(epochs=Config.teacher_epochs, lr=Config.teacher_lr, schedule=Config.teacher_schedule)
     cfg, _ = parse(parser, argv)
+    check_resume_target(cfg, "train_teacher.py", ["teacher"])
     accelerator = setup(cfg, "train_teacher")
     train, test = load_data(accelerator, cfg)
     info = train_teacher(accelerator, cfg, train, test, cfg.run_dir / TEACHER_FILE)
+    write_config(accelerator, cfg, "train_teacher")
     accelerator.print(f"teacher: {info['test_accuracy']:.2f}% test accuracy, saved {cfg.run_dir / TEACHER_FILE}")
 
 
@@ -44,9 +46,12 @@ def precompute_main(argv=None):
     cfg, _ = parse(parser, argv)
     if not cfg.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
+    out = cfg.out or cfg.run_dir / CACHE_FILE
+    check_cache_target(out, cfg.teacher)  # before the teacher runs: nothing written on refusal
     accelerator = setup(cfg, "precompute_logits")
     train, _ = load_data(accelerator, cfg)
-    precompute(accelerator, cfg, cfg.teacher, train, cfg.out or cfg.run_dir / CACHE_FILE)
+    precompute(accelerator, cfg, cfg.teacher, train, out)
+    write_config(accelerator, cfg, "precompute_logits")
 
 
 def distill_main(argv=None):
@@ -61,13 +66,14 @@ def distill_main(argv=None):
         extra,
     )
     cfg, _ = parse(parser, argv)
+    check_resume_target(cfg, "distill.py", ["teacher"] * (not cfg.teacher) + ["student"] + ["baseline"] * cfg.baseline)
     accelerator = setup(cfg, "distill")
     train, test = load_data(accelerator, cfg)
 
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
     logits, hit, cache_path = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
 
-    student = train_student(accelerator, cfg, train, test, logits, "student")
+    student = train_student(accelerator, cfg, train, test, logits, "student", teacher["fingerprint"])
     baseline = train_student(accelerator, cfg, train, test, None, "baseline") if cfg.baseline else None
 
     metrics = {
@@ -86,10 +92,16 @@ def distill_main(argv=None):
             "mixed_precision": accelerator.mixed_precision,
         },
     }
+    write_config(accelerator, cfg, "distill")
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "metrics.json", metrics)
     print_summary(accelerator, metrics)
     accelerator.end_training()
+
+
+def _compare_label(variant, seed):
+    """compare.py's phase label (and checkpoint/output subfolder) of one variant and seed."""
+    return "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant.name) + f"/seed{seed}"
 
 
 def compare_main(argv=None):
@@ -105,6 +117,12 @@ def compare_main(argv=None):
     variants = [parse_variant(v, cfg) for v in args["variants"]]
     if "baseline" not in [v.name for v in variants]:
         variants.insert(0, Variant("baseline"))
+    phases = ["teacher"] * (not cfg.teacher)
+    for seed in args["seeds"]:
+        for v in variants:
+            hint_stage = v.hints and v.apply(cfg).hint_mode == "two-stage"
+            phases += [f"{_compare_label(v, seed)} hints"] * bool(hint_stage) + [_compare_label(v, seed)]
+    check_resume_target(cfg, "compare.py", phases)
     accelerator = setup(cfg, "compare")
     train, test = load_data(accelerator, cfg)
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
@@ -116,11 +134,12 @@ def compare_main(argv=None):
     for seed in args["seeds"]:
         for v in variants:
             vcfg = dataclasses.replace(v.apply(cfg), seed=seed)
-            label = "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", v.name) + f"/seed{seed}"
+            label, fp = _compare_label(v, seed), teacher["fingerprint"]
             if v.hints:
-                runs[v.name][seed] = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, logits, label)
+                runs[v.name][seed] = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, logits, label, fp)
             else:
-                runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label)
+                runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label,
+                                                   fp)
             accelerator.print(f"{v.name} seed {seed}: {runs[v.name][seed]['test_accuracy']:.2f}%", flush=True)
 
     summary = summarize(runs)
@@ -129,6 +148,7 @@ def compare_main(argv=None):
     table = markdown_table(summary, title)
     grid = grid_matrix(summary)
     table += "\n" + grid if grid else ""
+    write_config(accelerator, cfg, "compare")
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "results.json", {"config": cfg.to_json(), "teacher": teacher, "summary": summary,
                                                   "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()}})

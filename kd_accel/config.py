@@ -5,6 +5,7 @@ config.json beside the run's outputs.
 """
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ FLAGS = {
     "teacher_lr": dict(type=float, help="teacher's Adam learning rate (default: %(default)s)"),
     "teacher_schedule": dict(choices=["cosine", "constant"], help="teacher's lr schedule (default: %(default)s)"),
     "kd_loss": dict(choices=sorted(KD_LOSSES), help="distillation loss (default: %(default)s)"),
-    "temperature": dict(type=float, help="softmax temperature T > 0 (default: %(default)s)"),
+    "temperature": dict(type=float, help="softmax temperature T, 0.01..1000 (default: %(default)s)"),
     "alpha": dict(type=float, help="weight of the soft loss, 0..1 (default: %(default)s)"),
     "teacher": dict(help="teacher checkpoint (safetensors)"),
     "logits": dict(help="teacher-logits cache (safetensors)"),
@@ -159,10 +160,23 @@ def parse(parser, argv=None):
     return cfg, args
 
 
+# Bounds of sane values: beyond them a run only fails later as "non-finite loss" (T=1e-40
+# overflows the softmax, lr=1e3 blows Adam's weights up), so they are refused up front.
+TEMPERATURE_RANGE = (0.01, 1000.0)
+MAX_LR = 10.0
+
+
 def validate(cfg):
     """One clear line per bad value, before any work starts."""
+    for f in dataclasses.fields(cfg):  # inf and nan slip through every comparison below
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KDError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     if not cfg.temperature > 0:
         raise KDError(f"--temperature must be > 0, got {cfg.temperature}")
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= cfg.temperature <= hi:
+        raise KDError(f"--temperature must be between {lo:g} and {hi:g}, got {cfg.temperature:g}")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise KDError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
     for name in ("epochs", "teacher_epochs", "batch_size", "grad_accum", "keep_checkpoints", "hint_epochs"):
@@ -171,6 +185,11 @@ def validate(cfg):
     for name in ("lr", "teacher_lr"):
         if not getattr(cfg, name) > 0:
             raise KDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+        if getattr(cfg, name) > MAX_LR:
+            raise KDError(f"--{name.replace('_', '-')} must be at most {MAX_LR:g} (Adam learning rate), "
+                          f"got {getattr(cfg, name):g}")
+    if not cfg.hint_beta >= 0:
+        raise KDError(f"--hint-beta must be >= 0, got {cfg.hint_beta}")
     for name in ("limit_train", "limit_test"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")

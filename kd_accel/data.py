@@ -7,6 +7,7 @@ teacher-logits cache) is looked up by index, never by batch position.
 """
 import gzip
 import hashlib
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class DatasetSpec:
     num_classes: int
     torchvision_class: str  # for the optional download
     system_dirs: tuple = ()  # where a distribution package puts the files (flat layout)
+    image_size: tuple = (28, 28)  # (H, W) every image file of the set must have
 
 
 _IDX_FILES = {
@@ -103,10 +105,12 @@ def _read_idx(path):
             raise ValueError("not an unsigned-byte IDX file")
         shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
         body = data[4 + 4 * ndim :]
-        if len(body) != int(torch.tensor(shape).prod()):
+        if len(body) != math.prod(shape):
             raise ValueError(f"expected {shape} bytes of data, found {len(body)}")
     except (OSError, ValueError, struct.error, EOFError) as e:
         raise KDError(f"cannot read IDX file {path}: {e}") from None
+    if not body:  # frombuffer refuses an empty buffer
+        return torch.zeros(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
@@ -167,11 +171,19 @@ def load_split(dataset, split, data_dir=None):
     """Read one split into tensors. images: uint8 [N, 1, 28, 28]; labels: int64 [N]."""
     spec = get_spec(dataset)
     raw = raw_dir(spec, ensure_downloaded(dataset, data_dir, allow_download=False))
-    img_file, lbl_file = spec.files[split]
-    images = _read_idx(_find(raw, img_file))
-    labels = _read_idx(_find(raw, lbl_file)).long()
-    if images.ndim != 3 or len(images) != len(labels):
-        raise KDError(f"{raw}: images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+    img_path, lbl_path = (_find(raw, f) for f in spec.files[split])
+    images, labels = _read_idx(img_path), _read_idx(lbl_path).long()
+    h, w = spec.image_size
+    if images.ndim != 3 or len(images) == 0 or tuple(images.shape[1:]) != (h, w):
+        raise KDError(f"{img_path}: images of shape {list(images.shape)}, expected [N, {h}, {w}] with N >= 1")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise KDError(f"{lbl_path}: labels of shape {list(labels.shape)}, expected [{len(images)}] "
+                      f"(one per image of {img_path.name})")
+    bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise KDError(f"{lbl_path}: label {int(labels[i])} at index {i} is outside [0, {spec.num_classes}) "
+                      f"for {spec.name} ({len(bad)} such labels)")
     return Split(dataset, split, images.unsqueeze(1).contiguous(), labels, spec.num_classes)
 
 

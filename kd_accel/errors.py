@@ -1,6 +1,11 @@
 """One exception type for every user-facing failure, and the wrapper that turns it into a
 one-line message and a non-zero exit (no traceback wall for bad input)."""
+import os
 import sys
+import time
+
+# How long a rank other than 0 waits before printing its own error line (see report_error).
+OTHER_RANK_DELAY_S = 3.0
 
 
 class KDError(Exception):
@@ -16,13 +21,33 @@ def close_process_group():
         dist.destroy_process_group()
 
 
+def report_error(message):
+    """Print `kd_accel: error: ...` once per run, not once per process.
+
+    Rank 0 (or a plain one-process run) prints at once. Under `accelerate launch` every rank
+    usually hits the same error (same flags, same files); rank 0 prints it, exits 2, and the
+    launcher stops the other ranks, so another rank waits OTHER_RANK_DELAY_S before printing. If it
+    is still alive then, rank 0 did not fail first (it may be waiting for this rank), and its
+    line is printed with its rank: `kd_accel: error: [rank 1] ...`."""
+    rank = int(os.environ.get("RANK") or 0)
+    if rank:
+        time.sleep(OTHER_RANK_DELAY_S)
+    print(f"kd_accel: error: {f'[rank {rank}] ' if rank else ''}{message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)`; print KDError as `kd_accel: error: ...` and exit 2."""
     try:
         main(argv)
     except KDError as e:
-        print(f"kd_accel: error: {e}", file=sys.stderr)
+        report_error(e)
         sys.exit(2)
+    except RuntimeError as e:
+        # gloo, when another rank exits (its own error line is printed above): one line, exit 1
+        if not any(s in str(e) for s in ("Connection closed by peer", "Connection reset by peer")):
+            raise
+        report_error("lost contact with another process, which stopped first (see its error above)")
+        sys.exit(1)
     except KeyboardInterrupt:
         print("kd_accel: interrupted", file=sys.stderr)
         sys.exit(130)

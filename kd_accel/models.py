@@ -4,6 +4,7 @@ Models know nothing of devices, DDP or precision: Accelerate handles those. Weig
 as safetensors with the architecture name in the metadata, so a checkpoint says what it is.
 """
 import hashlib
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -83,6 +84,8 @@ def read_checkpoint(path):
     """(state_dict, metadata) from a safetensors checkpoint, with one-line errors."""
     from safetensors import safe_open
 
+    if Path(path).is_dir():
+        raise KDError(f"checkpoint {path} is a directory, not a safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
@@ -94,15 +97,45 @@ def read_checkpoint(path):
     return state, metadata
 
 
+def meta_number(meta, key, path, kind=float):
+    """A checkpoint's metadata value `key` as `kind` (metadata are strings), or one line saying
+    which file and key hold something else."""
+    if key not in meta:
+        raise KDError(f"{path}: metadata has no {key}")
+    try:
+        return kind(meta[key])
+    except (TypeError, ValueError):
+        raise KDError(f"{path}: metadata {key}={meta[key]!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def _mismatch(state, expected):
+    """The first difference between a checkpoint's tensors and a model's, in words (or None)."""
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    parts = ([f"missing {names(missing)}"] if missing else []) + ([f"unexpected {names(unexpected)}"] if unexpected else [])
+    if parts:
+        return "; ".join(parts)
+    for name, want in expected.items():
+        if state[name].shape != want.shape:
+            return f"tensor {name} is {list(state[name].shape)} in the checkpoint, {list(want.shape)} in the model"
+    return None
+
+
 def load_model(path, expect_arch=None):
     """Build the model named in the checkpoint and load its weights. Returns (model, metadata)."""
     state, meta = read_checkpoint(path)
     arch = meta.get("arch")
     if expect_arch and arch != expect_arch:
         raise KDError(f"{path} holds a {arch!r} model, expected {expect_arch!r}")
-    model = build_model(arch, int(meta.get("num_classes", 10)))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise KDError(f"{path}: weights do not fit {arch!r}: {str(e).splitlines()[0]}") from None
+    num_classes = meta_number(meta, "num_classes", path, int) if "num_classes" in meta else 10
+    if num_classes < 1:
+        raise KDError(f"{path}: metadata num_classes={num_classes} must be >= 1")
+    model = build_model(arch, num_classes)
+    problem = _mismatch(state, model.state_dict())
+    if problem:
+        raise KDError(f"{path}: weights do not fit {arch!r} with {num_classes} classes: {problem}")
+    model.load_state_dict(state)
     return model, meta

@@ -14,12 +14,14 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
 from .cache import CacheKey, load_cache, save_cache
+from .checkpointing import RESUME_HINT, check_stamp, resume_progress
 from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate, predict_logits
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
-from .io import write_json
-from .models import build_model, count_params, load_model, read_checkpoint, save_model, state_fingerprint
+from .io import make_dir, write_json
+from .models import build_model, count_params, load_model, meta_number, read_checkpoint, save_model, state_fingerprint
+from .threads import set_cpu_threads
 from .training import fit, make_objective
 
 TEACHER_FILE = "teacher.safetensors"
@@ -39,19 +41,30 @@ def make_accelerator(cfg, **kwargs):
     )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise KDError("fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)")
+    if accelerator.device.type == "cpu":
+        # every physical core unless the user chose (accelerate launch's default is 1 thread)
+        accelerator.print(set_cpu_threads(), flush=True)
     return accelerator
 
 
 def setup(cfg, script):
-    """Accelerator, seed, run folder and config.json (written by the main process only)."""
+    """Accelerator, seed and run folder. The configuration is written by `write_config` once the
+    script's work is done: written here, a failed run would leave a finished run's results
+    beside a config.json that did not make them."""
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(cfg.run_dir)
+    return accelerator
+
+
+def write_config(accelerator, cfg, script):
+    """config.json (distill.py) or config.<script>.json beside the outputs it describes; call it
+    when they are written, before metrics.json (main process only)."""
+    if accelerator.is_main_process:
         write_json(cfg.run_dir / f"config.{script}.json" if script != "distill" else cfg.run_dir / "config.json",
                    {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
                     "mixed_precision": accelerator.mixed_precision})
-    return accelerator
 
 
 def load_data(accelerator, cfg):
@@ -79,17 +92,69 @@ def run_info(model, hist, **extra):
             "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
 
 
+def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=False, hints=False):
+    """The settings that shape a phase's weights and reported numbers, from the recipe the phase
+    actually uses (teacher_recipe, a compare variant, a seed). Stamped on its checkpoints and its
+    finished model file, and compared on resume or reuse, so that no run continues or reuses
+    another recipe's work under its own labels. Left out: paths, checkpoint cadence,
+    channels-last and --compile (same math). The baseline has no KD settings: changing T leaves
+    it valid."""
+    s = {"dataset": cfg.dataset, "data": train.fingerprint(), "limit_train": cfg.limit_train,
+         "limit_test": cfg.limit_test, "seed": cfg.seed, "epochs": cfg.epochs, "lr": cfg.lr,
+         "schedule": cfg.schedule, "batch_size": cfg.batch_size, "processes": accelerator.num_processes,
+         "grad_accum": cfg.grad_accum, "mixed_precision": accelerator.mixed_precision}
+    if not student:  # the teacher always trains on the whole (limited) training set
+        return s
+    s["train_subset"] = cfg.train_subset
+    if kd:
+        s.update(kd_loss=cfg.kd_loss, temperature=cfg.temperature, alpha=cfg.alpha, teacher=teacher_fp,
+                 soft_targets=cfg.soft_targets if cfg.train_subset else None)
+    if hints:
+        two_stage = cfg.hint_mode == "two-stage"  # hint_epochs is used only there, hint_beta only in joint
+        s.update(hint_mode=cfg.hint_mode,
+                 **({"hint_epochs": cfg.hint_epochs} if two_stage else {"hint_beta": cfg.hint_beta}))
+    return s
+
+
+def check_resume_target(cfg, script, phases):
+    """--resume PATH continues only the phase recorded in PATH, and only in this run's folder:
+    refuse, before any work, a checkpoint of another run or of a phase this run does not have."""
+    if cfg.resume in (None, "latest"):
+        return
+    path = Path(cfg.resume)
+    progress = resume_progress(path)
+    phase = progress.get("phase")
+    if phase is None:
+        raise KDError(f"--resume {path}: this checkpoint predates phase stamps, so which phase and settings it "
+                      f"belongs to is unknown; use --resume latest, or a new --output-dir")
+    own = (cfg.run_dir / "checkpoints").resolve()
+    if own not in path.resolve().parents:
+        raise KDError(f"--resume {path} is a checkpoint of run {progress.get('run')} (phase {phase!r}), not of this "
+                      f"run ({cfg.run_dir}); give that run's folder as --output-dir")
+    if phase not in phases:
+        raise KDError(f"--resume {path} is a checkpoint of phase {phase!r}, which {script} does not run here "
+                      f"(its phases: {', '.join(phases)})")
+
+
+def model_stamp(path):
+    """(phase, settings) stamped in a finished model file; settings None if it predates stamps."""
+    _, meta = read_checkpoint(path)
+    return meta.get("phase"), json.loads(meta["settings"]) if "settings" in meta else None
+
+
 def train_teacher(accelerator, cfg, train, test, path):
     """Train the seed teacher on hard labels and save it (with its test accuracy) to `path`."""
     set_seed(cfg.seed)
+    settings = phase_settings(accelerator, cfg, train, student=False)
     model = build_model("teacher", train.num_classes)
     model, hist = fit(accelerator, model, columns(train), test, cfg, make_objective("ce"), "teacher",
-                      cfg.run_dir / "checkpoints" / "teacher")
+                      cfg.run_dir / "checkpoints" / "teacher", settings)
     info = run_info(model, hist)
     if accelerator.is_main_process:
         save_model(model, path, "teacher", train.num_classes, dataset=cfg.dataset,
                    test_accuracy=info["test_accuracy"], test_fingerprint=test.fingerprint(),
-                   params=info["params"], train_time_s=info["train_time_s"], seed=cfg.seed)
+                   params=info["params"], train_time_s=info["train_time_s"], seed=cfg.seed,
+                   phase="teacher", settings=json.dumps(settings))
     accelerator.wait_for_everyone()
     return info
 
@@ -101,15 +166,15 @@ def teacher_info_from_checkpoint(accelerator, path, test):
     if meta.get("arch") != "teacher":
         raise KDError(f"{path} holds a {meta.get('arch')!r} model, not a teacher")
     if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
-        acc = float(meta["test_accuracy"])
-        params = int(meta["params"])
+        acc = meta_number(meta, "test_accuracy", path)
+        params = meta_number(meta, "params", path, int)
         note = "reused"
     else:
         model, _ = load_model(path, "teacher")
         acc = evaluate(accelerator, model.to(accelerator.device), test)
         params = count_params(model)
         note = "reused, evaluated"
-    train_time = float(meta["train_time_s"]) if "train_time_s" in meta else None
+    train_time = meta_number(meta, "train_time_s", path) if "train_time_s" in meta else None
     return {"test_accuracy": acc, "params": params, "train_time_s": train_time, "note": note,
             "fingerprint": state_fingerprint(state)}
 
@@ -117,6 +182,13 @@ def teacher_info_from_checkpoint(accelerator, path, test):
 def resolve_teacher(accelerator, cfg, train, test):
     """--teacher PATH, else the run folder's teacher, else train one. Returns (path, info)."""
     path = Path(cfg.teacher) if cfg.teacher else cfg.run_dir / TEACHER_FILE
+    if path.exists() and not cfg.teacher:  # the run's own teacher: only if this run's recipe made it
+        settings = phase_settings(accelerator, teacher_recipe(cfg), train, student=False)
+        # a reused teacher is re-evaluated when the test set differs: --limit-test may change
+        old, same_test = model_stamp(path)[1], {"limit_test": cfg.limit_test}
+        check_stamp(f"teacher: {path}", old and {**old, **same_test}, {**settings, **same_test},
+                    f"rerun with the old values (--teacher-epochs/--teacher-lr/--teacher-schedule in distill.py "
+                    f"and compare.py), pass --teacher {path} to use it as it is, or use a new --output-dir")
     if path.exists():
         accelerator.print(f"teacher: reusing {path} (no teacher training)")
         return path, teacher_info_from_checkpoint(accelerator, path, test)
@@ -139,6 +211,11 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     logits = predict_logits(accelerator, model, train)
+    # a NaN cache would fail every later student with "non-finite loss", blaming the student
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if bad:
+        raise KDError(f"teacher {teacher_path} gives non-finite logits for {bad} of {len(train)} training samples; "
+                      "no cache written")
     key = cache_key(train, state_fingerprint(model.state_dict()))
     if accelerator.is_main_process:
         save_cache(out_path, logits, train.labels, key, cfg.cache_dtype)
@@ -154,6 +231,8 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     is replaced (and the reason printed)."""
     path = Path(cfg.logits) if cfg.logits else cfg.run_dir / CACHE_FILE
     key = cache_key(train, teacher_fp)
+    if path.is_dir():
+        raise KDError(f"logits cache {path} is a directory, not a file: remove or rename it")
     if path.exists():
         try:
             logits, _ = load_cache(path, key)
@@ -191,44 +270,51 @@ def student_data(cfg, train, teacher_logits):
     return {**cols, "label_mask": mask}, objective
 
 
-def _finished(accelerator, cfg, label):
-    """With --resume, a student phase whose weights (and metrics) were saved is not redone."""
+def _finished(accelerator, cfg, label, settings):
+    """With --resume, a student phase whose weights (and metrics) were saved with these settings
+    is not redone; saved with other settings, it is refused by name."""
     path = cfg.run_dir / f"{label}.safetensors"
     if cfg.resume and path.exists():
         _, meta = read_checkpoint(path)
         if "info" in meta:
+            check_stamp(f"{label}: {path}", model_stamp(path)[1], settings, RESUME_HINT)
             accelerator.print(f"{label}: already finished in {path}, not retrained (--resume)")
             return json.loads(meta["info"])
     return None
 
 
-def _save_student(accelerator, cfg, model, info, label, num_classes):
+def _save_student(accelerator, cfg, model, info, label, num_classes, settings):
     path = cfg.run_dir / f"{label}.safetensors"
     if accelerator.is_main_process:
-        save_model(model, path, "student", num_classes, info=json.dumps(info), seed=cfg.seed)
+        save_model(model, path, "student", num_classes, info=json.dumps(info), seed=cfg.seed,
+                   phase=label, settings=json.dumps(settings))
     accelerator.wait_for_everyone()
     return info
 
 
-def train_student(accelerator, cfg, train, test, teacher_logits, label):
+def train_student(accelerator, cfg, train, test, teacher_logits, label, teacher_fp=None):
     """Distilled student when `teacher_logits` [N, C] is given, baseline (hard labels) if None.
     Both start from the same seed, so they differ only in the loss. Saves
-    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone."""
-    done = _finished(accelerator, cfg, label)
+    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone.
+    `teacher_fp`: the weight fingerprint of the teacher behind the logits (stamped)."""
+    settings = phase_settings(accelerator, cfg, train, teacher_fp=teacher_fp, kd=teacher_logits is not None)
+    done = _finished(accelerator, cfg, label, settings)
     if done:
         return done
     set_seed(cfg.seed)
     model = build_model("student", train.num_classes)
     cols, objective = student_data(cfg, train, teacher_logits)
-    model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label)
-    return _save_student(accelerator, cfg, model, run_info(model, hist), label, train.num_classes)
+    model, hist = fit(accelerator, model, cols, test, cfg, objective, label, cfg.run_dir / "checkpoints" / label,
+                      settings)
+    return _save_student(accelerator, cfg, model, run_info(model, hist), label, train.num_classes, settings)
 
 
-def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_logits, label):
+def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_logits, label, teacher_fp=None):
     """FitNets: hints from the teacher's block 2 plus KD from the cache. 'two-stage' (the
     paper): cfg.hint_epochs of hint regression, then cfg.epochs of KD; 'joint': cfg.epochs of
     KD + hint_beta x hint. The teacher runs online (first two blocks, frozen, not DDP-wrapped)."""
-    done = _finished(accelerator, cfg, label)
+    settings = phase_settings(accelerator, cfg, train, teacher_fp=teacher_fp, kd=True, hints=True)
+    done = _finished(accelerator, cfg, label, settings)
     if done:
         return done
     teacher, _ = load_model(teacher_path, "teacher")
@@ -239,13 +325,14 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, teacher_lo
     ckpt = cfg.run_dir / "checkpoints" / label
     if cfg.hint_mode == "two-stage":
         stage_cfg = replace(cfg, epochs=cfg.hint_epochs)
-        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, stage_cfg, hint_objective(hint), f"{label} hints", ckpt / "hints")
-        student, h2 = fit(accelerator, wrapped.student, cols, test, cfg, kd, label, ckpt / "kd")
+        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, stage_cfg, hint_objective(hint), f"{label} hints",
+                    ckpt / "hints", settings)
+        student, h2 = fit(accelerator, wrapped.student, cols, test, cfg, kd, label, ckpt / "kd", settings)
         hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
         extra = {"hint_epochs": h1["epochs"]}
     else:
         obj = joint_objective(hint, cfg.kd_loss, cfg.temperature, cfg.alpha, cfg.hint_beta)
-        wrapped, hist = fit(accelerator, wrapped, cols, test, cfg, obj, label, ckpt)
+        wrapped, hist = fit(accelerator, wrapped, cols, test, cfg, obj, label, ckpt, settings)
         student, extra = wrapped.student, {}
     info = run_info(student, hist, hint_mode=cfg.hint_mode, **extra)
-    return _save_student(accelerator, cfg, student, info, label, train.num_classes)
+    return _save_student(accelerator, cfg, student, info, label, train.num_classes, settings)

@@ -62,8 +62,8 @@ def parse_variant(spec, cfg):
                 raise ValueError
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
-    if not t > 0 or not 0 <= a <= 1:
-        raise KDError(f"bad variant {spec!r}: need T > 0 and 0 <= alpha <= 1")
+    if not 0.01 <= t <= 1000 or not 0 <= a <= 1 or not 0 <= hints["hint_beta"] < float("inf"):  # nan fails each
+        raise KDError(f"bad variant {spec!r}: need 0.01 <= T <= 1000, 0 <= alpha <= 1 and beta >= 0")
     if kind != "fitnets":
         return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
     if hints["hint_mode"] not in ("two-stage", "joint") or hints["hint_epochs"] < 1:

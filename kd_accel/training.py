@@ -73,7 +73,19 @@ class NonFiniteWatch:
             raise KDError(f"{self.label}: non-finite loss at step {int(r[0])} ({parts}); stopped, nothing saved")
 
 
-def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None):
+def check_finite_weights(model, label, step):
+    """Raise unless every parameter and buffer of `model` is finite. The loss watch cannot see an
+    update that breaks the weights on the last step (that loss was computed before it), so this
+    runs before weights are saved or evaluated: once per epoch and per checkpoint, one host sync."""
+    tensors = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+    if not bool(finite.all()):
+        bad = [n for (n, _), ok in zip(tensors, finite.tolist()) if not ok]
+        raise KDError(f"{label}: non-finite weights after step {step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                      "stopped, nothing saved")
+
+
+def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None, settings=None):
     """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
     for cfg.epochs; evaluate on `test_split` after each epoch. Returns (model, history).
 
@@ -106,9 +118,11 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
     log_every = 50
 
     history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
-    resume = find_resume(getattr(cfg, "resume", None), ckpt_dir) if ckpt_dir else None
+    # `settings` (pipeline.phase_settings) is stamped on every checkpoint with the phase label and
+    # run, and must match on resume: no phase continues another's weights or another recipe.
+    resume = find_resume(getattr(cfg, "resume", None), ckpt_dir, label) if ckpt_dir else None
     if resume:
-        p = load_checkpoint(accelerator, resume)
+        resume, p = load_checkpoint(accelerator, resume, label, settings, accelerator.print)
         history, epoch0, pos0, global_step = p["history"], p["epoch"], p["position"], p["global_step"]
         elapsed0, carried = p["elapsed_s"], p["sums"]
         accelerator.print(f"{label}: resumed from {resume} (epoch {epoch0 + 1}, batch {pos0})", flush=True)
@@ -118,7 +132,9 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
 
     def checkpoint(epoch, position, sums, steps):
         watch.check()  # never save weights a NaN has already touched
-        progress = {"epoch": epoch, "position": position, "global_step": global_step, "history": history,
+        check_finite_weights(model, label, global_step)
+        progress = {"phase": label, "run": str(cfg.run_dir), "settings": settings,
+                    "epoch": epoch, "position": position, "global_step": global_step, "history": history,
                     "elapsed_s": elapsed0 + time.perf_counter() - start,
                     "sums": {k: float(v) for k, v in sums.items()} | {"_steps": steps}}
         save_checkpoint(accelerator, ckpt_dir, global_step, progress, keep)
@@ -161,6 +177,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
                 if isinstance(every, int) and global_step % every == 0 and position < len(loader):
                     checkpoint(epoch, position, sums, steps)
         watch.check()
+        check_finite_weights(model, label, global_step)  # before evaluating or returning them
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
         entry = {"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}}
         if test_split is not None:  # None: a model without a classifier (FitNets' hint stage)

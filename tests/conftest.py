@@ -20,16 +20,27 @@ def mnist_dir():
     return DATA_DIR
 
 
-@pytest.fixture
-def accelerator():
-    from accelerate import Accelerator
+def reset_accelerate_state():
+    """Forget the process-wide Accelerator state, so the next Accelerator (a test's, or one a
+    CLI main builds in-process) starts clean."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def reset_accelerate():
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+@pytest.fixture
+def accelerator(reset_accelerate):
+    from accelerate import Accelerator
+
     yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def free_port():

@@ -7,25 +7,13 @@ from kd_accel import models, pipeline
 from kd_accel.cache import read_metadata
 from kd_accel.cli import distill_main
 
+from conftest import reset_accelerate_state
+
 ARGS = ["--limit-train", "1200", "--limit-test", "500", "--epochs", "1", "--teacher-epochs", "1", "--seed", "3"]
 
 
-@pytest.fixture
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def run(mnist_dir, out, *extra):
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     distill_main(["--data-dir", str(mnist_dir), "--output-dir", str(out), *ARGS, *extra])
     return json.loads((out / "metrics.json").read_text())
 
@@ -72,7 +60,8 @@ def test_stale_cache_replaced_in_run_dir_but_refused_when_explicit(mnist_dir, tm
     out2 = tmp_path / "run2"
     with pytest.raises(KDError, match="teacher weights changed"):
         run(mnist_dir, out2, "--no-baseline", "--seed", "4", "--logits", str(stale))
-    # the run folder's own cache, made stale by a different subset, is recomputed (and says why)
-    again = run(mnist_dir, out, "--no-baseline", "--limit-train", "1100")
+    # the run folder's own cache, made stale by a different subset, is recomputed (and says why); the
+    # teacher, trained on 1,200 samples, is reused only when given explicitly (its stamp says 1,200)
+    again = run(mnist_dir, out, "--no-baseline", "--limit-train", "1100", "--teacher", str(out / "teacher.safetensors"))
     assert again["cache"]["hit"] is False
     assert read_metadata(cache)["num_samples"] == "1100"

@@ -7,7 +7,7 @@ from kd_accel.models import Student
 from kd_accel.pipeline import columns
 from kd_accel.training import fit, lr_lambda, make_objective
 
-from conftest import tiny_split
+from conftest import tiny_split, reset_accelerate_state
 
 
 def test_student_step_reads_teacher_row_by_sample_index(accelerator):
@@ -63,7 +63,7 @@ def _record_fit(monkeypatch):
 
     calls, real_fit = [], pipeline.fit
 
-    def spy_fit(accelerator, model, cols, test, cfg, objective, label, ckpt_dir=None):
+    def spy_fit(accelerator, model, cols, test, cfg, objective, label, *rest, **kwargs):
         rec = {"label": label, "init": {k: v.clone() for k, v in model.state_dict().items()}, "order": []}
         calls.append(rec)
 
@@ -71,7 +71,7 @@ def _record_fit(monkeypatch):
             rec["order"].append(batch["idx"].clone())
             return objective(logits, batch)
 
-        return real_fit(accelerator, model, cols, test, cfg, spy, label, ckpt_dir)
+        return real_fit(accelerator, model, cols, test, cfg, spy, label, *rest, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit", spy_fit)
     return calls
@@ -82,16 +82,13 @@ def test_seed_fixes_weights_and_data_order_under_one_accelerator(accelerator, mo
     first seed): each seed must still get its own initial weights *and* its own data order, and
     the baseline and the distilled student of one seed the same of both (the pairing of the
     paired t-test)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     from kd_accel.pipeline import make_accelerator, train_student
 
     calls = _record_fit(monkeypatch)
     train, test = tiny_split(120), tiny_split(20, seed=1)
     cache = torch.randn(len(train), 10)
     base = dataclasses.replace(Config(), epochs=2, batch_size=20, output_dir=str(tmp_path))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     accelerator = make_accelerator(dataclasses.replace(base, seed=1), cpu=True)
     for seed in (1, 2, 3):
         cfg = dataclasses.replace(base, seed=seed)

@@ -134,6 +134,18 @@ def check_stamp(what, stamp, settings, hint):
         raise KDError(f"{what} was made with other settings: {', '.join(changed)}; {hint}")
 
 
+def clear_checkpoints(folder):
+    """A phase that starts afresh removes its folder's old checkpoints (complete or not): left
+    there, a later `--resume latest` would take the newest step of the earlier run instead of
+    this one's. Returns how many were removed."""
+    folder = Path(folder)
+    old = [p for p in folder.iterdir() if _STEP.match(p.name) or p.name.startswith(".tmp_step_")] \
+        if folder.is_dir() else []
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(old)
+
+
 def save_checkpoint(accelerator, folder, global_step, progress, keep):
     """All ranks call this (save_state writes each rank's RNG state); rank 0 renames and prunes."""
     folder = Path(folder)

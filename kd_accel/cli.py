@@ -12,8 +12,8 @@ from .cache import check_cache_target, open_cache
 from .errors import KDError
 from .io import atomic_path, write_json
 from .pipeline import (
-    CACHE_FILE, TEACHER_FILE, check_resume_target, load_data, precompute, resolve_cache, resolve_teacher, setup,
-    train_fitnet_student, train_student, train_teacher, write_config,
+    CACHE_FILE, TEACHER_FILE, check_resume_target, load_data, precompute, resolve_cache, resolve_teacher,
+    set_aside_previous_result, setup, train_fitnet_student, train_student, train_teacher, write_config,
 )
 from .reporting import print_summary
 from .study import (Variant, grid_matrix, markdown_table, parse_variant, plot_curves, plot_temperature, summarize,
@@ -73,6 +73,7 @@ def distill_main(argv=None):
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
     logits, hit, cache_path = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
 
+    set_aside_previous_result(accelerator, cfg)  # once the teacher and cache are settled, before new students
     student = train_student(accelerator, cfg, train, test, logits, "student", teacher["fingerprint"])
     baseline = train_student(accelerator, cfg, train, test, None, "baseline") if cfg.baseline else None
 

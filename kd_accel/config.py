@@ -196,6 +196,8 @@ def validate(cfg):
     parse_every(cfg.checkpoint_every)
     if cfg.resume not in (None, "latest") and not os.path.isdir(cfg.resume):
         raise KDError(f"--resume: checkpoint folder not found: {cfg.resume}")
+    if cfg.teacher and os.path.isdir(cfg.teacher):
+        raise KDError(f"--teacher {cfg.teacher} is a folder; give the teacher checkpoint file (teacher.safetensors)")
     if cfg.teacher and not os.path.isfile(cfg.teacher):
         raise KDError(f"teacher checkpoint not found: {cfg.teacher}")
     if cfg.data_dir and not os.path.isdir(cfg.data_dir):

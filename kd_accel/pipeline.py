@@ -4,6 +4,8 @@ teacher (train or reuse) -> teacher-logits cache (reuse if valid, else precomput
 distilled student (reads the cache, never the teacher) -> baseline student (hard labels).
 """
 import json
+import os
+import shutil
 import time
 from dataclasses import replace
 
@@ -65,6 +67,27 @@ def write_config(accelerator, cfg, script):
         write_json(cfg.run_dir / f"config.{script}.json" if script != "distill" else cfg.run_dir / "config.json",
                    {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
                     "mixed_precision": accelerator.mixed_precision})
+
+
+RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors")
+
+
+def set_aside_previous_result(accelerator, cfg):
+    """distill.py, started afresh in a folder holding a finished result: move that result
+    (metrics.json first, then the files it describes) into <run>/previous/, so a run that fails
+    half-way never leaves new weights beside old metrics, and the last good result is kept.
+    The teacher and the cache stay: they are stamped and checked on reuse."""
+    if cfg.resume or not (cfg.run_dir / "metrics.json").exists():
+        return
+    if accelerator.is_main_process:
+        previous = cfg.run_dir / "previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        make_dir(previous)
+        for name in RESULT_FILES:
+            if (cfg.run_dir / name).exists():
+                os.replace(cfg.run_dir / name, previous / name)
+        accelerator.print(f"previous result moved to {previous} (a new run starts here; --resume latest continues one)")
+    accelerator.wait_for_everyone()
 
 
 def load_data(accelerator, cfg):

@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from .checkpointing import find_resume, load_checkpoint, parse_every, save_checkpoint
+from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, parse_every, save_checkpoint
 from .data import make_loader, to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
@@ -126,6 +126,8 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
         history, epoch0, pos0, global_step = p["history"], p["epoch"], p["position"], p["global_step"]
         elapsed0, carried = p["elapsed_s"], p["sums"]
         accelerator.print(f"{label}: resumed from {resume} (epoch {epoch0 + 1}, batch {pos0})", flush=True)
+    elif ckpt_dir and accelerator.is_main_process and (n := clear_checkpoints(ckpt_dir)):
+        accelerator.print(f"{label}: starting afresh; removed {n} old checkpoint(s) in {ckpt_dir}", flush=True)
 
     watch = NonFiniteWatch(label)
     start = time.perf_counter()

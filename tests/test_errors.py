@@ -278,3 +278,15 @@ def test_an_error_on_another_rank_only_is_shown_with_its_rank(tmp_path):
     assert lines in (["kd_accel: error: [rank 1] only rank 1 sees this"],
                      ["kd_accel: error: [rank 1] only rank 1 sees this", lost]), proc.stderr
     assert "[rank0]: Traceback" not in proc.stderr and proc.returncode == 1, proc.stderr
+
+
+def test_teacher_given_as_a_folder_is_named(tmp_path, mnist_dir, capsys):
+    from kd_accel.cli import distill_main
+    from kd_accel.errors import run_cli
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(distill_main, ["--data-dir", str(mnist_dir), "--teacher", str(tmp_path), "--output-dir",
+                               str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"kd_accel: error: --teacher {tmp_path} is a folder; give the teacher checkpoint file (teacher.safetensors)"

@@ -57,6 +57,31 @@ def test_failed_run_keeps_the_finished_runs_config(tmp_path, mnist_dir, monkeypa
     assert (out / "metrics.json").read_text() == finished["metrics.json"]
 
 
+def test_distill_failing_half_way_keeps_the_previous_result_whole(tmp_path, mnist_dir, monkeypatch):
+    """A finished run folder, re-run afresh; the new run trains its student, then fails in the
+    baseline: the old result (metrics, config and both students) is kept together in previous/,
+    and no metrics.json sits beside the new student."""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(mnist_dir), "--output-dir", str(out), "--limit-train", "200", "--limit-test", "100",
+            "--epochs", "1", "--teacher-epochs", "1"]
+    cli.distill_main(args)
+    old = {n: (out / n).read_bytes() for n in ("metrics.json", "config.json", "student.safetensors",
+                                               "baseline.safetensors")}
+    real = cli.train_student
+
+    def baseline_fails(accelerator, cfg, train, test, logits, label, *rest):
+        if label == "baseline":
+            raise KDError("boom in the baseline")
+        return real(accelerator, cfg, train, test, logits, label, *rest)
+
+    monkeypatch.setattr(cli, "train_student", baseline_fails)
+    with pytest.raises(KDError, match="boom"):
+        cli.distill_main([*args, "--alpha", "0.5"])
+    assert {n: (out / "previous" / n).read_bytes() for n in old} == old
+    assert not (out / "metrics.json").exists() and not (out / "baseline.safetensors").exists()
+    assert (out / "student.safetensors").read_bytes() != old["student.safetensors"]  # the new run's
+
+
 def test_finished_precompute_writes_its_config(tmp_path, mnist_dir):
     teacher = random_teacher(tmp_path / "t.safetensors")
     cli.precompute_main(["--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "run"), "--teacher",

@@ -230,3 +230,18 @@ def test_no_usable_checkpoint_is_one_line(accelerator, tmp_path, monkeypatch):
                                       r"truncated.*; step_00000008: progress.json unreadable.*\); delete") as e:
         _fit(accelerator, dataclasses.replace(cfg, resume="latest"), tmp_path / "ckpt")
     assert "\n" not in str(e.value)
+
+
+def test_fresh_phase_removes_its_old_checkpoints(accelerator, tmp_path, capsys):
+    """Started afresh (no --resume), a phase clears its checkpoint folder: an earlier run's
+    step_00000099 would otherwise be the "latest" a later --resume picks instead of this run's."""
+    ckpt = tmp_path / "checkpoints" / "student"
+    stale = ckpt / "step_00000099"
+    stale.mkdir(parents=True)
+    (stale / PROGRESS).write_text("{}")
+    train = tiny_split(40)
+    cfg = dataclasses.replace(Config(), epochs=1, batch_size=10, checkpoint_every="2", output_dir=str(tmp_path))
+    fit(accelerator, Student(), columns(train), None, cfg, make_objective("ce"), "student", ckpt)
+    assert not stale.exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000002"]
+    assert "removed 1 old checkpoint" in capsys.readouterr().out

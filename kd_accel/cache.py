@@ -6,7 +6,6 @@ teacher's weights, a fingerprint of the data, and a checksum of every stored ten
 checks every stamp against what the run uses and refuses a mismatch by name: a stale cache is
 never silently used.
 """
-import hashlib
 import json
 import os
 import struct
@@ -20,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import KDError
+from .hashing import tensor_digest
 from .io import atomic_path
 
 # 2: the labels are checksummed too (1 covered the logits only); a version-1 cache is refused
@@ -50,11 +50,7 @@ class CacheKey:
 
 def _checksum(t):
     """sha256 of the tensor's bytes, hashed in 64 MiB pieces (no second copy of a big cache)."""
-    flat = t.contiguous().reshape(-1).view(torch.uint8).numpy()
-    h = hashlib.sha256()
-    for i in range(0, len(flat), 1 << 26):
-        h.update(flat[i : i + (1 << 26)])
-    return h.hexdigest()[:32]
+    return tensor_digest(t)
 
 
 def save_cache(path, logits, labels, key, dtype="fp32"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .errors import KDError
+from .losses import loss_name
 
 PROGRESS = "progress.json"
 _STEP = re.compile(r"^step_(\d+)$")
@@ -128,6 +129,8 @@ def check_stamp(what, stamp, settings, hint):
     changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown."""
     if stamp is None:
         raise KDError(f"{what} predates settings stamps, so the settings it was made with are unknown; {hint}")
+    if stamp.get("kd_loss"):  # stamped under an old name ('seed-mse'): the same loss, not a change
+        stamp = {**stamp, "kd_loss": loss_name(stamp["kd_loss"])}
     changed = [f"{k} {stamp.get(k)} -> {settings.get(k)}" for k in {**stamp, **settings}
                if stamp.get(k) != settings.get(k)]
     if changed:

@@ -1,12 +1,13 @@
 """The three entry points behind launch/*.py. Each is the pipeline's steps in order."""
 import dataclasses
+import functools
 import math
 import platform
 import re
 
 import torch
 
-from . import __version__
+from . import __version__, tracking
 from .config import Config, build_parser, parse
 from .cache import check_cache_target, open_cache
 from .errors import KDError
@@ -23,9 +24,23 @@ COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train"
           "channels_last", "compile"]
 STUDENT = ["teacher_epochs", "teacher_lr", "teacher_schedule", "kd_loss", "temperature", "alpha", "teacher",
            "logits", "cache_dtype", "train_subset", "soft_targets", "hint_mode", "hint_epochs", "hint_beta"]
-RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume"]
+RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume",
+          "report_to"]
 
 
+def ends_training(main):
+    """accelerator.end_training() on every way out of a script (done, KDError, Ctrl-C, a crash):
+    the trackers --report-to opened in pipeline.setup finish and keep what was logged."""
+    @functools.wraps(main)
+    def wrapped(argv=None):
+        try:
+            return main(argv)
+        finally:
+            tracking.end()
+    return wrapped
+
+
+@ends_training
 def train_teacher_main(argv=None):
     parser = build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.",
                           COMMON + RECIPE)
@@ -40,6 +55,7 @@ def train_teacher_main(argv=None):
     accelerator.print(f"teacher: {info['test_accuracy']:.2f}% test accuracy, saved {cfg.run_dir / TEACHER_FILE}")
 
 
+@ends_training
 def precompute_main(argv=None):
     parser = build_parser("Run a teacher checkpoint once over the training set; write its logits cache.",
                           COMMON + ["teacher", "out", "cache_dtype", "batch_size"])
@@ -54,6 +70,7 @@ def precompute_main(argv=None):
     write_config(accelerator, cfg, "precompute_logits")
 
 
+@ends_training
 def distill_main(argv=None):
     def extra(p):
         p.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -97,7 +114,6 @@ def distill_main(argv=None):
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "metrics.json", metrics)
     print_summary(accelerator, metrics)
-    accelerator.end_training()
 
 
 def _compare_label(variant, seed):
@@ -105,12 +121,14 @@ def _compare_label(variant, seed):
     return "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant.name) + f"/seed{seed}"
 
 
+@ends_training
 def compare_main(argv=None):
     """Baseline and distilled students over several seeds, one shared teacher and cache."""
     def extra(p):
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
-        p.add_argument("--variants", nargs="+", default=["baseline", "hinton", "seed-mse"],
-                       help="baseline, hinton[:T=..,alpha=..], seed-mse[:T=..,alpha=..] (default: %(default)s)")
+        p.add_argument("--variants", nargs="+", default=["baseline", "hinton", "notebook-mse"],
+                       help="baseline, hinton[:T=..,alpha=..], notebook-mse[:T=..,alpha=..] (old name: seed-mse), "
+                            "fitnets[:...] (default: %(default)s)")
 
     parser = build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?",
                           COMMON + RECIPE + STUDENT, extra)

@@ -15,7 +15,8 @@ from .cache import DTYPES
 from .checkpointing import parse_every
 from .data import DATA_DIR_ENV, DATASETS
 from .errors import KDError
-from .losses import KD_LOSSES
+from .losses import KD_LOSSES, loss_name
+from .tracking import REPORT_TO, resolve as resolve_trackers
 
 
 @dataclass
@@ -65,7 +66,12 @@ class Config:
     train_subset: Optional[int] = None
     soft_targets: str = "all"
     compile: bool = False
+    # experiment tracking: Accelerate trackers (log_with), see kd_accel/tracking.py
+    report_to: str = "none"
     preset: str = "default"
+
+    def __post_init__(self):
+        self.kd_loss = loss_name(self.kd_loss)  # an old name ('seed-mse') is the same loss
 
     @property
     def run_dir(self):
@@ -81,7 +87,7 @@ PRESETS = {
     "notebook": dict(
         epochs=5, teacher_epochs=5, batch_size=100, lr=1e-3, teacher_lr=1e-3,
         schedule="constant", teacher_schedule="constant",
-        kd_loss="seed-mse", temperature=1.5, alpha=0.6,
+        kd_loss="notebook-mse", temperature=1.5, alpha=0.6,
     ),
 }
 
@@ -107,7 +113,8 @@ FLAGS = {
     "teacher_epochs": dict(type=int, help="epochs when the teacher must be trained (default: %(default)s)"),
     "teacher_lr": dict(type=float, help="teacher's Adam learning rate (default: %(default)s)"),
     "teacher_schedule": dict(choices=["cosine", "constant"], help="teacher's lr schedule (default: %(default)s)"),
-    "kd_loss": dict(choices=sorted(KD_LOSSES), help="distillation loss (default: %(default)s)"),
+    "kd_loss": dict(type=loss_name, choices=sorted(KD_LOSSES),
+                    help="distillation loss; seed-mse is the old name of notebook-mse (default: %(default)s)"),
     "temperature": dict(type=float, help="softmax temperature T, 0.01..1000 (default: %(default)s)"),
     "alpha": dict(type=float, help="weight of the soft loss, 0..1 (default: %(default)s)"),
     "teacher": dict(help="teacher checkpoint (safetensors)"),
@@ -129,6 +136,8 @@ FLAGS = {
     "train_subset": dict(type=int, help="students see hard labels of a fixed class-balanced subset of N samples only"),
     "soft_targets": dict(choices=["all", "subset"], help="with --train-subset: soft targets on the whole set or the subset (default: %(default)s)"),
     "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
+    "report_to": dict(choices=list(REPORT_TO), help="log losses, lr and accuracy per phase to Accelerate trackers; "
+                      "'all': every one installed (default: %(default)s)"),
 }
 # say the per-data-set defaults in --help: "(default: 4.0)" -> "(default: 4.0; 2.0 for fashion-mnist)"
 for _dataset, _values in DATASET_DEFAULTS.items():
@@ -139,7 +148,7 @@ for _dataset, _values in DATASET_DEFAULTS.items():
 def build_parser(description, flags, extra=None):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="recipe defaults: 'notebook' reproduces the seed notebook (default: %(default)s)")
+                        help="recipe defaults: 'notebook' reproduces the notebook (default: %(default)s)")
     defaults = Config()
     for name in flags:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=getattr(defaults, name), **FLAGS[name])
@@ -194,6 +203,7 @@ def validate(cfg):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     parse_every(cfg.checkpoint_every)
+    resolve_trackers(cfg.report_to)  # a tracker that is not installed: one line, before any work
     if cfg.resume not in (None, "latest") and not os.path.isdir(cfg.resume):
         raise KDError(f"--resume: checkpoint folder not found: {cfg.resume}")
     if cfg.teacher and os.path.isdir(cfg.teacher):

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import KDError
+from .hashing import tensor_digest
 
 DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -72,11 +73,7 @@ class Split:
 
     def fingerprint(self):
         """sha256 of the pixels and labels: any change to the data changes it."""
-        h = hashlib.sha256()
-        h.update(f"{self.dataset}/{self.split}/{tuple(self.images.shape)}".encode())
-        h.update(self.images.contiguous().numpy().tobytes())
-        h.update(self.labels.contiguous().numpy().tobytes())
-        return h.hexdigest()[:32]
+        return tensor_digest(f"{self.dataset}/{self.split}/{tuple(self.images.shape)}", self.images, self.labels)
 
 
 def resolve_data_dir(data_dir=None):

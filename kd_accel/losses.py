@@ -42,8 +42,8 @@ def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha, l
     return {"loss": (1 - alpha) * hard + alpha * soft, "hard": hard, "soft": soft}
 
 
-def seed_mse_loss(student_logits, labels, teacher_logits, temperature, alpha, label_mask=None):
-    """The seed notebook's loss, kept only to reproduce it: MSE between the student's *raw
+def notebook_mse_loss(student_logits, labels, teacher_logits, temperature, alpha, label_mask=None):
+    """The notebook's loss, kept only to reproduce it: MSE between the student's *raw
     logits* and the teacher's softened *probabilities* (a mismatch of spaces: see README)."""
     s = student_logits.float()
     hard = masked_ce(s, labels, label_mask)
@@ -51,4 +51,12 @@ def seed_mse_loss(student_logits, labels, teacher_logits, temperature, alpha, la
     return {"loss": (1 - alpha) * hard + alpha * soft, "hard": hard, "soft": soft}
 
 
-KD_LOSSES = {"hinton": hinton_kd_loss, "seed-mse": seed_mse_loss}
+KD_LOSSES = {"hinton": hinton_kd_loss, "notebook-mse": notebook_mse_loss}
+# old names still accepted wherever a loss is named (--kd-loss, compare's --variants, stamps)
+LOSS_ALIASES = {"seed-mse": "notebook-mse"}
+
+
+def loss_name(name):
+    """The current name of a KD loss given by any of its names ('seed-mse' -> 'notebook-mse');
+    other values unchanged (None, 'ce', unknown names: the caller refuses those)."""
+    return LOSS_ALIASES.get(name, name)

@@ -1,9 +1,8 @@
-"""The seed notebook's teacher and student, exactly, in a small registry.
+"""The notebook's teacher and student, exactly, in a small registry.
 
 Models know nothing of devices, DDP or precision: Accelerate handles those. Weights are stored
 as safetensors with the architecture name in the metadata, so a checkpoint says what it is.
 """
-import hashlib
 from pathlib import Path
 
 import torch
@@ -12,12 +11,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import KDError
+from .hashing import tensor_digest
 from .io import atomic_path
 
 
 def conv_bn_relu(cin, cout, k):
     # "same" padding: 5x5 -> pad 2, 3x3 -> pad 1, so only the pools shrink the map
     return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def conv_bn_relu_pool(cin, cout, k):
+    """The notebook's conv -> BN -> ReLU -> 2x2 max-pool, computed as conv -> BN -> pool -> ReLU.
+
+    The same function and the same gradients, bit for bit: ReLU is monotonic, so
+    max(relu(a), relu(b), ...) == relu(max(a, b, ...)), and the gradient reaches the same element
+    (or is zero in both orders); tests/test_models.py trains both orders and compares weights.
+    The ReLU then runs, forward and backward, on a quarter of the elements: measured 12-16% off a
+    student step on a 2-core AMD EPYC (README, "Performance"). Conv and BN keep indices 0 and 1,
+    so state-dict keys are unchanged."""
+    conv, bn, relu = conv_bn_relu(cin, cout, k)
+    return [conv, bn, nn.MaxPool2d(2), relu]
 
 
 class Teacher(nn.Module):
@@ -27,8 +40,8 @@ class Teacher(nn.Module):
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
         self.block1 = nn.Sequential(*conv_bn_relu(in_channels, 16, 5))
-        self.block2 = nn.Sequential(*conv_bn_relu(16, 16, 3), nn.MaxPool2d(2))  # [B,16,14,14]
-        self.block3 = nn.Sequential(*conv_bn_relu(16, 32, 3), nn.MaxPool2d(2))  # [B,32,7,7]
+        self.block2 = nn.Sequential(*conv_bn_relu_pool(16, 16, 3))  # [B,16,14,14]
+        self.block3 = nn.Sequential(*conv_bn_relu_pool(16, 32, 3))  # [B,32,7,7]
         # the notebook has no activation between the two linear layers; kept as is
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 300), nn.Linear(300, num_classes))
 
@@ -41,7 +54,7 @@ class Student(nn.Module):
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
-        self.features = nn.Sequential(*conv_bn_relu(in_channels, 16, 3), nn.MaxPool2d(2))  # [B,16,14,14]
+        self.features = nn.Sequential(*conv_bn_relu_pool(in_channels, 16, 3))  # [B,16,14,14]
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 14 * 14, num_classes))
 
     def forward(self, x):
@@ -64,12 +77,11 @@ def count_params(model):
 def state_fingerprint(state_dict):
     """sha256 over names, shapes, dtypes and values of every tensor (BN buffers included,
     since they change the teacher's eval outputs)."""
-    h = hashlib.sha256()
+    parts = []
     for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:32]
+        t = state_dict[name]
+        parts += [f"{name}:{tuple(t.shape)}:{t.dtype}", t]
+    return tensor_digest(*parts)
 
 
 def save_model(model, path, arch, num_classes, **meta):

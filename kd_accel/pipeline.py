@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 
+from . import tracking
 from .cache import CacheKey, load_cache, save_cache
 from .checkpointing import RESUME_HINT, check_stamp, resume_progress
 from .data import balanced_subset, ensure_downloaded, load_split
@@ -22,7 +23,9 @@ from .errors import KDError
 from .evaluation import evaluate, predict_logits
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import make_dir, write_json
+from .losses import loss_name
 from .models import build_model, count_params, load_model, meta_number, read_checkpoint, save_model, state_fingerprint
+from .memory import keep_freed_memory
 from .threads import set_cpu_threads
 from .training import fit, make_objective
 
@@ -30,10 +33,16 @@ TEACHER_FILE = "teacher.safetensors"
 CACHE_FILE = "teacher_logits.safetensors"
 
 
-def make_accelerator(cfg, **kwargs):
+def make_accelerator(cfg, script=None, **kwargs):
     """The Accelerator every script uses. It owns no randomness: the data order belongs to each
     trained model's loader (data.EpochPermutation, from that model's seed and the epoch), so one
-    Accelerator can train many seeds (compare.py) and each still gets its own order."""
+    Accelerator can train many seeds (compare.py) and each still gets its own order.
+    With --report-to, it carries the trackers (log_with); TensorBoard writes under
+    <run>/tensorboard/<script>/."""
+    trackers = tracking.resolve(getattr(cfg, "report_to", "none"))
+    if trackers:
+        kwargs.update(log_with=trackers, project_config=ProjectConfiguration(
+            project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tensorboard" / (script or "run"))))
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -46,6 +55,9 @@ def make_accelerator(cfg, **kwargs):
     if accelerator.device.type == "cpu":
         # every physical core unless the user chose (accelerate launch's default is 1 thread)
         accelerator.print(set_cpu_threads(), flush=True)
+        keep_freed_memory()  # no page-fault storm per step (kd_accel/memory.py); same arithmetic
+    if getattr(cfg, "report_to", "none") == "all":
+        accelerator.print(f"--report-to all: {', '.join(trackers) or 'no tracker installed, nothing logged'}")
     return accelerator
 
 
@@ -53,11 +65,18 @@ def setup(cfg, script):
     """Accelerator, seed and run folder. The configuration is written by `write_config` once the
     script's work is done: written here, a failed run would leave a finished run's results
     beside a config.json that did not make them."""
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, script)
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         make_dir(cfg.run_dir)
+    # trackers get the resolved configuration (what config.json will say) as hyper-parameters
+    tracking.start(accelerator, resolved_config(accelerator, cfg, script), f"{cfg.run_dir.name}-{script}")
     return accelerator
+
+
+def resolved_config(accelerator, cfg, script):
+    return {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision}
 
 
 def write_config(accelerator, cfg, script):
@@ -65,8 +84,7 @@ def write_config(accelerator, cfg, script):
     when they are written, before metrics.json (main process only)."""
     if accelerator.is_main_process:
         write_json(cfg.run_dir / f"config.{script}.json" if script != "distill" else cfg.run_dir / "config.json",
-                   {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
-                    "mixed_precision": accelerator.mixed_precision})
+                   resolved_config(accelerator, cfg, script))
 
 
 RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors")
@@ -130,7 +148,7 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
         return s
     s["train_subset"] = cfg.train_subset
     if kd:
-        s.update(kd_loss=cfg.kd_loss, temperature=cfg.temperature, alpha=cfg.alpha, teacher=teacher_fp,
+        s.update(kd_loss=loss_name(cfg.kd_loss), temperature=cfg.temperature, alpha=cfg.alpha, teacher=teacher_fp,
                  soft_targets=cfg.soft_targets if cfg.train_subset else None)
     if hints:
         two_stage = cfg.hint_mode == "two-stage"  # hint_epochs is used only there, hint_beta only in joint
@@ -166,7 +184,7 @@ def model_stamp(path):
 
 
 def train_teacher(accelerator, cfg, train, test, path):
-    """Train the seed teacher on hard labels and save it (with its test accuracy) to `path`."""
+    """Train the teacher on hard labels and save it (with its test accuracy) to `path`."""
     set_seed(cfg.seed)
     settings = phase_settings(accelerator, cfg, train, student=False)
     model = build_model("teacher", train.num_classes)

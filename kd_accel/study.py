@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import KDError
+from .losses import loss_name
 from .stats import mean, paired_ci, std
 
 
@@ -32,21 +33,21 @@ class Variant:
                                    **(self.hints or {}))
 
 
-_SPEC = re.compile(r"^(baseline|hinton|seed-mse|fitnets)(?::(.*))?$")
+_SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$")  # seed-mse: old name
 _HINT_KEYS = {"mode": ("hint_mode", str), "beta": ("hint_beta", float), "hint_epochs": ("hint_epochs", int)}
 
 
 def parse_variant(spec, cfg):
-    """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'seed-mse' (the
-    notebook's loss; T=1.5, alpha=0.6 unless given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,
-    hint_epochs=..,beta=..]' (hints + Hinton KD)."""
+    """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'notebook-mse' (the
+    notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless given),
+    'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton KD)."""
     m = _SPEC.match(spec)
     if not m:
-        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], seed-mse[:...] or fitnets[:...]")
-    kind, args = m.group(1), m.group(2)
+        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], notebook-mse[:...] or fitnets[:...]")
+    kind, args = loss_name(m.group(1)), m.group(2)
     if kind == "baseline":
         return Variant("baseline")
-    t, a = (1.5, 0.6) if kind == "seed-mse" else (cfg.temperature, cfg.alpha)
+    t, a = (1.5, 0.6) if kind == "notebook-mse" else (cfg.temperature, cfg.alpha)
     hints = {"hint_mode": cfg.hint_mode, "hint_epochs": cfg.hint_epochs, "hint_beta": cfg.hint_beta}
     for part in filter(None, (args or "").split(",")):
         key, _, val = (x.strip() for x in part.partition("="))

@@ -5,8 +5,6 @@ loss function, which receives the batch (images, labels, idx and, for distillati
 teacher logits gathered from the cache by the same sample index).
 """
 import math
-import os
-import signal
 import time
 from functools import partial
 
@@ -19,10 +17,13 @@ from .errors import KDError
 from .evaluation import evaluate
 from .losses import KD_LOSSES, ce_loss
 from .reporting import progress_bar
+from .tracking import PhaseLog
 
-# Fault injection for the crash/resume tests: "[phase:]N" SIGKILLs this process after
-# optimizer step N (of that phase, e.g. "baseline:27").
-FAULT_ENV = "KD_ACCEL_FAULT_STEP"
+# Called as hook(label, global_step) after each optimizer step of every phase (the tests install
+# fault injection here: an exception, or a SIGKILL in tests/scripts/fault.py). Empty otherwise.
+STEP_HOOKS = []
+# Optimizer steps between the loop's host syncs (non-finite check, tracker flush).
+LOG_EVERY = 50
 
 
 def hard_label_objective(logits, batch):
@@ -35,7 +36,7 @@ def kd_objective(logits, batch, kind, temperature, alpha):
 
 
 def make_objective(kind, temperature=None, alpha=None):
-    """'ce' for hard labels only; 'hinton' or 'seed-mse' for distillation from the cache."""
+    """'ce' for hard labels only; 'hinton' or 'notebook-mse' for distillation from the cache."""
     if kind == "ce":
         return hard_label_objective
     return partial(kd_objective, kind=kind, temperature=temperature, alpha=alpha)
@@ -113,9 +114,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
 
     every = parse_every(getattr(cfg, "checkpoint_every", None))
     keep = getattr(cfg, "keep_checkpoints", 3)
-    fault_phase, _, fault_step = os.environ.get(FAULT_ENV, "").rpartition(":")
-    fault_step = int(fault_step or 0) if fault_phase in ("", label) else 0
-    log_every = 50
+    log_every = LOG_EVERY
 
     history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
     # `settings` (pipeline.phase_settings) is stamped on every checkpoint with the phase label and
@@ -130,10 +129,12 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
         accelerator.print(f"{label}: starting afresh; removed {n} old checkpoint(s) in {ckpt_dir}", flush=True)
 
     watch = NonFiniteWatch(label)
+    log = PhaseLog(accelerator, label)  # --report-to: per-step values flushed at the sync points below
     start = time.perf_counter()
 
     def checkpoint(epoch, position, sums, steps):
         watch.check()  # never save weights a NaN has already touched
+        log.flush()  # what a resume from here continues is logged up to here
         check_finite_weights(model, label, global_step)
         progress = {"phase": label, "run": str(cfg.run_dir), "settings": settings,
                     "epoch": epoch, "position": position, "global_step": global_step, "history": history,
@@ -153,6 +154,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
         sums = {k: torch.tensor(v, device=accelerator.device) for k, v in carried.items() if k != "_steps"}
         steps = carried.get("_steps", 0) if epoch == epoch0 else 0
         carried = {}
+        epoch_start, seen = time.perf_counter(), 0
         with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{cfg.epochs}", len(loader)) as advance:
             advance(position)
             for batch in batches:
@@ -160,6 +162,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
                     x = batch["x"] = to_float(batch["images"]).contiguous(memory_format=memory_format)
                     parts = objective(model(x), batch)
                     accelerator.backward(parts["loss"])
+                    lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (a float: no sync)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -168,23 +171,31 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
                 watch.update(global_step + 1, parts)
+                log.micro(parts)
+                seen += len(batch["labels"])  # a shape: no sync
                 advance()
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
+                log.step(global_step, lr)
                 if global_step % log_every == 0:
                     watch.check()
-                if fault_step and global_step == fault_step:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    log.flush()
+                for hook in STEP_HOOKS:
+                    hook(label, global_step)
                 if isinstance(every, int) and global_step % every == 0 and position < len(loader):
                     checkpoint(epoch, position, sums, steps)
         watch.check()
         check_finite_weights(model, label, global_step)  # before evaluating or returning them
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
+        epoch_time = time.perf_counter() - epoch_start  # training only (synced by .item() above), not evaluation
+        log.flush()
         entry = {"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}}
         if test_split is not None:  # None: a model without a classifier (FitNets' hint stage)
             entry["test_accuracy"] = evaluate(accelerator, model, test_split)
         history.append(entry)
+        log.epoch(global_step, **{k: entry[k] for k in ("test_accuracy",) if k in entry}, epoch_time_s=epoch_time,
+                  samples_per_s=seen * accelerator.num_processes / max(epoch_time, 1e-9))
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
         acc_txt = f" test_acc={entry['test_accuracy']:.2f}%" if "test_accuracy" in entry else ""
         accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt}{acc_txt}", flush=True)

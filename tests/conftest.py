@@ -36,6 +36,23 @@ def reset_accelerate():
     reset_accelerate_state()
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(mnist_dir, tmp_path_factory):
+    """One teacher trained once per session (the first 300 real MNIST images, 1 epoch; about
+    90% test accuracy), for the tests that need some trained teacher, not a particular one.
+    Shared: pass it as --teacher, copy it, never write over it."""
+    from kd_accel.cli import train_teacher_main
+
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    reset_accelerate_state()
+    try:
+        train_teacher_main(["--data-dir", str(mnist_dir), "--output-dir", str(out), "--limit-train", "300",
+                            "--limit-test", "200", "--epochs", "1", "--batch-size", "50"])
+    finally:
+        reset_accelerate_state()
+    return out / "teacher.safetensors"
+
+
 @pytest.fixture
 def accelerator(reset_accelerate):
     from accelerate import Accelerator

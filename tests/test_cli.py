@@ -1,10 +1,39 @@
-"""Bad input: one line on stderr, a non-zero exit, no traceback, nothing written."""
+"""Bad input: one line on stderr, a non-zero exit, no traceback, nothing written.
+
+Checked in-process through run_cli (what every launch script calls), so no Python is spawned per
+case; each launch script is still run once as a user runs it (--help, and a bad flag)."""
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch.distributed as dist
 
-from conftest import run_script
+from conftest import ROOT
+from kd_accel import cli
+from kd_accel.config import Config
+from kd_accel.errors import KDError, run_cli
+
+SCRIPTS = {  # launch script -> (its main, a bad flag, the words of its one error line)
+    "distill.py": (cli.distill_main, ["--temperature", "0"], "--temperature must be > 0"),
+    "train_teacher.py": (cli.train_teacher_main, ["--epochs", "0"], "--epochs must be >= 1"),
+    "precompute_logits.py": (cli.precompute_main, [], "needs --teacher PATH"),
+    "compare.py": (cli.compare_main, ["--variants", "mse"], "bad variant 'mse'"),
+    "inspect_logits.py": (cli.inspect_main, ["x.safetensors", "--temperatures", "0"], "--temperatures must all be > 0"),
+}
+
+
+def cli_error(main, argv, capsys, code=2):
+    """Run `main` as its launch script does; return its stderr, checked to be one error line."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert e.value.code == code, err
+    assert len(err.splitlines()) == 1 and err.startswith("kd_accel: error:"), err
+    assert "Traceback" not in out.err + out.out
+    return err
 
 
 @pytest.mark.parametrize(
@@ -17,74 +46,96 @@ from conftest import run_script
         (["--epochs", "0"], "--epochs must be >= 1"),
     ],
 )
-def test_bad_input_one_line_error(args, words, tmp_path, mnist_dir):
+def test_bad_input_one_line_error(args, words, tmp_path, mnist_dir, capsys, reset_accelerate):
     out = tmp_path / "run"
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, *args, check=False)
-    assert proc.returncode != 0
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("kd_accel: error:") and words in err, err
-    assert "Traceback" not in proc.stderr + proc.stdout
+    err = cli_error(cli.distill_main, ["--data-dir", mnist_dir, "--output-dir", out, *args], capsys)
+    assert words in err, err
     assert not out.exists()
 
 
-def test_data_dir_without_files_names_them(tmp_path):
-    proc = run_script("train_teacher.py", "--data-dir", tmp_path, "--output-dir", tmp_path / "o", check=False)
-    assert proc.returncode != 0
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1 and "missing: train-images-idx3-ubyte" in err, err
+def test_data_dir_without_files_names_them(tmp_path, capsys, reset_accelerate):
+    err = cli_error(cli.train_teacher_main, ["--data-dir", tmp_path, "--output-dir", tmp_path / "o"], capsys)
+    assert "missing: train-images-idx3-ubyte" in err, err
 
 
-def test_corrupt_teacher_checkpoint(tmp_path, mnist_dir):
+def test_corrupt_teacher_checkpoint(tmp_path, mnist_dir, capsys, reset_accelerate):
     bad = tmp_path / "teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    proc = run_script("precompute_logits.py", "--data-dir", mnist_dir, "--teacher", bad,
-                      "--out", tmp_path / "c.safetensors", "--limit-train", "10", check=False)
-    assert proc.returncode != 0
-    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read checkpoint" in proc.stderr
+    err = cli_error(cli.precompute_main, ["--data-dir", mnist_dir, "--teacher", bad, "--out", tmp_path / "c.safetensors",
+                                          "--limit-train", "10"], capsys)
+    assert "cannot read checkpoint" in err, err
     assert not (tmp_path / "c.safetensors").exists()
 
 
-@pytest.mark.parametrize("script", ["distill.py", "train_teacher.py", "precompute_logits.py"])
-def test_help(script):
-    proc = run_script(script, "--help")
-    assert "--data-dir" in proc.stdout and "--output-dir" in proc.stdout
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_and_bad_flag_of_each_script(script, capsys, reset_accelerate):
+    main, argv, words = SCRIPTS[script]
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage:"), out
+    assert script == "inspect_logits.py" or "--data-dir" in out and "--output-dir" in out, out
+    assert words in cli_error(main, argv, capsys)
 
 
-def test_train_teacher_epochs_default_to_the_teacher_recipe():
+def run_launch_scripts(how):
+    """Every launch script as a real process (its imports and its run_cli wrapper), all started
+    at once: `python launch/<script> --help` or `python launch/<script> <bad flag>`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = {script: subprocess.Popen([sys.executable, str(ROOT / "launch" / script),
+                                       *(["--help"] if how == "help" else SCRIPTS[script][1])],
+                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for script in SCRIPTS}
+    done = {script: proc.communicate(timeout=300) for script, proc in procs.items()}
+    return {script: (procs[script].returncode, *done[script]) for script in procs}
+
+
+def test_launch_scripts_refuse_a_bad_flag_in_one_line():
+    for script, (rc, out, err) in run_launch_scripts("bad").items():
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, (script, rc, err)
+        assert lines[0].startswith("kd_accel: error:") and SCRIPTS[script][2] in lines[0], (script, err)
+
+
+@pytest.mark.slow
+def test_launch_scripts_help():
+    for script, (rc, out, err) in run_launch_scripts("help").items():
+        assert rc == 0 and out.startswith("usage:") and script in out, (script, out, err)
+
+
+def test_train_teacher_epochs_default_to_the_teacher_recipe(capsys):
     """train_teacher.py's --epochs/--lr/--schedule are the teacher's: their defaults must be the
     teacher recipe distill.py uses, not the (longer) student recipe."""
-    import re
-
-    from kd_accel.config import Config
-
-    def default(script, flag):
-        text = " ".join(run_script(script, "--help").stdout.split())
+    def default(main, flag):
+        with pytest.raises(SystemExit) as e:
+            main(["--help"])
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
         return re.search(rf"{flag} [A-Z_]+ [^\[(]*\(default: ([^)]+)\)", text).group(1)
 
-    assert default("train_teacher.py", "--epochs") == str(Config.teacher_epochs)
-    assert default("train_teacher.py", "--lr") == str(Config.teacher_lr)
-    assert default("distill.py", "--epochs") == str(Config.epochs)
+    assert default(cli.train_teacher_main, "--epochs") == str(Config.teacher_epochs)
+    assert default(cli.train_teacher_main, "--lr") == str(Config.teacher_lr)
+    assert default(cli.distill_main, "--epochs") == str(Config.epochs)
     assert Config.epochs != Config.teacher_epochs  # else this test could not tell them apart
 
 
-def test_run_cli_destroys_the_process_group_on_success_and_on_error(tmp_path):
+@pytest.mark.parametrize("fails", [False, True])
+def test_run_cli_destroys_the_process_group_on_success_and_on_error(tmp_path, fails):
     """A gloo group left to interpreter shutdown can abort a finished rank (SIGABRT, "terminate
     called without an active exception"); run_cli must tear it down on every way out."""
-    code = f"""
-import sys, torch.distributed as dist
-from kd_accel.errors import KDError, run_cli
-def main(argv):
-    dist.init_process_group("gloo", init_method="file://{tmp_path}/rdzv" + argv[0], rank=0, world_size=1)
-    if argv[1] == "fail":
-        raise KDError("bad flag")
-try:
-    run_cli(main, [sys.argv[1], sys.argv[2]])
-except SystemExit as e:
-    print("exit", e.code)
-print("initialized", dist.is_initialized())
-"""
-    for mode, exit_line in [("ok", ""), ("fail", "exit 2\n")]:
-        proc = subprocess.run([sys.executable, "-c", code, mode, mode], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == exit_line + "initialized False\n", proc.stdout
+    def main(argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdzv", rank=0, world_size=1)
+        if fails:
+            raise KDError("bad flag")
+
+    try:
+        if fails:
+            with pytest.raises(SystemExit) as e:
+                run_cli(main, [])
+            assert e.value.code == 2
+        else:
+            run_cli(main, [])
+        assert not dist.is_initialized()
+    finally:  # never leave a group behind for the tests that follow
+        if dist.is_initialized():
+            dist.destroy_process_group()

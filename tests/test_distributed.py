@@ -1,6 +1,7 @@
 """The pipeline under two CPU processes (gloo), launched the Accelerate way."""
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -11,6 +12,7 @@ from conftest import run_script
 SMALL = ["--limit-train", "1001", "--limit-test", "333", "--epochs", "1", "--teacher-epochs", "1"]
 
 
+@pytest.mark.slow
 def test_two_process_pipeline_matches_one_process_cache(mnist_dir, tmp_path):
     out = tmp_path / "ddp"
     proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, *SMALL, "--no-baseline", nproc=2)

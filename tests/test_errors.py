@@ -108,13 +108,16 @@ def test_idx_files_with_odd_shapes_are_named(tmp_path, stem, tensor, words):
 # ---- output folder and writes ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["under a file", "under /proc"])
-def test_output_folder_that_cannot_be_created(tmp_path, mnist_dir, where):
+def test_output_folder_that_cannot_be_created(tmp_path, mnist_dir, where, capsys, reset_accelerate):
+    from kd_accel.cli import distill_main
+
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "run" if where == "under a file" else "/proc/kd_accel_test/run"
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "200",
-                      "--limit-test", "100", "--epochs", "1", "--teacher-epochs", "1", check=False)
-    err = proc.stderr.strip()
-    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as e:
+        run_cli(distill_main, ["--data-dir", str(mnist_dir), "--output-dir", str(out), "--limit-train", "200",
+                               "--limit-test", "100", "--epochs", "1", "--teacher-epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"kd_accel: error: cannot create folder {out}: "), err
     assert ("afile is a file" if where == "under a file" else "No such file or directory") in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["afile"] and (tmp_path / "afile").read_text() == "x"
@@ -243,6 +246,7 @@ def test_missing_and_unexpected_tensors_named(tmp_path):
 
 # ---- several processes ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_print_the_error_once(tmp_path, mnist_dir):
     """Both ranks refuse the teacher (after the process group is up): one error line, then
     Accelerate's launcher reports the failed child (its traceback, exit 1), as the README says."""
@@ -256,6 +260,7 @@ def test_two_processes_print_the_error_once(tmp_path, mnist_dir):
     assert proc.returncode == 1 and "ChildFailedError" in proc.stderr and "exitcode  : 2" in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_error_on_another_rank_only_is_shown_with_its_rank(tmp_path):
     script = tmp_path / "rank1_fails.py"
     script.write_text(textwrap.dedent("""

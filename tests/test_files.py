@@ -57,13 +57,13 @@ def test_failed_run_keeps_the_finished_runs_config(tmp_path, mnist_dir, monkeypa
     assert (out / "metrics.json").read_text() == finished["metrics.json"]
 
 
-def test_distill_failing_half_way_keeps_the_previous_result_whole(tmp_path, mnist_dir, monkeypatch):
+def test_distill_failing_half_way_keeps_the_previous_result_whole(tmp_path, mnist_dir, monkeypatch, tiny_teacher):
     """A finished run folder, re-run afresh; the new run trains its student, then fails in the
     baseline: the old result (metrics, config and both students) is kept together in previous/,
     and no metrics.json sits beside the new student."""
     out = tmp_path / "run"
     args = ["--data-dir", str(mnist_dir), "--output-dir", str(out), "--limit-train", "200", "--limit-test", "100",
-            "--epochs", "1", "--teacher-epochs", "1"]
+            "--epochs", "1", "--teacher", str(tiny_teacher)]
     cli.distill_main(args)
     old = {n: (out / n).read_bytes() for n in ("metrics.json", "config.json", "student.safetensors",
                                                "baseline.safetensors")}

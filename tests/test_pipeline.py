@@ -9,7 +9,7 @@ from kd_accel.cli import distill_main
 
 from conftest import reset_accelerate_state
 
-ARGS = ["--limit-train", "1200", "--limit-test", "500", "--epochs", "1", "--teacher-epochs", "1", "--seed", "3"]
+ARGS = ["--limit-train", "400", "--limit-test", "200", "--epochs", "1", "--teacher-epochs", "1", "--seed", "3"]
 
 
 def run(mnist_dir, out, *extra):
@@ -25,7 +25,7 @@ def test_first_run_misses_second_hits_and_never_calls_teacher(mnist_dir, tmp_pat
     assert (out / "teacher.safetensors").exists() and (out / "student.safetensors").exists()
     assert (out / "config.json").exists()
     meta = read_metadata(out / "teacher_logits.safetensors")
-    assert meta["num_samples"] == "1200" and meta["dataset"] == "mnist"
+    assert meta["num_samples"] == "400" and meta["dataset"] == "mnist"
     for role in ("teacher", "student", "baseline"):
         assert 10.0 < first[role]["test_accuracy"] <= 100.0
     assert first["student"]["params"] == 31_562 and first["teacher"]["params"] == 481_214
@@ -61,7 +61,7 @@ def test_stale_cache_replaced_in_run_dir_but_refused_when_explicit(mnist_dir, tm
     with pytest.raises(KDError, match="teacher weights changed"):
         run(mnist_dir, out2, "--no-baseline", "--seed", "4", "--logits", str(stale))
     # the run folder's own cache, made stale by a different subset, is recomputed (and says why); the
-    # teacher, trained on 1,200 samples, is reused only when given explicitly (its stamp says 1,200)
-    again = run(mnist_dir, out, "--no-baseline", "--limit-train", "1100", "--teacher", str(out / "teacher.safetensors"))
+    # teacher, trained on 400 samples, is reused only when given explicitly (its stamp says 400)
+    again = run(mnist_dir, out, "--no-baseline", "--limit-train", "300", "--teacher", str(out / "teacher.safetensors"))
     assert again["cache"]["hit"] is False
-    assert read_metadata(cache)["num_samples"] == "1100"
+    assert read_metadata(cache)["num_samples"] == "300"

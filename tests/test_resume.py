@@ -1,6 +1,7 @@
 """Resume and reuse never mix phases or recipes (issue 9): a checkpoint or a finished model file
 records its phase, run and settings, and is refused, by name, for anything else; a damaged newest
-checkpoint falls back to the newest usable one. In-process; a crash is a fault-injected exception."""
+checkpoint falls back to the newest usable one. In-process; a crash is an exception raised by a
+step hook (training.STEP_HOOKS)."""
 import dataclasses
 import json
 import shutil
@@ -16,7 +17,7 @@ from kd_accel.config import Config
 from kd_accel.errors import KDError
 from kd_accel.models import Student
 from kd_accel.pipeline import columns, phase_settings
-from kd_accel.training import FAULT_ENV, fit, make_objective
+from kd_accel.training import fit, make_objective
 
 from conftest import tiny_split, reset_accelerate_state
 
@@ -36,19 +37,25 @@ def run(mnist_dir, out, *extra):
 
 
 def crash_at(monkeypatch, spec):
-    """Make the fault injection (KD_ACCEL_FAULT_STEP) raise instead of SIGKILLing pytest."""
-    def kill(pid, sig):
-        raise Crash(spec)
+    """Install a step hook that raises Crash right after optimizer step N of a phase ("phase:N")."""
+    phase, _, step = spec.rpartition(":")
 
-    monkeypatch.setenv(FAULT_ENV, spec)
-    monkeypatch.setattr(training.os, "kill", kill)
+    def crash(label, global_step):
+        if label == phase and global_step == int(step):
+            raise Crash(spec)
+
+    monkeypatch.setattr(training, "STEP_HOOKS", [crash])
+
+
+def no_crash(monkeypatch):
+    monkeypatch.setattr(training, "STEP_HOOKS", [])
 
 
 def crashed_run(mnist_dir, out, monkeypatch, spec):
     crash_at(monkeypatch, spec)
     with pytest.raises(Crash):
         run(mnist_dir, out)
-    monkeypatch.delenv(FAULT_ENV)
+    no_crash(monkeypatch)
     monkeypatch.undo()
 
 
@@ -116,7 +123,7 @@ def test_finished_models_with_other_settings_are_not_reused(whole, mnist_dir, tm
     out = tmp_path / "run"
     shutil.copytree(ref, out)
     with pytest.raises(KDError, match=r"student: \S+student.safetensors was made with other settings: "
-                                      r"kd_loss hinton -> seed-mse, temperature 4.0 -> 1.0, alpha 0.9 -> 0.5"):
+                                      r"kd_loss hinton -> notebook-mse, temperature 4.0 -> 1.0, alpha 0.9 -> 0.5"):
         run(mnist_dir, out, "--resume", "latest", "--kd-loss", "seed-mse", "--temperature", "1", "--alpha", "0.5")
     # the run folder's teacher is reused without --resume, but only if this run's recipe made it
     with pytest.raises(KDError, match=r"teacher: \S+teacher.safetensors was made with other settings: "
@@ -208,7 +215,7 @@ def test_damaged_newest_checkpoint_falls_back_to_newest_usable(how, accelerator,
     crash_at(monkeypatch, "s:13")  # checkpoints at 3, 6, 8 (epoch end), 9, 12
     with pytest.raises(Crash):
         _fit(accelerator, cfg, tmp_path / "ckpt")
-    monkeypatch.delenv(FAULT_ENV)
+    no_crash(monkeypatch)
     _damage(tmp_path / "ckpt" / "step_00000012", how)
     capsys.readouterr()
     resumed = _fit(accelerator, dataclasses.replace(cfg, resume="latest"), tmp_path / "ckpt")
@@ -223,7 +230,7 @@ def test_no_usable_checkpoint_is_one_line(accelerator, tmp_path, monkeypatch):
     crash_at(monkeypatch, "s:10")  # checkpoints kept: 8, 9
     with pytest.raises(Crash):
         _fit(accelerator, cfg, tmp_path / "ckpt")
-    monkeypatch.delenv(FAULT_ENV)
+    no_crash(monkeypatch)
     _damage(tmp_path / "ckpt" / "step_00000009", "truncated model")
     _damage(tmp_path / "ckpt" / "step_00000008", "bad progress")
     with pytest.raises(KDError, match=r"^s: no usable checkpoint in \S+ \(step_00000009: model.safetensors "

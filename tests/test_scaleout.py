@@ -13,6 +13,7 @@ from kd_accel.cache import read_metadata
 from conftest import ROOT, launch_cmd, run_script
 
 HELPER = ROOT / "tests" / "scripts" / "train_check.py"
+FAULT = ROOT / "tests" / "scripts" / "fault.py"  # runs a launch script with a SIGKILL step hook
 
 
 def launch(nproc, *args):
@@ -41,6 +42,7 @@ def assert_same_weights(a, b, atol=1e-3):
             assert torch.allclose(wa[k].float(), wb[k].float(), atol=atol, rtol=1e-3), (k, (wa[k] - wb[k]).abs().max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ["teacher", "student"])
 def test_two_processes_half_batch_equal_one_process_full_batch(role, tmp_path, mnist_dir):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
@@ -54,6 +56,7 @@ def test_two_processes_half_batch_equal_one_process_full_batch(role, tmp_path, m
         assert_same_weights(one, other)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_full_batch(tmp_path, mnist_dir):
     """K micro-batches of B/K == one batch of B, on one and on two processes. BatchNorm is
     replaced by Identity here: BN normalises each micro-batch with its own statistics, so with BN
@@ -67,6 +70,7 @@ def test_grad_accumulation_equals_full_batch(tmp_path, mnist_dir):
     assert_same_weights(full, ddp)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_evaluation_counts_every_sample_once(nproc, tmp_path, mnist_dir):
     launch(1, "eval", tmp_path / "1.json", "--data-dir", mnist_dir)
@@ -87,6 +91,7 @@ def teacher_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_precompute_on_n_processes_equals_one(nproc, teacher_file, tmp_path, mnist_dir):
     """1,001 samples divide by neither 2 nor 3: every sample once, in index order."""
@@ -124,6 +129,7 @@ def test_teacher_is_frozen_and_never_prepared(teacher_file, mnist_dir, monkeypat
     assert all(not p.requires_grad and p.grad is None for p in teachers[0].parameters())
 
 
+@pytest.mark.slow
 def test_bf16_pipeline_is_finite_and_cache_stays_fp32(tmp_path, mnist_dir):
     out = tmp_path / "bf16"
     run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "2000", "--limit-test",
@@ -178,6 +184,7 @@ def test_partial_checkpoints_are_never_resumed(tmp_path):
     assert find_resume("latest", tmp_path / "none") is None
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir):
     """The whole pipeline, killed in its third phase (baseline), resumed with --resume latest."""
     args = ["--data-dir", mnist_dir, "--limit-train", "1000", "--limit-test", "300", "--teacher-epochs", "1",
@@ -185,9 +192,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script("distill.py", *args, "--output-dir", whole)
     # 20 steps an epoch; checkpoints at 8, 16, 20 (epoch end), 24; SIGKILL after baseline step 27
-    proc = run_script("distill.py", *args, "--output-dir", killed, check=False,
-                      env={"KD_ACCEL_FAULT_STEP": "baseline:27"})
-    assert proc.returncode == -signal.SIGKILL
+    cmd, _ = launch_cmd(FAULT, ["baseline:27", "--", ROOT / "launch" / "distill.py", *args, "--output-dir", killed], 1)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert (killed / "student.safetensors").exists() and not (killed / "baseline.safetensors").exists()
     assert not (killed / "metrics.json").exists()
     ckpts = sorted(p.name for p in (killed / "checkpoints" / "baseline").iterdir())
@@ -218,6 +226,7 @@ def test_accelerate_config_files_load(name):
         assert cfg.num_machines == 2 and cfg.main_process_ip
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_see_the_same_global_order(tmp_path, mnist_dir):
     """The data order is the seed's alone: two ranks with batch B/2 take turns over the same
     global permutation that one process walks with batch B."""

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kd_accel.stats import betainc, mean, paired_ci, std, t_cdf, t_ppf, welch
+from kd_accel.stats import mean, paired_ci, std, t_ppf
 
 
 def test_mean_std_by_hand():
@@ -18,12 +18,20 @@ def test_t_quantiles_match_tables(df, q):
     assert t_ppf(0.975, df) == pytest.approx(q, abs=1e-3)
 
 
-def test_t_cdf_symmetry_and_known_values():
-    assert t_cdf(0.0, 5) == pytest.approx(0.5)
-    assert t_cdf(-2.0, 7) == pytest.approx(1 - t_cdf(2.0, 7))
-    # df=1 is Cauchy: P(T <= 1) = 3/4
-    assert t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-9)
-    assert betainc(1, 1, 0.3) == pytest.approx(0.3)
+def test_paired_p_values_match_tables():
+    # differences whose t statistic sits on a table's two-sided critical value: p is that level
+    se = 0.1 / math.sqrt(5)  # std of [-0.1, 0.1, 0, -0.1, 0.1] is sqrt(0.04/4) = 0.1
+    for t_crit, level in [(2.776, 0.05), (4.604, 0.01)]:  # df = 4
+        d = [t_crit * se + x for x in (-0.1, 0.1, 0.0, -0.1, 0.1)]
+        assert paired_ci(d)["p"] == pytest.approx(level, abs=2e-4)
+    # df = 1 is Cauchy: t = 1 gives a two-sided p of exactly 1/2
+    assert paired_ci([0.0, 2.0])["p"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_identical_differences_are_certain():
+    assert paired_ci([0.3, 0.3, 0.3]) == pytest.approx({"mean": 0.3, "low": 0.3, "high": 0.3, "p": 0.0, "n": 3})
+    assert paired_ci([0.0, 0.0])["p"] == 1.0
+    assert math.isnan(paired_ci([0.5])["low"])
 
 
 def test_paired_ci_by_hand():
@@ -34,12 +42,3 @@ def test_paired_ci_by_hand():
     assert r["high"] - r["mean"] == pytest.approx(2.776445 * se, rel=1e-5)
     # t = 0.2 / 0.0707107 = 2.828; two-sided p with 4 df ~ 0.0474
     assert r["p"] == pytest.approx(0.0474, abs=5e-4)
-
-
-def test_welch_by_hand():
-    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]
-    t, df, p = welch(a, b)
-    # se^2 = 1/3 + 1.6667/4 = 0.75; t = (2 - 5.5)/0.8660 = -4.0415
-    assert t == pytest.approx(-4.0415, abs=1e-4)
-    assert df == pytest.approx(0.75**2 / ((1 / 3) ** 2 / 2 + (1.6666667 / 4) ** 2 / 3), rel=1e-5)
-    assert 0.005 < p < 0.02

@@ -6,11 +6,11 @@ import torch
 
 from kd_accel.config import Config
 from kd_accel.data import balanced_subset
-from kd_accel.errors import KDError
+from kd_accel.errors import KDError, run_cli
 from kd_accel.pipeline import student_data
 from kd_accel.study import curve_variants, grid_matrix, markdown_table, parse_variant, summarize, temperature_stats
 
-from conftest import run_script, tiny_split
+from conftest import tiny_split
 
 
 def test_variant_parsing():
@@ -18,7 +18,10 @@ def test_variant_parsing():
     assert parse_variant("baseline", cfg).distilled is False
     v = parse_variant("hinton:T=2,alpha=0.9", cfg)
     assert (v.kd_loss, v.temperature, v.alpha) == ("hinton", 2.0, 0.9)
-    assert parse_variant("seed-mse", cfg).temperature == 1.5
+    nb = parse_variant("notebook-mse", cfg)
+    assert (nb.name, nb.kd_loss, nb.temperature, nb.alpha) == ("notebook-mse T=1.5 a=0.6", "notebook-mse", 1.5, 0.6)
+    assert parse_variant("seed-mse", cfg) == nb  # the old name: the same variant, under the new name
+    assert parse_variant("seed-mse:T=2", cfg).name == "notebook-mse T=2 a=0.6"
     assert parse_variant("hinton", cfg).temperature == cfg.temperature
     for bad in ("hinton:T=0", "hinton:beta=1", "fitnet", "hinton:alpha=2"):
         with pytest.raises(KDError):
@@ -38,13 +41,13 @@ def test_grid_matrix_places_cells_and_marks_significance():
         return {s: {"test_accuracy": a, "train_time_s": 1} for s, a in enumerate(accs)}
 
     runs = {"baseline": run(98.0, 98.2, 98.1), "hinton T=1 a=0.5": run(98.1, 98.3, 98.2),  # +0.1 every seed
-            "hinton T=4 a=0.9": run(97.9, 98.4, 98.0), "seed-mse T=1.5 a=0.6": run(97.0, 97.0, 97.0)}
+            "hinton T=4 a=0.9": run(97.9, 98.4, 98.0), "notebook-mse T=1.5 a=0.6": run(97.0, 97.0, 97.0)}
     table = grid_matrix(summarize(runs))
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0] == "| T \\ α | 0.5 | 0.9 |"
     assert rows[1].startswith("| 1 | **+0.100 (<0.001)** | - |"), rows[1]  # constant gain: p = 0
     assert rows[2].startswith("| 4 | - | ") and "**" not in rows[2], rows[2]  # mixed signs: not significant
-    assert "seed-mse" not in table
+    assert "notebook-mse" not in table
     assert "| < 0.001 |" in markdown_table(summarize(runs))
     assert grid_matrix(summarize({"baseline": runs["baseline"], "hinton T=1 a=0.5": runs["hinton T=1 a=0.5"]})) == ""
 
@@ -105,15 +108,23 @@ def test_temperature_flattens():
     assert rows[0]["mean_max_prob"] == pytest.approx(float((p.max() + q.max()) / 2), rel=1e-6)
 
 
-def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
+def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir, tiny_teacher, capsys, reset_accelerate):
+    """compare.py and inspect_logits.py in-process, on the session's shared teacher (each launch
+    script also runs as a real process in test_cli.py)."""
+    from kd_accel.cli import compare_main, inspect_main
+
     out = tmp_path / "cmp"
-    proc = run_script("compare.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "1000",
-                      "--limit-test", "300", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1",
-                      "--variants", "hinton:T=2,alpha=0.5", "seed-mse", "fitnets:hint_epochs=1", "fitnets:mode=joint,beta=0.5")
+    run_cli(compare_main, ["--data-dir", str(mnist_dir), "--output-dir", str(out), "--teacher", str(tiny_teacher),
+                           "--limit-train", "300", "--limit-test", "100", "--epochs", "1", "--seeds", "0", "1",
+                           "--variants", "hinton:T=2,alpha=0.5", "seed-mse", "fitnets:hint_epochs=1",
+                           "fitnets:mode=joint,beta=0.5"])
+    stdout = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     d = Config()  # fitnets uses the run's default T and alpha
     fit2, fitj = (f"fitnets ({how}) T={d.temperature:g} a={d.alpha:g}" for how in ("1 hint epochs", "joint beta=0.5"))
-    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "seed-mse T=1.5 a=0.6", fit2, fitj}
+    # the old loss name is accepted and reported under the new one
+    assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "notebook-mse T=1.5 a=0.6", fit2, fitj}
+    assert "seed-mse" not in (out / "results.md").read_text() + json.dumps(res["summary"])
     two_stage = res["runs"][fit2]["0"]
     assert len(two_stage["hint_epochs"]) == 1 and two_stage["hint_epochs"][0]["loss_hint"] > 0
     for name, row in res["summary"].items():
@@ -121,16 +132,17 @@ def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir):
         if name != "baseline":
             g = row["gain"]
             assert g["low"] <= g["mean"] <= g["high"]
-    assert "| baseline | 2 |" in (out / "results.md").read_text() and "gain over baseline" in proc.stdout
+    assert "| baseline | 2 |" in (out / "results.md").read_text() and "gain over baseline" in stdout
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    # the teacher and the cache were made once and shared by all the student runs
-    assert proc.stdout.count("training it") == 1 and proc.stdout.count("precomputing") == 1
+    # the cache was made once and shared by all the student runs
+    assert stdout.count("precomputing") == 1
 
-    proc = run_script("inspect_logits.py", out / "teacher_logits.safetensors", "--temperatures", "1", "4",
-                      "--plot", tmp_path / "t.png")
-    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    run_cli(inspect_main, [str(out / "teacher_logits.safetensors"), "--temperatures", "1", "4",
+                           "--plot", str(tmp_path / "t.png")])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert [float(line[0]) for line in lines] == [1.0, 4.0]
     assert float(lines[0][1]) < float(lines[1][1])  # entropy grows with T
     assert (tmp_path / "t.png").exists()
-    bad = run_script("inspect_logits.py", tmp_path / "t.png", check=False)
-    assert bad.returncode == 2 and bad.stderr.startswith("kd_accel: error:")
+    with pytest.raises(SystemExit) as e:
+        run_cli(inspect_main, [str(tmp_path / "t.png")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("kd_accel: error:")

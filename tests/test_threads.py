@@ -47,6 +47,7 @@ def _launch(*launcher_args, env_extra=None):
     return int(out.stdout.split("torch_threads")[-1]), out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(physical_cores() < 2, reason="needs 2 physical cores to tell 1 from all")
 def test_accelerate_launch_uses_all_cores_unless_told():
     n, text = _launch()

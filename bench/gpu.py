@@ -1,0 +1,336 @@
+"""GPU speed check, ready to run in under five minutes: the notebook-style distillation loop vs
+kd_accel's cached step on the same device, and a precompute.
+
+    bash bench/gpu.sh                 # = python bench/gpu.py --device cuda --json bench/results/gpu.json
+    python bench/gpu.py --device cpu --steps 5 --synthetic --modes eager    # the path tests/test_bench.py runs
+
+Cases, in one process, alternated rep by rep (a warm-up epoch of each first, not timed):
+  nb_distill_epoch   the notebook as a user runs it on a GPU: torchvision MNIST + ToTensor +
+                     DataLoader(batch_size=100, shuffle=True, pin_memory), the teacher run online
+                     in every step, loss.item() every step.
+  kd_fit_epoch       kd_accel.training.fit as the launch scripts call it (the cache's logits
+                     and the data moved to the device by fit), 1 epoch.
+  kd_step_<mode>     kd_accel's cached step with nothing else: images (as floats), labels and
+                     teacher logits resident on the device, a batch gathered there by the
+                     epoch's permutation (data.EpochPermutation: the same order as fit), the same
+                     model, loss (losses.hinton_kd_loss), Adam and memory format, loss parts summed
+                     on the device, no host sync until the epoch ends. mode: eager; graph (the
+                     whole step, gather + forward + backward + Adam, captured once in a CUDA graph
+                     and replayed: a model this small is launch-bound); compile
+                     (torch.compile(mode="reduce-overhead") of the model, Adam eager).
+  bare_forward       the floor of a precompute: the teacher over float tensors on the device.
+  kd_precompute      kd_accel's precompute: evaluation.predict_logits + cache.save_cache.
+
+Each epoch is --steps steps of batch 100 (600: all of MNIST). The ratios printed: notebook /
+kd_accel per epoch (target on a GPU: >= 10, aim 30) and precompute / bare forward (<= 1.2).
+Untrained teacher: speed does not depend on the weights' values.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import machine_info  # noqa: E402
+
+from kd_accel.data import EpochPermutation, load_split, to_float  # noqa: E402
+from kd_accel.losses import hinton_kd_loss  # noqa: E402
+from kd_accel.models import Student, Teacher  # noqa: E402
+
+BATCH, T, ALPHA, LR = 100, 4.0, 0.5, 1e-3
+MODES = ("eager", "graph", "compile")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- data
+def load_data(args):
+    """uint8 images [N, 1, 28, 28], labels [N], N = steps * 100 (real MNIST or synthetic)."""
+    n = args.steps * BATCH
+    if args.synthetic:
+        g = torch.Generator().manual_seed(0)
+        return (torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
+                torch.randint(0, 10, (n,), generator=g))
+    train = load_split("mnist", "train", args.data_dir)
+    return train.images[:n], train.labels[:n]
+
+
+class NotebookDataset(torch.utils.data.Dataset):
+    """What torchvision.datasets.MNIST(transform=ToTensor()) does per sample: a PIL image from
+    the uint8 array, then ToTensor. Used for --synthetic; real data goes through torchvision."""
+
+    def __init__(self, images, labels):
+        from torchvision import transforms
+
+        self.images, self.labels, self.tf = images, labels, transforms.ToTensor()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.tf(Image.fromarray(self.images[i, 0].numpy(), mode="L")), int(self.labels[i])
+
+
+def notebook_loader(args, images, labels, device):
+    if args.synthetic:
+        ds = NotebookDataset(images, labels)
+    else:
+        import torchvision
+        from torchvision import transforms
+
+        ds = torchvision.datasets.MNIST(args.data_dir, train=True, download=False, transform=transforms.ToTensor())
+        ds = torch.utils.data.Subset(ds, range(len(labels))) if len(labels) < len(ds) else ds
+    return torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
+
+
+# ---------------------------------------------------------------- the notebook's side
+class NotebookDistill:
+    def __init__(self, args, images, labels, device):
+        self.device, self.loader = device, notebook_loader(args, images, labels, device)
+        self.teacher = Teacher().to(device).eval()
+        self.student = Student().to(device)
+        self.opt = torch.optim.Adam(self.student.parameters(), LR)
+
+    def epoch(self):
+        self.student.train()
+        running = 0.0
+        for x, y in self.loader:
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.no_grad():
+                t = self.teacher(x)
+            loss = hinton_kd_loss(self.student(x), y, t, T, ALPHA)["loss"]
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            running += loss.item()  # the notebook's per-step host sync
+        return running
+
+
+# ---------------------------------------------------------------- kd_accel's side
+class ResidentKDStep:
+    """kd_accel's cached distillation step, everything resident on the device.
+
+    Same math as training.fit with make_objective("hinton", T, alpha), a constant lr and
+    channels-last (tests/test_bench.py checks eager mode against fit: same weights)."""
+
+    def __init__(self, images, labels, logits, device, mode="eager", seed=0, channels_last=True, student=None):
+        if mode == "graph" and device.type != "cuda":
+            raise ValueError("graph mode needs a CUDA device")
+        self.device, self.mode = device, mode
+        self.mf = torch.channels_last if channels_last else torch.contiguous_format
+        self.x = to_float(images.to(device))  # elementwise: x[idx] == to_float(images[idx]) exactly
+        self.y, self.t = labels.to(device), logits.to(device=device, dtype=torch.float32)
+        self.order = EpochPermutation(len(labels), seed)
+        self.model = (student or Student()).to(device).to(memory_format=self.mf).train()
+        capturable = mode == "graph"
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, capturable=capturable)
+        self.forward = torch.compile(self.model, mode="reduce-overhead" if device.type == "cuda" else "default") \
+            if mode == "compile" else self.model
+        self.sums = torch.zeros(3, device=device)  # loss, hard, soft: summed on the device
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.steps, self.graph = 0, None
+
+    def _step(self, idx):
+        x = self.x.index_select(0, idx).contiguous(memory_format=self.mf)
+        parts = hinton_kd_loss(self.forward(x), self.y.index_select(0, idx), self.t.index_select(0, idx), T, ALPHA)
+        parts["loss"].backward()
+        self.opt.step()
+        vals = torch.stack([parts["loss"].detach(), parts["hard"].detach(), parts["soft"].detach()])
+        self.sums.add_(vals)
+        self.nonfinite.logical_or_(~torch.isfinite(vals).all())
+
+    def _capture(self, idx0):
+        """Warm up on a side stream (3 steps, as CUDA graphs require), then capture one step."""
+        self.static_idx = idx0.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.opt.zero_grad(set_to_none=True)
+                self._step(self.static_idx)
+        torch.cuda.current_stream().wait_stream(side)
+        self.sums.zero_()
+        self.opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step(self.static_idx)  # grads are written (not accumulated) in every replay
+
+    def epoch(self, epoch=0, max_steps=None):
+        perm = self.order.permutation(epoch).to(self.device)  # one copy per epoch
+        n = len(perm) // BATCH if max_steps is None else max_steps
+        for i in range(n):
+            idx = perm[i * BATCH : (i + 1) * BATCH]
+            if self.mode == "graph":
+                if self.graph is None:
+                    self._capture(idx)
+                self.static_idx.copy_(idx)  # device to device: no host sync
+                self.graph.replay()
+            else:
+                self._step(idx)
+                self.opt.zero_grad(set_to_none=True)
+            self.steps += 1
+        return self.sums  # read (one sync) by the caller when the epoch is over
+
+    def check(self):
+        if bool(self.nonfinite):
+            raise RuntimeError("non-finite loss")
+
+
+def kd_fit_epoch(args, images, labels, logits, device):
+    """kd_accel's own training.fit, one epoch, the cached logits as its teacher_logits column."""
+    from kd_accel.config import Config
+    from kd_accel.data import Split
+    from kd_accel.pipeline import columns, make_accelerator
+    from kd_accel.training import fit, make_objective
+
+    cfg = dataclasses.replace(Config(), epochs=1, batch_size=BATCH, schedule="constant", lr=LR)
+    accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
+    split = Split("mnist", "train", images, labels, 10)
+    probe = split.subset(100)
+    fit(accelerator, Student(), columns(split, teacher_logits=logits), probe, cfg, make_objective("hinton", T, ALPHA),
+        "student")
+
+
+# ---------------------------------------------------------------- precompute
+def bare_forward(teacher, xf):
+    with torch.inference_mode():
+        for i in range(0, len(xf), 1000):
+            teacher(xf[i : i + 1000])
+
+
+def kd_precompute(teacher, images, labels, device, workdir):
+    from kd_accel.cache import CacheKey, save_cache
+    from kd_accel.config import Config
+    from kd_accel.data import Split
+    from kd_accel.evaluation import predict_logits
+    from kd_accel.pipeline import make_accelerator
+
+    accelerator = make_accelerator(Config(), cpu=device.type == "cpu")
+    split = Split("mnist", "train", images, labels, 10)
+    logits = predict_logits(accelerator, teacher, split)
+    save_cache(Path(workdir) / "cache.safetensors", logits, labels, CacheKey("mnist", "train", len(labels), 10, "t", "d"))
+    return logits
+
+
+# ---------------------------------------------------------------- driver
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if isinstance(out, torch.Tensor):
+        out = out.tolist()  # the epoch's one host sync
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--data-dir", default=os.environ.get("KD_ACCEL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    p.add_argument("--steps", type=int, default=600, help="steps of batch 100 per epoch (600: all of MNIST)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                   help="kd_step modes (default: graph and compile on CUDA, eager and compile on CPU)")
+    p.add_argument("--no-fit", action="store_true", help="skip kd_accel's fit case")
+    p.add_argument("--synthetic", action="store_true", help="random images instead of MNIST (tests)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here (use --device cpu to test the script)")
+    modes = args.modes or (["eager", "graph", "compile"] if device.type == "cuda" else ["eager", "compile"])
+    info = machine_info(device)
+    print(json.dumps(info), flush=True)
+    torch.manual_seed(0)
+    t_start = time.perf_counter()
+    images, labels = load_data(args)
+    logits = torch.randn(len(labels), 10) * 5  # stands in for the cache: same shape, same gather
+
+    runners = {"nb_distill_epoch": NotebookDistill(args, images, labels, device)}
+    errors = {}
+    for mode in modes:
+        try:
+            runners[f"kd_step_{mode}"] = ResidentKDStep(images, labels, logits, device, mode)
+        except Exception as e:  # a mode this device lacks: say so, run the others
+            errors[f"kd_step_{mode}"] = f"{type(e).__name__}: {e}"
+    if not args.no_fit:
+        runners["kd_fit_epoch"] = None
+    epoch_of = {name: (lambda r=r: r.epoch()) for name, r in runners.items() if r is not None}
+    if not args.no_fit:
+        epoch_of["kd_fit_epoch"] = lambda: kd_fit_epoch(args, images, labels, logits, device)
+
+    results = {name: [] for name in epoch_of}
+    for name, fn in list(epoch_of.items()):  # warm-up epoch: compilation, graph capture, cuDNN autotune
+        try:
+            s, _ = timed(fn, device)
+            print(f"warm-up {name}: {s:.2f}s", flush=True)
+            results[name + "_warmup"] = [s]
+        except Exception as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+            print(f"{name} failed: {errors[name]}", flush=True)
+            del epoch_of[name], results[name]
+    for rep in range(args.reps):
+        names = list(epoch_of) if rep % 2 == 0 else list(epoch_of)[::-1]
+        for name in names:
+            s, _ = timed(epoch_of[name], device)
+            results[name].append(s)
+            print(f"rep {rep + 1}/{args.reps} {name}: {s:.3f}s", flush=True)
+    for r in runners.values():
+        if isinstance(r, ResidentKDStep):
+            r.check()
+
+    teacher = Teacher().to(device).requires_grad_(False).eval().to(memory_format=torch.channels_last)
+    xf = to_float(images.to(device))
+    with tempfile.TemporaryDirectory() as workdir:
+        timed(lambda: bare_forward(teacher, xf), device)  # warm-up
+        results["bare_forward"], results["kd_precompute"] = [], []
+        for rep in range(args.reps):
+            results["bare_forward"].append(timed(lambda: bare_forward(teacher, xf), device)[0])
+            results["kd_precompute"].append(timed(lambda: kd_precompute(teacher, images, labels, device, workdir), device)[0])
+
+    summary = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
+               for k, v in results.items() if v}
+    print(f"\n{'case':<26}{'median s':>10}{'min':>9}{'max':>9}")
+    for k, s in summary.items():
+        print(f"{k:<26}{s['median_s']:>10.3f}{s['min_s']:>9.3f}{s['max_s']:>9.3f}")
+    ratios = []
+    nb = summary.get("nb_distill_epoch")
+    for k in summary:
+        if nb and (k.startswith("kd_step_") or k == "kd_fit_epoch") and not k.endswith("_warmup"):
+            ratios.append({"ratio": f"distillation epoch: notebook / {k}", "value": nb["median_s"] / summary[k]["median_s"],
+                           "target": ">= 10 (aim 30) on a GPU"})
+    ratios.append({"ratio": "precompute / bare teacher forward",
+                   "value": summary["kd_precompute"]["median_s"] / summary["bare_forward"]["median_s"], "target": "<= 1.2"})
+    print()
+    for r in ratios:
+        print(f"{r['ratio']:<58}{r['value']:>8.2f}x  target {r['target']}")
+    for k, e in errors.items():
+        print(f"not measured: {k}: {e}")
+    total = time.perf_counter() - t_start
+    print(f"total {total:.0f}s", flush=True)
+    out = {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
+           "cases": summary, "ratios": ratios, "errors": errors, "total_s": total}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

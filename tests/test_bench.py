@@ -1,0 +1,109 @@
+"""The benchmark scripts' own code paths (not timings: nothing here asserts a speed)."""
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu  # noqa: E402
+import machine  # noqa: E402
+
+
+def _fit_student(accelerator, images, labels, logits, cfg):
+    from kd_accel.data import Split
+    from kd_accel.models import Student
+    from kd_accel.pipeline import columns
+    from kd_accel.training import fit, make_objective
+
+    torch.manual_seed(0)
+    split = Split("mnist", "train", images, labels, 10)
+    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg,
+                   make_objective("hinton", gpu.T, gpu.ALPHA), "student")
+    return model.state_dict()
+
+
+def _resident_student(images, labels, logits, seed=0):
+    from kd_accel.models import Student
+
+    torch.manual_seed(0)
+    step = gpu.ResidentKDStep(images, labels, logits, torch.device("cpu"), "eager", seed=seed, student=Student())
+    sums = step.epoch(0)
+    step.check()
+    return step.model.state_dict(), sums, step.steps
+
+
+def test_resident_step_is_fits_step(accelerator, mnist_dir):
+    """The GPU script's kd_accel step (data resident, gathered by the epoch permutation) trains
+    the same weights as training.fit on the same data, seed and loss: it measures kd_accel's math."""
+    from kd_accel.config import Config
+    from kd_accel.data import load_split
+
+    train = load_split("mnist", "train", mnist_dir).subset(500)
+    logits = torch.randn(len(train), 10, generator=torch.Generator().manual_seed(1)) * 5
+    cfg = dataclasses.replace(Config(), epochs=1, batch_size=gpu.BATCH, schedule="constant", lr=gpu.LR, seed=0)
+    want = _fit_student(accelerator, train.images, train.labels, logits, cfg)
+    got, sums, steps = _resident_student(train.images, train.labels, logits)
+    assert steps == 5
+    assert sums.shape == (3,) and torch.isfinite(sums).all()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    # the comparison can fail: another data order gives other weights
+    other, _, _ = _resident_student(train.images, train.labels, logits, seed=1)
+    assert not all(torch.equal(want[k], other[k]) for k in want)
+
+
+def test_gpu_script_cpu_path(tmp_path):
+    """bench/gpu.py end to end on the CPU with a tiny synthetic workload: every case runs, the
+    ratios are computed and the JSON carries the machine."""
+    out = tmp_path / "gpu.json"
+    res = gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager",
+                    "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["cases"].keys() == res["cases"].keys()
+    for case in ("nb_distill_epoch", "kd_step_eager", "kd_fit_epoch", "bare_forward", "kd_precompute"):
+        assert saved["cases"][case]["n"] == 1 and saved["cases"][case]["median_s"] > 0, case
+    names = [r["ratio"] for r in saved["ratios"]]
+    assert "distillation epoch: notebook / kd_step_eager" in names
+    assert "precompute / bare teacher forward" in names
+    assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in saved["ratios"])
+    assert saved["errors"] == {}
+    assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__
+
+
+def test_gpu_script_refuses_graph_mode_on_cpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        gpu.ResidentKDStep(torch.zeros(200, 1, 28, 28, dtype=torch.uint8), torch.zeros(200, dtype=torch.long),
+                           torch.zeros(200, 10), torch.device("cpu"), "graph")
+
+
+def test_machine_info_names_the_machine():
+    info = machine.machine_info()
+    assert info["cpu"] and info["physical_cores"] >= 1 and info["torch_threads"] >= 1
+    line = machine.describe(info)
+    assert info["cpu"] in line and f"torch {torch.__version__}" in line
+
+
+def test_cpu_inference_batch_gives_the_same_logits_and_accuracy(accelerator, mnist_dir):
+    """Evaluation and precompute run in cache-sized batches on a CPU (a speed change only): the
+    logits and the accuracy equal those of the old batch of 1000, bit for bit."""
+    from kd_accel.data import load_split
+    from kd_accel.evaluation import evaluate, inference_batch, predict_logits
+    from kd_accel.models import Teacher
+
+    assert inference_batch("cpu") < 1000
+    split = load_split("mnist", "test", mnist_dir).subset(2000)
+    torch.manual_seed(0)
+    teacher = Teacher().to(memory_format=torch.channels_last).requires_grad_(False)
+    with torch.no_grad():  # BN statistics from data, so the logits are not all alike
+        teacher.train()(split.images[:500].float() / 255)
+    old = predict_logits(accelerator, teacher, split, batch_size=1000)
+    new = predict_logits(accelerator, teacher, split)
+    assert torch.equal(old, new)
+    assert evaluate(accelerator, teacher, split) == evaluate(accelerator, teacher, split, batch_size=1000)

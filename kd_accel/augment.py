@@ -1,0 +1,137 @@
+"""Data augmentation as batched tensor operations driven by explicit per-sample parameters.
+
+Groundwork for the augmentation-consistent cache (K stored views per image): the parameters of
+view v of sample i under augmentation seed s are a pure function of (s, v, i), drawn from a
+counter-based hash, so any rank (or a later student run) rebuilds exactly the view the teacher
+saw, with no communication and no stored state; they are small enough to store beside the
+cached logits anyway. No PIL, no per-sample Python: one gather (or one grid_sample) per batch,
+on whatever device the batch lives on.
+
+Specs: `shift` (pad-and-crop translation, +-2 px: digits and clothes), `affine` (shift plus a
+small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour).
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import KDError
+
+_MASK64 = (1 << 64) - 1
+
+
+def _to_signed(x):
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+# splitmix64's constants, as signed int64 (torch has no uint64 arithmetic; int64 wraps the same)
+_GOLDEN = _to_signed(0x9E3779B97F4A7C15)
+_MIX1 = _to_signed(0xBF58476D1CE4E5B9)
+_MIX2 = _to_signed(0x94D049BB133111EB)
+
+
+def _shr(x, k):
+    """Logical right shift of int64 tensors (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(x):
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def uniforms(seed, view, index, count):
+    """[len(index), count] floats in [0, 1): a pure function of (seed, view, index, column),
+    the same on every device and rank. index: int64 tensor of sample indices."""
+    index = torch.as_tensor(index, dtype=torch.int64)
+    key = _splitmix64(torch.tensor(_to_signed((int(seed) * 0x100000001B3 + int(view)) & _MASK64), dtype=torch.int64))
+    cols = torch.arange(count, dtype=torch.int64, device=index.device)
+    x = _splitmix64(_splitmix64(key.to(index.device) ^ index)[:, None] + cols[None, :] * _GOLDEN)
+    return _shr(x, 11).double().mul_(2.0 ** -53).float()  # top 53 bits -> [0, 1)
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    name: str  # none | shift | affine | crop-flip
+    pad: int = 2  # shift range in pixels (pad-and-crop)
+    degrees: float = 0.0  # affine: rotation range +-degrees
+    scale: float = 0.0  # affine: scale range 1 +- scale
+    flip: bool = False
+
+    def as_metadata(self):
+        return {f"augment_{k}": str(v) for k, v in asdict(self).items()}
+
+
+SPECS = {
+    "none": AugmentSpec("none", pad=0),
+    "shift": AugmentSpec("shift", pad=2),
+    "affine": AugmentSpec("affine", pad=2, degrees=10.0, scale=0.1),
+    "crop-flip": AugmentSpec("crop-flip", pad=4, flip=True),
+}
+
+
+def get_spec(name):
+    if name not in SPECS:
+        raise KDError(f"unknown augmentation {name!r}; choose from {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def draw_params(spec, seed, view, index):
+    """Per-sample parameters [B, 5] float32: dx, dy (pixels), flip (0/1), angle (degrees),
+    scale. Columns a spec does not use are 0 (1 for scale)."""
+    u = uniforms(seed, view, index, 5)
+    n = 2 * spec.pad + 1
+    params = torch.zeros(len(u), 5)
+    params[:, 0] = (u[:, 0] * n).floor() - spec.pad
+    params[:, 1] = (u[:, 1] * n).floor() - spec.pad
+    params[:, 2] = (u[:, 2] < 0.5).float() if spec.flip else 0.0
+    params[:, 3] = (2 * u[:, 3] - 1) * spec.degrees
+    params[:, 4] = 1 + (2 * u[:, 4] - 1) * spec.scale
+    return params
+
+
+def apply(spec, images, params):
+    """images [B, C, H, W] (any dtype) -> the augmented views, same shape and dtype.
+
+    shift / crop-flip: zero-pad by `pad`, then crop an H x W window moved by (dx, dy): pixel
+    (y, x) of the view is pixel (y - dy, x - dx) of the image, zero outside; then mirror the
+    columns where flip = 1. affine: rotation and scale about the centre by grid_sample
+    (bilinear), then the same integer shift."""
+    if spec.name == "none":
+        return images
+    b, c, h, w = images.shape
+    params = params.to(images.device)
+    x = images
+    if spec.degrees or spec.scale:
+        x = _rotate_scale(x, params[:, 3], params[:, 4])
+    p = spec.pad
+    padded = F.pad(x, (p, p, p, p))
+    dx, dy = params[:, 0].long(), params[:, 1].long()
+    rows = torch.arange(h, device=x.device)[None, :] + p - dy[:, None]  # [B, H]
+    cols = torch.arange(w, device=x.device)[None, :] + p - dx[:, None]  # [B, W]
+    if spec.flip:
+        flipped = cols.flip(1)
+        cols = torch.where(params[:, 2:3].bool(), flipped, cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _rotate_scale(x, degrees, scale):
+    theta = degrees * (math.pi / 180)
+    cos, sin = torch.cos(theta) / scale, torch.sin(theta) / scale
+    zero = torch.zeros_like(cos)
+    mat = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+    grid = F.affine_grid(mat, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out.to(x.dtype)
+
+
+def augment(spec, images, seed, view, index):
+    """The view `view` of the samples `index` (their images given): params drawn, then applied.
+    Returns (views, params)."""
+    params = draw_params(spec, seed, view, index)
+    return apply(spec, images, params), params

@@ -6,7 +6,10 @@
 A kd_accel case may carry options after "+": compile (--compile), bf16 (--mixed-precision bf16,
 changes the arithmetic: opt-in), contiguous (--no-channels-last), mmap (the logits read from a
 real cache file, memory-mapped, instead of a tensor in memory), b1000 (bare_forward and
-kd_precompute at the old inference batch of 1000 instead of inference_batch's); ratios are printed for every
+kd_precompute at the old inference batch of 1000 instead of inference_batch's), nokeep
+(KD_ACCEL_KEEP_FREED_MEMORY=0: glibc's default malloc thresholds), nborder (the models with the
+notebook's conv-BN-ReLU-pool order instead of kd_accel's conv-BN-pool-ReLU: same math), and for
+the notebook's cases keep (kd_accel's malloc setting applied to the notebook too); ratios are printed for every
 variant present. Every table is printed with the machine (bench/machine.py).
 
 Every measurement runs in its own fresh process (so each one's peak memory is its own), and the
@@ -38,12 +41,12 @@ from machine import describe, machine_info  # noqa: E402
 # (numerator, denominator, what the ratio says, target)
 RATIOS = [
     ("nb_teacher_epoch", "kd_teacher_epoch", "teacher epoch: notebook / kd_accel", ">= 2"),
-    ("nb_distill_epoch", "kd_distill_epoch", "distillation epoch: notebook online teacher / kd_accel cache", ">= 3"),
+    ("nb_distill_epoch", "kd_distill_epoch", "distillation epoch: notebook online teacher / kd_accel cache", ">= 4"),
     ("kd_distill_epoch", "kd_ce_epoch", "kd_accel: distillation from cache / plain CE epoch", "<= 1.05"),
     ("kd_precompute", "bare_forward", "precompute (incl. cache write) / bare teacher forward", "<= 1.2"),
     ("nb_whole", "kd_whole", "whole experiment (same work): notebook / kd_accel", ">= 3"),
 ]
-OPTIONS = ("compile", "bf16", "contiguous", "mmap", "b1000")
+OPTIONS = ("compile", "bf16", "contiguous", "mmap", "b1000", "nokeep", "keep", "nborder")
 
 
 # ---------------------------------------------------------------- the notebook's side
@@ -125,6 +128,14 @@ def run_case(case, data_dir, device_name, workdir):
     # fit inside it. Paid here, before either timer, so no epoch carries it.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     result = {}
+    if "keep" in opts:
+        from kd_accel.memory import keep_freed_memory
+
+        keep_freed_memory()
+    if "nborder" in opts:  # the notebook's layer order in every model kd_accel builds
+        import kd_accel.models as models
+
+        models.conv_bn_relu_pool = lambda cin, cout, k: [*models.conv_bn_relu(cin, cout, k), torch.nn.MaxPool2d(2)]
     if case.startswith("nb_"):
         loader = notebook_loader(data_dir, device)
         teacher = Teacher().to(device)
@@ -211,7 +222,9 @@ def run_case(case, data_dir, device_name, workdir):
 def measure(case, args, workdir):
     cmd = [sys.executable, __file__, "--case", case, "--data-dir", args.data_dir, "--device", args.device,
            "--workdir", workdir]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    off = "nokeep" in case.split("+")[1:]  # glibc's default malloc thresholds in this case's process
+    env = {**os.environ, **({"KD_ACCEL_KEEP_FREED_MEMORY": "0"} if off else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"case {case} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -244,8 +257,8 @@ def main():
     info = machine_info(args.device)
     print(describe(info), flush=True)
     if info["loadavg_1m"] and info["loadavg_1m"] > 0.5:
-        print(f"warning: load average {info['loadavg_1m']:.2f} before starting: other work shares the CPU, "
-              "absolute times are unreliable (same-run ratios less so)", flush=True)
+        print(f"warning: load average {info['loadavg_1m']:.2f} before starting (other work, or work that has just "
+              "ended): if the CPU is shared, absolute times are unreliable (same-run ratios less so)", flush=True)
     results = {c: [] for c in cases}
     with tempfile.TemporaryDirectory() as workdir:
         for rep in range(args.reps):

@@ -64,7 +64,9 @@ class NonFiniteWatch:
             self.names = list(parts)
             self.record = torch.full((len(vals) + 1,), -1.0, device=vals.device)
         bad = (~torch.isfinite(vals).all()) & (self.record[0] < 0)
-        row = torch.cat([vals.new_tensor([step]), vals])
+        # torch.full, not new_tensor([step]): a fill on the device, where new_tensor would copy
+        # from pageable host memory (a stream sync per step on a GPU)
+        row = torch.cat([torch.full((1,), float(step), device=vals.device), vals])
         self.record = torch.where(bad, row, self.record)
 
     def check(self):

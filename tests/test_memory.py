@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "page_faults.py"
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "GLIBC_TUNABLES"),
     ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, None),
     ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "LD_PRELOAD"),
+    ({"KD_ACCEL_KEEP_FREED_MEMORY": "0"}, "KD_ACCEL_KEEP_FREED_MEMORY=0"),
 ])
 def test_a_users_allocator_choice_is_left_alone(env, chosen):
     assert memory.user_chose_allocator(env) == chosen

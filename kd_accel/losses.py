@@ -44,7 +44,7 @@ def hinton_kd_loss(student_logits, labels, teacher_logits, temperature, alpha, l
 
 def notebook_mse_loss(student_logits, labels, teacher_logits, temperature, alpha, label_mask=None):
     """The notebook's loss, kept only to reproduce it: MSE between the student's *raw
-    logits* and the teacher's softened *probabilities* (a mismatch of spaces: see README)."""
+    logits* and the teacher's softened *probabilities* (a mismatch of spaces: see docs/study.md)."""
     s = student_logits.float()
     hard = masked_ce(s, labels, label_mask)
     soft = F.mse_loss(s, F.softmax(teacher_logits.float() / temperature, dim=-1))

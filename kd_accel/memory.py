@@ -7,7 +7,7 @@ and touches each one first: thousands of page faults a step (2,800 for the stude
 the teacher, measured), which on a virtual machine can cost as much as the arithmetic. Raising
 malloc's mmap and trim thresholds keeps those blocks in the heap for the next step (about 25
 faults a step): on a 2-core AMD EPYC, 1.6-2x faster steps in a bare loop and 1.26x (teacher)
-to 1.30x (distillation) faster epochs in bench/speed.py (README, "Performance").
+to 1.30x (distillation) faster epochs in bench/speed.py (docs/performance.md).
 Nothing about the arithmetic changes; the process keeps up to TRIM_THRESHOLD of freed memory.
 
 Applied by pipeline.make_accelerator on CPU runs only (glibc only), and never when the user

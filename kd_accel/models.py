@@ -27,7 +27,7 @@ def conv_bn_relu_pool(cin, cout, k):
     max(relu(a), relu(b), ...) == relu(max(a, b, ...)), and the gradient reaches the same element
     (or is zero in both orders); tests/test_models.py trains both orders and compares weights.
     The ReLU then runs, forward and backward, on a quarter of the elements: measured 12-16% off a
-    student step on a 2-core AMD EPYC (README, "Performance"). Conv and BN keep indices 0 and 1,
+    student step on a 2-core AMD EPYC (docs/performance.md). Conv and BN keep indices 0 and 1,
     so state-dict keys are unchanged."""
     conv, bn, relu = conv_bn_relu(cin, cout, k)
     return [conv, bn, nn.MaxPool2d(2), relu]

@@ -249,7 +249,7 @@ def test_missing_and_unexpected_tensors_named(tmp_path):
 @pytest.mark.slow
 def test_two_processes_print_the_error_once(tmp_path, mnist_dir):
     """Both ranks refuse the teacher (after the process group is up): one error line, then
-    Accelerate's launcher reports the failed child (its traceback, exit 1), as the README says."""
+    Accelerate's launcher reports the failed child (its traceback, exit 1), as docs/usage.md says."""
     bad = tmp_path / "teacher.safetensors"
     save_model(Teacher(num_classes=7), bad, "teacher", 10)
     proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", tmp_path / "run", "--teacher", bad,

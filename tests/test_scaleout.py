@@ -60,7 +60,7 @@ def test_two_processes_half_batch_equal_one_process_full_batch(role, tmp_path, m
 def test_grad_accumulation_equals_full_batch(tmp_path, mnist_dir):
     """K micro-batches of B/K == one batch of B, on one and on two processes. BatchNorm is
     replaced by Identity here: BN normalises each micro-batch with its own statistics, so with BN
-    accumulation is close to, but not the same as, a K-times larger batch (see README)."""
+    accumulation is close to, but not the same as, a K-times larger batch (see docs/scaling-out.md)."""
     common = ["--data-dir", mnist_dir, "--role", "student", "--no-bn"]
     full, accum, ddp = (tmp_path / f"{n}.safetensors" for n in ("full", "accum", "ddp"))
     launch(1, "train", full, *common, "--batch-size", 40)

@@ -63,23 +63,18 @@ def read_progress(path):
 
 
 def find_resume(resume, folder, phase=None):
-    """The checkpoint to resume from: 'latest' in `folder` (None if there is none) or a path.
-
-    A path is only for the phase recorded in it: every other phase resumes as with 'latest' from
-    its own folder (the path may even be gone by then, pruned by its own phase)."""
+    """The checkpoint `phase` resumes from: --resume PATH if PATH is that phase's, else the newest
+    complete one in `folder` (None if there is none), as with 'latest'. A PATH of another phase
+    (checked at start-up, pipeline.check_resume_target) may even be gone by then, pruned by its
+    own phase."""
     if not resume:
         return None
     if resume != "latest":
-        path = Path(resume)
-        if phase is None:
-            if not (path / PROGRESS).is_file():
-                raise KDError(f"--resume {resume}: not a complete checkpoint (no {PROGRESS})")
-            return path
         try:
-            if read_progress(path).get("phase") == phase:
-                return path
+            if read_progress(resume).get("phase") == phase:
+                return Path(resume)
         except KDError:
-            pass  # unreadable now, yet checked at start (resume_progress): another phase's, since pruned
+            pass  # unreadable now, yet checked at start-up: another phase's, since pruned
     done = complete_checkpoints(folder)
     return done[-1] if done else None
 
@@ -174,7 +169,7 @@ def save_checkpoint(accelerator, folder, global_step, progress, keep):
     return final
 
 
-def load_checkpoint(accelerator, path, phase=None, settings=None, log=print):
+def load_checkpoint(accelerator, path, phase, settings, log=print):
     """Restore Accelerate's state from `path`, or, if it is damaged, from the newest usable older
     checkpoint beside it (saying which was skipped and why). Its stamp must be `phase` with
     `settings`. Returns (path used, progress dict)."""
@@ -188,10 +183,9 @@ def load_checkpoint(accelerator, path, phase=None, settings=None, log=print):
             log(f"{phase}: skipping checkpoint {candidate}: {problem}", flush=True)
             continue
         progress = read_progress(candidate)
-        if progress.get("phase") not in (None, phase):
+        if progress.get("phase") not in (None, phase):  # None: unstamped, refused by check_stamp
             raise KDError(f"{phase}: checkpoint {candidate} belongs to phase {progress['phase']!r}")
-        if phase is not None:
-            check_stamp(f"{phase}: checkpoint {candidate}", progress.get("settings"), settings, RESUME_HINT)
+        check_stamp(f"{phase}: checkpoint {candidate}", progress.get("settings"), settings, RESUME_HINT)
         accelerator.load_state(str(candidate))
         return candidate, progress
     raise KDError(f"{phase}: no usable checkpoint in {path.parent} ({'; '.join(problems)}); "

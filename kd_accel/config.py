@@ -15,7 +15,7 @@ from .cache import DTYPES
 from .checkpointing import parse_every
 from .data import DATA_DIR_ENV, DATASETS
 from .errors import KDError
-from .losses import KD_LOSSES, loss_name
+from .losses import KD_LOSSES, TEMPERATURE_RANGE, loss_name
 from .tracking import REPORT_TO, resolve as resolve_trackers
 
 
@@ -170,9 +170,8 @@ def parse(parser, argv=None):
     return cfg, args
 
 
-# Bounds of sane values: beyond them a run only fails later as "non-finite loss" (T=1e-40
-# overflows the softmax, lr=1e3 blows Adam's weights up), so they are refused up front.
-TEMPERATURE_RANGE = (0.01, 1000.0)
+# Beyond this a run only fails later as "non-finite loss" (lr=1e3 blows Adam's weights up), so
+# it is refused up front, as is a temperature outside losses.TEMPERATURE_RANGE.
 MAX_LR = 10.0
 
 

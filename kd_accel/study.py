@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import KDError
-from .losses import loss_name
+from .losses import TEMPERATURE_RANGE, loss_name
 from .stats import mean, paired_ci, std
 
 
@@ -63,8 +63,9 @@ def parse_variant(spec, cfg):
                 raise ValueError
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
-    if not 0.01 <= t <= 1000 or not 0 <= a <= 1 or not 0 <= hints["hint_beta"] < float("inf"):  # nan fails each
-        raise KDError(f"bad variant {spec!r}: need 0.01 <= T <= 1000, 0 <= alpha <= 1 and beta >= 0")
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi or not 0 <= a <= 1 or not 0 <= hints["hint_beta"] < float("inf"):  # nan fails each
+        raise KDError(f"bad variant {spec!r}: need {lo:g} <= T <= {hi:g}, 0 <= alpha <= 1 and beta >= 0")
     if kind != "fitnets":
         return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
     if hints["hint_mode"] not in ("two-stage", "joint") or hints["hint_epochs"] < 1:

@@ -1,13 +1,37 @@
-"""The teacher-logits cache: one safetensors file, row i = training sample i.
+"""The teacher-logits cache: one safetensors file holding K views of every training sample.
 
-Tensors: `logits` [N, C] (fp32 or fp16) and `labels` [N] int64. Metadata stamps what produced
-it: format version, data set and split, sample count, class count, dtype, a fingerprint of the
-teacher's weights, a fingerprint of the data, and a checksum of every stored tensor. Loading
-checks every stamp against what the run uses and refuses a mismatch by name: a stale cache is
-never silently used.
+A view is one pass over the training set as the teacher saw it: view v of sample i is the image
+augmented with the parameters kd_accel.augment draws for (augment_seed, v, i) (with no
+augmentation, view 0 is the plain image). Tensors, row i = training sample i:
+
+- `labels` [N] int64.
+- full storage: `logits` [K, N, C], fp32 or fp16.
+- top-k storage (FKD's compression): `topk_logp` [K, N, k], fp32 or fp16, the teacher's
+  log-probabilities at T=1, the k largest of each row sorted descending, and `topk_index`
+  [K, N, k] int16, their classes. The other C - k entries are rebuilt by expand_topk, which
+  spreads the remaining mass evenly over them. A view of a sample costs 4k bytes in fp16 (6k in
+  fp32) against 2C (4C) for the full logits: C / 2k times less, 100x for ImageNet at k = 5.
+- `params` [K, N, P] float32, optional: the augmentation parameters each view was made with
+  (P = 5 for kd_accel.augment: dx, dy, flip, angle, scale), so a student rebuilds exactly the
+  image whose logits it is taught.
+
+Metadata stamps what produced it: format version, every CacheKey field (data set and split,
+sample count, class count, fingerprints of the teacher's weights and of the data, augmentation
+spec and seed), the view count `views`, the `dtype`, the `storage` ("full" or "top<k>") and a
+checksum of every stored tensor. Loading checks every stamp against what the run uses and
+refuses a mismatch by name: a stale cache is never silently used. A cache with more views than a
+run needs serves it (the run reads the first ones); fewer is refused.
+
+Resumable precompute: each finished view is first written as its own part file in a hidden
+folder beside the cache (parts_dir), stamped with the key, view index and dtype and checksummed,
+so a killed K-view precompute restarts at the first missing view; the parts are deleted once the
+whole cache is written (remove_parts).
 """
 import json
+import math
+import operator
 import os
+import shutil
 import struct
 import warnings
 from dataclasses import dataclass
@@ -22,15 +46,20 @@ from .errors import KDError
 from .hashing import tensor_digest
 from .io import atomic_path
 
-# 2: the labels are checksummed too (1 covered the logits only); a version-1 cache is refused
-# by name, and the run folder's own is recomputed.
-FORMAT_VERSION = "2"
-TENSORS = ("logits", "labels")
+# 3: K views per sample (logits [K, N, C]), optional top-k storage and augmentation parameters,
+# the augmentation stamped in the key; 2 checksummed the labels too (1 covered the logits only).
+# An older cache is refused by name, and the run folder's own is recomputed.
+FORMAT_VERSION = "3"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MAX_TOPK_CLASSES = 1 << 15  # topk_index is int16: class indices up to 32767
+# the remaining mass outside the top k when it rounds to <= 0: the smallest normal float32, so
+# its log (-87.3) stays finite and the other classes keep a (negligible) probability
+_TINY = torch.finfo(torch.float32).tiny
+_PART_ROWS = 1 << 16  # rows compressed at a time: log_softmax makes a float32 copy of its input
 
 
 class CacheMismatch(KDError):
-    """The cache is valid but was made for another teacher, data set or shape."""
+    """The cache is valid but was made for another teacher, data set, shape or augmentation."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +72,8 @@ class CacheKey:
     num_classes: int
     teacher_fingerprint: str
     data_fingerprint: str
+    augment: str = "none"  # canonical spec, e.g. "shift(pad=2)"; compared exactly
+    augment_seed: int = 0
 
     def as_metadata(self):
         return {k: str(v) for k, v in self.__dict__.items()}
@@ -53,23 +84,126 @@ def _checksum(t):
     return tensor_digest(t)
 
 
-def save_cache(path, logits, labels, key, dtype="fp32"):
-    """Write the cache atomically. logits: [N, C] any float dtype; stored as `dtype`."""
+def _check_dtype(dtype):
     if dtype not in DTYPES:
         raise KDError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    logits = logits.detach().cpu().to(DTYPES[dtype]).contiguous()
-    labels = labels.detach().cpu().long().contiguous()
-    if logits.shape != (key.num_samples, key.num_classes) or len(labels) != key.num_samples:
-        raise KDError(f"cache tensors {tuple(logits.shape)} do not match {key}")
-    # checked after the cast: fp16 turns logits beyond 65504 into inf
-    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+
+
+def _check_k(k, num_classes):
+    """The top-k size as an int: 1 <= k < C (k = C would store as much as the full logits)."""
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)
+    except TypeError:
+        raise KDError(f"top-k must be an integer, got {k!r}") from None
+    if not 1 <= k < num_classes:
+        raise KDError(f"top-k must be between 1 and {num_classes - 1} (the class count minus one), got {k}")
+    if num_classes > MAX_TOPK_CLASSES:
+        raise KDError(f"top-k storage keeps class indices as int16: at most {MAX_TOPK_CLASSES} classes, "
+                      f"got {num_classes}")
+    return k
+
+
+def _check_finite(t, path, what, dtype):
+    """Refuse rows (last dim) of `t` holding NaN or inf; checked after the cast to the stored dtype."""
+    bad = int((~torch.isfinite(t)).any(dim=-1).sum())
     if bad:
-        raise KDError(f"refusing to write {path}: {bad} of {len(logits)} rows of logits are not finite as {dtype}")
-    tensors = {"logits": logits, "labels": labels}
+        rows = t.shape[:-1].numel()
+        raise KDError(f"refusing to write {path}: {bad} of {rows} rows of {what} are not finite as {dtype}")
+
+
+def _as_params(params, views, n, path, one_view):
+    """params [K, N, P] (or [N, P] beside one view given as [N, C]) -> contiguous float32 [K, N, P]."""
+    params = params.detach().cpu().float()
+    if one_view and params.dim() == 2:
+        params = params[None]
+    if params.dim() != 3 or tuple(params.shape[:2]) != (views, n):
+        raise KDError(f"augmentation params {tuple(params.shape)} do not match the logits: "
+                      f"expected [{views}, {n}, P] (views, samples, parameters)")
+    _check_finite(params, path, "augmentation params", "float32")
+    return params.contiguous()
+
+
+# --- top-k compression (FKD's marginal smoothing) -------------------------------------------------
+
+def compress_topk(logits, k):
+    """logits [..., C] -> (logp [..., k] float32, index [..., k] int64): the k largest
+    log-probabilities at T=1 (log_softmax), sorted descending, and their classes."""
+    k = _check_k(k, logits.shape[-1])
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.topk(logp, k, dim=-1, sorted=True)
+
+
+def expand_topk(logp, index, num_classes):
+    """(logp [..., k], index [..., k]) -> [..., C] float32 log-probabilities: the top k keep
+    theirs; the remaining mass 1 - sum(exp(logp)) is spread evenly over the other C - k classes.
+
+    The result serves as teacher logits (softmax(out / T) in the KD loss); exp(out) sums to 1."""
+    logp, index = logp.float(), index.long()
+    k = logp.shape[-1]
+    shape = (*logp.shape[:-1], num_classes)
+    if k < num_classes:
+        # log(1 - sum p) as log(-expm1(logsumexp(logp))): exact when the top k hold nearly all of
+        # it, where 1 - sum would cancel; clamped when they hold all of it (or a hair more after
+        # fp16 rounding), so no log(0) = -inf and no NaN
+        rest = (-torch.expm1(torch.logsumexp(logp, dim=-1, keepdim=True))).clamp_min(_TINY)
+        out = (rest.log() - math.log(num_classes - k)).expand(shape).clone()
+    else:
+        out = torch.zeros(shape)
+    out.scatter_(-1, index, logp)
+    return torch.log_softmax(out, dim=-1)  # renormalise: a no-op unless the mass was clamped
+
+
+def _compress_views(logits, k):
+    """compress_topk over [K, N, C] in pieces of _PART_ROWS rows (a whole ImageNet-sized cache
+    as float32 log-probabilities would be tens of GB): ([K, N, k] float32, [K, N, k] int16)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    logp = torch.empty(len(flat), k)
+    index = torch.empty(len(flat), k, dtype=torch.int16)
+    for i in range(0, len(flat), _PART_ROWS):
+        lp, ix = compress_topk(flat[i : i + _PART_ROWS], k)
+        logp[i : i + _PART_ROWS], index[i : i + _PART_ROWS] = lp, ix
+    return logp.reshape(*logits.shape[:-1], k), index.reshape(*logits.shape[:-1], k)
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+def save_cache(path, logits, labels, key, dtype="fp32", params=None, topk=None):
+    """Write the cache atomically. logits: [N, C] (one view) or [K, N, C], any float dtype;
+    labels [N]; params: None or [K, N, P] (the augmentation parameters of each view); topk: None
+    (store the full logits as `dtype`) or k (store the top-k log-probabilities as `dtype`)."""
+    _check_dtype(dtype)
+    logits = logits.detach().cpu()
+    one_view = logits.dim() == 2
+    if one_view:
+        logits = logits[None]  # [1, N, C]
+    labels = labels.detach().cpu().long().contiguous()
+    n, c = key.num_samples, key.num_classes
+    if logits.dim() != 3 or len(logits) < 1 or tuple(logits.shape[1:]) != (n, c) or labels.shape != (n,):
+        raise KDError(f"cache tensors: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} do not match "
+                      f"{key} (expected [K, {n}, {c}] and [{n}])")
+    views = len(logits)
+    tensors = {"labels": labels}
+    if topk is None:
+        stored = logits.to(DTYPES[dtype]).contiguous()
+        _check_finite(stored, path, "logits", dtype)  # after the cast: fp16 turns logits beyond 65504 into inf
+        tensors["logits"], storage = stored, "full"
+    else:
+        k = _check_k(topk, c)
+        _check_finite(logits, path, "logits", "given")  # NaN or inf has no log-probability
+        logp, index = _compress_views(logits, k)
+        logp = logp.to(DTYPES[dtype])
+        _check_finite(logp, path, "top-k log-probabilities", dtype)  # below -65504 is -inf in fp16
+        tensors["topk_logp"], tensors["topk_index"], storage = logp, index, f"top{k}"
+    if params is not None:
+        tensors["params"] = _as_params(params, views, n, path, one_view)
     meta = {
         "format_version": FORMAT_VERSION,
         **key.as_metadata(),
+        "views": str(views),
         "dtype": dtype,
+        "storage": storage,
         **{f"{name}_sha256": _checksum(t) for name, t in tensors.items()},
     }
     with atomic_path(path) as tmp:
@@ -94,6 +228,8 @@ def check_cache_target(out, teacher=None):
                           "(remove it or choose another path)")
 
 
+# --- reading --------------------------------------------------------------------------------------
+
 def read_metadata(path):
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -104,12 +240,16 @@ def read_metadata(path):
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
 
 
-def check_metadata(meta, key, path="cache"):
-    """Raise CacheMismatch naming every stamp that differs from `key`."""
+def _check_version(meta, path):
     if meta.get("format_version") != FORMAT_VERSION:
         raise CacheMismatch(
             f"{path}: format version {meta.get('format_version')!r}, this kd_accel reads {FORMAT_VERSION!r}"
         )
+
+
+def check_metadata(meta, key, path="cache"):
+    """Raise CacheMismatch naming every stamp that differs from `key`."""
+    _check_version(meta, path)
     labels = {
         "teacher_fingerprint": "teacher weights changed",
         "data_fingerprint": "training data changed",
@@ -117,6 +257,8 @@ def check_metadata(meta, key, path="cache"):
         "split": "split differs",
         "num_samples": "sample count differs",
         "num_classes": "class count differs",
+        "augment": "augmentation differs",
+        "augment_seed": "augmentation seed differs",
     }
     diffs = [
         f"{why} ({name}: cache {meta.get(name)!r}, run {want!r})"
@@ -128,7 +270,7 @@ def check_metadata(meta, key, path="cache"):
         raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
 
 
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I16": np.int16, "U8": np.uint8}
 
 
 def _mmap_tensors(path):
@@ -158,31 +300,189 @@ def _mmap_tensors(path):
     return out
 
 
-def open_cache(path, key=None, verify=True):
-    """(logits [N, C], labels [N], metadata) from `path`, checked against `key` (the run that
-    wants it) when given; `verify` checks every tensor's stored checksum (reads the file once).
+def _mmap_or_refuse(path, what="logits cache"):
+    try:
+        return _mmap_tensors(str(path))
+    except (KeyError, TypeError, OSError, ValueError, struct.error) as e:
+        raise KDError(f"{what} {path} is truncated or corrupted: {e!r}") from None
 
-    The logits are memory-mapped, not read: they are paged in as batches gather their rows."""
+
+def _check_tensors(tensors, meta, layout, path, what="logits cache"):
+    """Every tensor present with the shape and dtype `layout` ({name: (shape, dtype)}) says,
+    nothing else; then (when meta is given) its bytes against the stored checksum."""
+    if set(tensors) != set(layout):
+        raise KDError(f"{what} {path} is corrupted: tensors {sorted(tensors)}, expected {sorted(layout)}")
+    for name, (shape, dtype) in layout.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise KDError(f"{what} {path} is corrupted: {name} {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
+    for name in layout if meta is not None else ():
+        if _checksum(tensors[name]) != meta.get(f"{name}_sha256"):
+            raise KDError(f"{what} {path} is corrupted: checksum of the {name} does not match")
+
+
+def _meta_int(meta, name, path):
+    try:
+        return int(meta[name])
+    except (KeyError, ValueError):
+        raise KDError(f"logits cache {path} is corrupted: metadata {name}={meta.get(name)!r}") from None
+
+
+def _layout(meta, tensors, path):
+    """{name: (shape, dtype)} a cache with this metadata must hold; and k (None for full storage)."""
+    views, n, c = (_meta_int(meta, f, path) for f in ("views", "num_samples", "num_classes"))
+    if meta.get("dtype") not in DTYPES:
+        raise KDError(f"logits cache {path} is corrupted: metadata dtype={meta.get('dtype')!r}")
+    dtype, storage = DTYPES[meta["dtype"]], meta.get("storage", "")
+    layout = {"labels": ((n,), torch.int64)}
+    if storage == "full":
+        k, layout["logits"] = None, ((views, n, c), dtype)
+    elif storage.startswith("top") and storage[3:].isdigit() and 1 <= int(storage[3:]) < c:
+        k = int(storage[3:])
+        layout["topk_logp"] = ((views, n, k), dtype)
+        layout["topk_index"] = ((views, n, k), torch.int16)
+    else:
+        raise KDError(f"logits cache {path} is corrupted: metadata storage={storage!r}")
+    if "params" in tensors:  # optional; P is whatever the augmentation stored
+        layout["params"] = ((views, n, tensors["params"].shape[-1] if tensors["params"].dim() else 0), torch.float32)
+    return layout, k
+
+
+class SoftTargets:
+    """What a validated cache holds. The tensors are memory-mapped, not read: a batch pages in
+    only the rows it gathers, and processes on one machine share one copy in the page cache."""
+
+    def __init__(self, tensors, meta, topk):
+        self.meta = meta
+        self.views = int(meta["views"])
+        self.num_samples = int(meta["num_samples"])
+        self.num_classes = int(meta["num_classes"])
+        self.storage = meta["storage"]  # "full" or "top<k>"
+        self.topk = topk  # k, or None for full storage
+        self.dtype = meta["dtype"]
+        self.labels = tensors["labels"]  # [N] int64
+        self._tensors = tensors
+
+    def __repr__(self):
+        return (f"SoftTargets({self.views} views x {self.num_samples} samples x {self.num_classes} classes, "
+                f"{self.storage}, {self.dtype})")
+
+    def _view(self, view):
+        view = operator.index(view)
+        if not 0 <= view < self.views:
+            raise KDError(f"view {view} is out of range: the cache holds views 0..{self.views - 1}")
+        return view
+
+    def logits(self, view):
+        """[N, C] teacher logits of `view`: full storage, the stored slice (no copy, stored dtype);
+        top-k, the expanded float32 log-probabilities of every row."""
+        v = self._view(view)
+        if self.topk is None:
+            return self._tensors["logits"][v]
+        return expand_topk(self._tensors["topk_logp"][v], self._tensors["topk_index"][v], self.num_classes)
+
+    def params(self, view):
+        """[N, P] float32 augmentation parameters of `view`, or None when the cache has none."""
+        v = self._view(view)
+        return self._tensors["params"][v] if "params" in self._tensors else None
+
+    def gather(self, view, idx):
+        """[B, C] rows `idx` of logits(view); top-k storage expands only those rows."""
+        v = self._view(view)
+        if self.topk is None:
+            return self._tensors["logits"][v][idx]
+        t = self._tensors
+        return expand_topk(t["topk_logp"][v][idx], t["topk_index"][v][idx], self.num_classes)
+
+
+def open_cache(path, key=None, verify=True, views=1):
+    """The SoftTargets in `path`, checked against `key` (the run that wants it) when given, and
+    holding at least `views` views; `verify` checks every tensor's stored checksum (reads the
+    file once)."""
     meta = read_metadata(path)
     if key is not None:
         check_metadata(meta, key, path)
+    else:
+        _check_version(meta, path)
+    have = _meta_int(meta, "views", path)
+    if have < views:
+        raise CacheMismatch(f"logits cache {path} holds {have} views, the run needs {views} "
+                            f"(precompute it again with at least {views} views)")
+    tensors = _mmap_or_refuse(path)
+    layout, k = _layout(meta, tensors, path)
+    _check_tensors(tensors, meta if verify else None, layout, path)
+    return SoftTargets(tensors, meta, k)
+
+
+def load_cache(path, key, verify=True, views=1):
+    """Validated SoftTargets from `path` for a run described by `key`."""
+    return open_cache(path, key, verify, views)
+
+
+# --- per-view parts: a resumable precompute ---------------------------------------------------------
+
+def parts_dir(out):
+    """The hidden folder of finished views beside the cache `out`."""
+    out = Path(out)
+    return out.parent / f".{out.name}.views"
+
+
+def _part_path(out, view):
+    return parts_dir(out) / f"view{operator.index(view):05d}.safetensors"
+
+
+def save_part(out, view, logits, params, key, dtype):
+    """Write view `view` of the cache `out` as its own part, atomically: logits [N, C] stored as
+    `dtype`, params [N, P] float32 or None; stamped with key, view index and dtype."""
+    _check_dtype(dtype)
+    path = _part_path(out, view)
+    n, c = key.num_samples, key.num_classes
+    logits = logits.detach().cpu().to(DTYPES[dtype]).contiguous()
+    if tuple(logits.shape) != (n, c):
+        raise KDError(f"view {view} logits {tuple(logits.shape)} do not match {key} (expected [{n}, {c}])")
+    _check_finite(logits, path, "logits", dtype)
+    tensors = {"logits": logits}
+    if params is not None:
+        tensors["params"] = _as_params(params, 1, n, path, one_view=True)[0]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        **key.as_metadata(),
+        "view": str(view),
+        "dtype": dtype,
+        **{f"{name}_sha256": _checksum(t) for name, t in tensors.items()},
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_part(out, view, key, dtype):
+    """(logits [N, C] as `dtype`, params [N, P] float32 or None) of a finished view, or None when
+    there is none. A part made for another key, view or dtype, or corrupted, is deleted and None
+    returned: the caller recomputes that view; a stale part is never used."""
+    path = _part_path(out, view)
+    if not path.exists():
+        return None
     try:
-        tensors = _mmap_tensors(str(path))
-        logits, labels = tensors["logits"], tensors["labels"]
-    except (KeyError, OSError, ValueError, struct.error) as e:
-        raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
-    if set(tensors) != set(TENSORS):
-        raise KDError(f"logits cache {path} is corrupted: tensors {sorted(tensors)}, expected {list(TENSORS)}")
-    want_rows = (key.num_samples, key.num_classes) if key else tuple(logits.shape)
-    if tuple(logits.shape) != want_rows or str(logits.dtype) != str(DTYPES.get(meta.get("dtype"))):
-        raise KDError(f"logits cache {path} is corrupted: tensor {tuple(logits.shape)} {logits.dtype}")
-    for name in TENSORS if verify else ():
-        if _checksum(tensors[name]) != meta.get(f"{name}_sha256"):
-            raise KDError(f"logits cache {path} is corrupted: checksum of the {name} does not match")
-    return logits, labels, meta
+        meta = read_metadata(path)
+        want = {"format_version": FORMAT_VERSION, **key.as_metadata(), "view": str(view), "dtype": dtype}
+        if any(meta.get(name) != value for name, value in want.items()):
+            raise KDError("made for another run")
+        tensors = _mmap_or_refuse(path, "view part")
+        layout = {"logits": ((key.num_samples, key.num_classes), DTYPES[dtype])}
+        if "params" in tensors:
+            p = tensors["params"]
+            layout["params"] = ((key.num_samples, p.shape[-1] if p.dim() else 0), torch.float32)
+        _check_tensors(tensors, meta, layout, path, "view part")
+        # copies: the caller stacks and may modify them; the mapping is read-only
+        return tensors["logits"].clone(), tensors["params"].clone() if "params" in tensors else None
+    except KDError:
+        try:
+            path.unlink()
+        except OSError:
+            pass  # cannot delete it: save_part will say why when it writes the view again
+        return None
 
 
-def load_cache(path, key, verify=True):
-    """Validated (logits [N, C], labels [N]) from `path` for a run described by `key`."""
-    logits, labels, _ = open_cache(path, key, verify)
-    return logits, labels
+def remove_parts(out):
+    """Delete the parts folder of the cache `out` (after the cache itself is written)."""
+    shutil.rmtree(parts_dir(out), ignore_errors=True)

@@ -1,18 +1,22 @@
 """Data sets as in-memory tensors, batched by index.
 
-MNIST-sized sets are a few tens of MB, so (as in airbench) they live as one uint8 tensor and a
-batch is `images[idx]`: no PIL, no ToTensor, no per-sample Python work in the training loop.
+MNIST-sized sets are a few tens of MB (CIFAR-10 150 MB), so (as in airbench) they live as one
+uint8 tensor and a batch is `images[idx]`: no PIL, no ToTensor, no per-sample Python work in the
+training loop.
 Every batch carries the dataset indices of its samples, so anything keyed by sample index (the
 teacher-logits cache) is looked up by index, never by batch position.
 """
+import functools
 import gzip
 import hashlib
 import math
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -25,28 +29,45 @@ DEFAULT_DATA_DIR = "data"
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where a data set's IDX files live under the data dir, and what they hold."""
+    """Where a data set's files live under the data dir, how to read them, and what they hold."""
 
     name: str
-    folder: str  # torchvision's layout: <data_dir>/<folder>/raw/<file>
-    files: dict  # split -> (images file, labels file)
+    folder: str  # torchvision's layout: <data_dir>/<folder>/<subdir>/<file>
+    files: dict  # split -> its files: (images, labels) for "idx", the pickled batches for "cifar"
     num_classes: int
     torchvision_class: str  # for the optional download
     system_dirs: tuple = ()  # where a distribution package puts the files (flat layout)
-    image_size: tuple = (28, 28)  # (H, W) every image file of the set must have
+    image_size: tuple = (28, 28)  # (H, W) every image of the set must have
+    reader: str = "idx"  # a key of _READERS
+    channels: int = 1
+    subdir: str = "raw"  # torchvision's IDX sets sit in <folder>/raw, CIFAR-10 in <folder> itself
+    pattern: str = "*-ubyte[.gz]"  # the file names, for the "not found" hint
+    # per-channel mean/std of the [0, 1] pixels; None: the pixels are only scaled by 1/255
+    mean: tuple = None
+    std: tuple = None
+
+    @property
+    def norm(self):
+        """(mean, std) per channel for to_float, or None."""
+        return None if self.mean is None else (tuple(self.mean), tuple(self.std))
 
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
-# New data sets register here; CIFAR-10 (3x32x32, pickled batches) would add its own reader.
+# New data sets register here (a new file format adds a reader to _READERS).
 DATASETS = {
     "mnist": DatasetSpec("mnist", "MNIST", _IDX_FILES, 10, "MNIST"),
     # Debian's dataset-fashion-mnist installs the gzipped files flat in this folder
     "fashion-mnist": DatasetSpec("fashion-mnist", "FashionMNIST", _IDX_FILES, 10, "FashionMNIST",
                                  ("/usr/share/datasets/fashion-mnist",)),
+    # torchvision's CIFAR10 unpacks its python-version tarball into <data_dir>/cifar-10-batches-py
+    "cifar10": DatasetSpec("cifar10", "cifar-10-batches-py", _CIFAR_FILES, 10, "CIFAR10", image_size=(32, 32),
+                           reader="cifar", channels=3, subdir="", pattern="{data_batch_1..5,test_batch}",
+                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
 }
 
 
@@ -54,26 +75,38 @@ DATASETS = {
 class Split:
     """One split of a data set held as tensors.
 
-    images: uint8 [N, C, H, W]; labels: int64 [N]. Row i is dataset sample i."""
+    images: uint8 [N, C, H, W]; labels: int64 [N]. Row i is dataset sample i.
+    norm: None, or (mean, std) tuples per channel: what to_float(images, norm) subtracts and
+    divides by after scaling to [0, 1]."""
 
     dataset: str
     split: str
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    norm: tuple = None
 
     def __len__(self):
         return len(self.labels)
+
+    @property
+    def input_shape(self):
+        """(C, H, W) of one image: what the models are built for."""
+        return tuple(self.images.shape[1:])
 
     def subset(self, n):
         """The first n samples (for smoke tests); indices stay 0..n-1."""
         if n is None or n >= len(self):
             return self
-        return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes)
+        return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes, self.norm)
 
     def fingerprint(self):
-        """sha256 of the pixels and labels: any change to the data changes it."""
-        return tensor_digest(f"{self.dataset}/{self.split}/{tuple(self.images.shape)}", self.images, self.labels)
+        """sha256 of the pixels and labels (and the normalisation, when there is one): any change
+        to the data changes it. Without a norm the header is the one MNIST fingerprints always had."""
+        header = f"{self.dataset}/{self.split}/{tuple(self.images.shape)}"
+        if self.norm is not None:
+            header += f"/norm={self.norm}"
+        return tensor_digest(header, self.images, self.labels)
 
 
 def resolve_data_dir(data_dir=None):
@@ -92,10 +125,14 @@ def _find(raw, fname):
     return None
 
 
+def _open(path):
+    # fname.gz is read as fname: the same bytes, gzipped
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def _read_idx(path):
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with _open(path) as f:
             data = f.read()
         zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
         if zero != 0 or dtype_code != 0x08:
@@ -111,21 +148,159 @@ def _read_idx(path):
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
+def _check_labels(labels, path, spec):
+    """labels int64 [n] read from `path`: one line naming the first outside [0, num_classes)."""
+    bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise KDError(f"{path}: label {int(labels[i])} at index {i} is outside [0, {spec.num_classes}) "
+                      f"for {spec.name} ({len(bad)} such labels)")
+
+
+def _load_idx(spec, raw, split):
+    """An IDX split (MNIST, Fashion-MNIST): images uint8 [N, 1, H, W], labels int64 [N]."""
+    img_path, lbl_path = (_find(raw, f) for f in spec.files[split])
+    images, labels = _read_idx(img_path), _read_idx(lbl_path).long()
+    h, w = spec.image_size
+    if images.ndim != 3 or len(images) == 0 or tuple(images.shape[1:]) != (h, w):
+        raise KDError(f"{img_path}: images of shape {list(images.shape)}, expected [N, {h}, {w}] with N >= 1")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise KDError(f"{lbl_path}: labels of shape {list(labels.shape)}, expected [{len(images)}] "
+                      f"(one per image of {img_path.name})")
+    _check_labels(labels, lbl_path, spec)
+    return images.unsqueeze(1).contiguous(), labels
+
+
+def _numpy_reconstruct():
+    # numpy 2 renamed numpy.core to numpy._core; the pickles may name either
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _latin1_encode(text, encoding):
+    # Python 3 pickles bytes at protocol 2 as _codecs.encode(text, "latin1"); no other codec
+    if encoding != "latin1":
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes():
+    return b""
+
+
+# Every global a CIFAR-10 batch names: numpy's array reconstruction (Python 2's cPickle wrote
+# numpy.core.*, numpy 2 writes numpy._core.*) and, in protocol-2 pickles written by Python 3, the
+# pixel bytes. dicts, lists, str and int are pickle opcodes, not globals.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+    # ... and an empty bytes object (an empty array's pixels) as bytes()
+    ("__builtin__", "bytes"): lambda: _empty_bytes,
+    ("builtins", "bytes"): lambda: _empty_bytes,
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for something a data batch never needs."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds and nothing else: a pickle that names any other
+    callable (os.system, builtins.eval, ...) is refused when the name is looked up, before
+    anything is called, so a data file cannot run code."""
+
+    def find_class(self, module, name):
+        get = _PICKLE_GLOBALS.get((module, name))
+        if get is None:
+            raise _Refused(f"{module}.{name}")
+        return get()
+
+
+def _first_line(e):
+    return f"{type(e).__name__}: {e}".splitlines()[0].strip()
+
+
+def _read_batch(path):
+    """A pickled batch as a dict with str keys. Python 2 wrote the real files: latin1 turns their
+    str values (numpy's raw pixel bytes among them) into text numpy accepts."""
+    try:
+        with _open(path) as f:
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise KDError(f"{path}: refused to unpickle {e}: a CIFAR-10 batch needs only numpy arrays, lists "
+                      "and dicts, and a data file must not run code") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt pickle fails in many ways
+        raise KDError(f"cannot read CIFAR-10 batch {path} (truncated or not a pickled batch?): "
+                      f"{_first_line(e)}") from None
+    if not isinstance(batch, dict):
+        raise KDError(f"{path}: holds a {type(batch).__name__}, expected a CIFAR-10 batch "
+                      "(a dict with 'data' and 'labels')")
+    # keys pickled as bytes (b'data') read like str keys
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _batch_arrays(path, spec):
+    """One batch: pixels uint8 [n, C*H*W] (each row the C colour planes in turn, each plane
+    H x W row-major) and labels int64 [n]."""
+    batch = _read_batch(path)
+    missing = [k for k in ("data", "labels") if k not in batch]
+    if missing:
+        raise KDError(f"{path}: the batch has no {' or '.join(map(repr, missing))} (keys: {sorted(map(str, batch))})")
+    data, size = batch["data"], spec.channels * math.prod(spec.image_size)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and len(data)
+            and data.shape[1] == size):
+        is_array = isinstance(data, np.ndarray)
+        what = f"{data.dtype} [{', '.join(map(str, data.shape))}]" if is_array else f"a {type(data).__name__}"
+        raise KDError(f"{path}: data is {what}, expected uint8 [N, {size}] with N >= 1")
+    try:
+        labels = np.asarray(batch["labels"])
+    except (ValueError, TypeError):  # ragged lists
+        labels = np.asarray(None)
+    if labels.dtype.kind not in "iu" or labels.shape != (len(data),):
+        raise KDError(f"{path}: labels are {labels.dtype} of shape {list(labels.shape)}, expected {len(data)} integers "
+                      "(one per image)")
+    labels = torch.from_numpy(labels.astype(np.int64))
+    _check_labels(labels, path, spec)
+    return data, labels
+
+
+def _load_cifar(spec, folder, split):
+    """A split of CIFAR-10's pickled batches, concatenated in file order (data_batch_1..5 for
+    train): images uint8 [N, 3, 32, 32], labels int64 [N]."""
+    pixels, labels = zip(*(_batch_arrays(_find(folder, f), spec) for f in spec.files[split]))
+    # a row is the colour planes one after another, each row-major: one reshape to [N, C, H, W]
+    images = torch.from_numpy(np.concatenate(pixels)).reshape(-1, spec.channels, *spec.image_size)
+    return images, torch.cat(labels)
+
+
+_READERS = {"idx": _load_idx, "cifar": _load_cifar}
+
+
+def _home(spec, data_dir):
+    return data_dir / spec.folder / spec.subdir
+
+
 def _missing_in(raw, spec):
-    return [raw / f for pair in spec.files.values() for f in pair if _find(raw, f) is None]
+    return [raw / f for names in spec.files.values() for f in names if _find(raw, f) is None]
 
 
 def raw_dir(spec, data_dir):
-    """The folder holding the IDX files: <data_dir>/<folder>/raw (torchvision's layout), else
-    <data_dir> itself (flat), else a system folder (Debian's package). None if none is complete."""
-    for cand in (data_dir / spec.folder / "raw", data_dir, *map(Path, spec.system_dirs)):
+    """The folder holding the data files: <data_dir>/<folder>/<subdir> (torchvision's layout),
+    else <data_dir> itself (flat), else a system folder (Debian's package). None if none is complete."""
+    for cand in (_home(spec, data_dir), data_dir, *map(Path, spec.system_dirs)):
         if not _missing_in(cand, spec):
             return cand
     return None
 
 
 def _missing_files(spec, data_dir):
-    return [] if raw_dir(spec, data_dir) else _missing_in(data_dir / spec.folder / "raw", spec)
+    return [] if raw_dir(spec, data_dir) else _missing_in(_home(spec, data_dir), spec)
 
 
 def _download(spec, data_dir):
@@ -136,7 +311,7 @@ def _download(spec, data_dir):
 
 
 def ensure_downloaded(dataset, data_dir=None, allow_download=True):
-    """Make sure the IDX files exist; download with torchvision only into the default ./data.
+    """Make sure the data files exist; download with torchvision only into the default ./data.
 
     Called on the main process first (accelerator.main_process_first) so ranks don't race."""
     spec = get_spec(dataset)
@@ -152,8 +327,8 @@ def ensure_downloaded(dataset, data_dir=None, allow_download=True):
         names = ", ".join(p.name for p in missing)
         hint = " or install Debian's dataset-fashion-mnist" if spec.system_dirs else ""
         raise KDError(
-            f"{spec.name} data not found in {path}/{spec.folder}/raw (missing: {names}); "
-            f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR with DIR/{spec.folder}/raw/*-ubyte[.gz]{hint}"
+            f"{spec.name} data not found in {_home(spec, path)} (missing: {names}); "
+            f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR with {_home(spec, Path('DIR')) / spec.pattern}{hint}"
         )
     return path
 
@@ -165,23 +340,12 @@ def get_spec(dataset):
 
 
 def load_split(dataset, split, data_dir=None):
-    """Read one split into tensors. images: uint8 [N, 1, 28, 28]; labels: int64 [N]."""
+    """Read one split into tensors: images uint8 [N, C, H, W] ([N, 1, 28, 28] for MNIST and
+    Fashion-MNIST, [N, 3, 32, 32] for CIFAR-10), labels int64 [N], and the set's norm."""
     spec = get_spec(dataset)
     raw = raw_dir(spec, ensure_downloaded(dataset, data_dir, allow_download=False))
-    img_path, lbl_path = (_find(raw, f) for f in spec.files[split])
-    images, labels = _read_idx(img_path), _read_idx(lbl_path).long()
-    h, w = spec.image_size
-    if images.ndim != 3 or len(images) == 0 or tuple(images.shape[1:]) != (h, w):
-        raise KDError(f"{img_path}: images of shape {list(images.shape)}, expected [N, {h}, {w}] with N >= 1")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise KDError(f"{lbl_path}: labels of shape {list(labels.shape)}, expected [{len(images)}] "
-                      f"(one per image of {img_path.name})")
-    bad = ((labels < 0) | (labels >= spec.num_classes)).nonzero().flatten()
-    if len(bad):
-        i = int(bad[0])
-        raise KDError(f"{lbl_path}: label {int(labels[i])} at index {i} is outside [0, {spec.num_classes}) "
-                      f"for {spec.name} ({len(bad)} such labels)")
-    return Split(dataset, split, images.unsqueeze(1).contiguous(), labels, spec.num_classes)
+    images, labels = _READERS[spec.reader](spec, raw, split)
+    return Split(dataset, split, images, labels, spec.num_classes, spec.norm)
 
 
 class IndexedTensors(Dataset):
@@ -279,6 +443,21 @@ def make_loader(columns, batch_size, shuffle, seed=0):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
 
 
-def to_float(images):
-    """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing)."""
-    return images.float().div_(255.0)
+@functools.lru_cache(maxsize=16)
+def _norm_tensors(norm, device):
+    """(mean, std) float32 [C, 1, 1] on `device`, made once: no host-to-device copy per batch."""
+    with torch.inference_mode(False):  # usable by training steps even when first made in evaluation
+        return tuple(torch.tensor(v, dtype=torch.float32, device=device)[:, None, None] for v in norm)
+
+
+def to_float(images, norm=None):
+    """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing, and all that
+    MNIST and Fashion-MNIST get). With norm = (mean, std), one value per channel (Split.norm):
+    (x - mean) / std, channel by channel, on the images' device."""
+    x = images.float().div_(255.0)
+    if norm is None:
+        return x
+    mean, std = _norm_tensors(tuple(tuple(map(float, v)) for v in norm), x.device)
+    if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
+        raise KDError(f"normalisation for {len(mean)}/{len(std)} channels (mean/std), images have {x.shape[-3]}")
+    return x.sub_(mean).div_(std)

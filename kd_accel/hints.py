@@ -1,8 +1,9 @@
 """FitNets hints (Romero et al., arXiv 1412.6550): the student's intermediate feature map is
 trained to regress the teacher's, through a small learned regressor.
 
-Here the guided layer is the student's pooled feature map [B,16,14,14] and the hint is the
-teacher's second block output [B,16,14,14]. The hint comes from the frozen teacher run online
+Here the guided layer is the student's pooled feature map [B,16,H/2,W/2] and the hint is the
+teacher's second block output, the same shape: [B,16,14,14] for 1x28x28 inputs (MNIST),
+[B,16,16,16] for 3x32x32 (CIFAR-10). The hint comes from the frozen teacher run online
 (its first two blocks only, under no_grad); the logits still come from the cache.
 """
 import torch
@@ -14,7 +15,7 @@ from .losses import KD_LOSSES
 
 class FitNetStudent(nn.Module):
     """A student plus a 1x1-conv regressor on its features. forward(x) -> (logits [B,C],
-    regressed features [B,16,14,14]); the regressor is dropped after training."""
+    regressed features [B,16,H/2,W/2]); the regressor is dropped after training."""
 
     def __init__(self, student, channels=16):
         super().__init__()
@@ -27,12 +28,12 @@ class FitNetStudent(nn.Module):
 
     def hint_stage(self):
         """Stage 1's model: the guided layers and the regressor only (the head gets no gradient,
-        and DDP must not hold parameters that never receive one). x -> [B,16,14,14]."""
+        and DDP must not hold parameters that never receive one). x -> [B,16,H/2,W/2]."""
         return nn.Sequential(self.student.features, self.regressor)
 
 
 def teacher_hint(teacher):
-    """x -> the frozen teacher's block-2 output [B,16,14,14], never tracked by autograd."""
+    """x -> the frozen teacher's block-2 output [B,16,H/2,W/2], never tracked by autograd."""
     teacher.eval().requires_grad_(False)
 
     def hint(x):

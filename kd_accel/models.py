@@ -1,7 +1,9 @@
-"""The notebook's teacher and student, exactly, in a small registry.
+"""The notebook's teacher and student, exactly, in a small registry, built for the data's input
+shape (C, H, W): 1x28x28 for MNIST and Fashion-MNIST (the notebook's models), 3x32x32 for CIFAR-10.
 
 Models know nothing of devices, DDP or precision: Accelerate handles those. Weights are stored
-as safetensors with the architecture name in the metadata, so a checkpoint says what it is.
+as safetensors with the architecture name and input shape in the metadata, so a checkpoint says
+what it is.
 """
 from pathlib import Path
 
@@ -34,40 +36,65 @@ def conv_bn_relu_pool(cin, cout, k):
 
 
 class Teacher(nn.Module):
-    """x [B,1,28,28] -> conv5 16 -> conv3 16 -> pool [B,16,14,14] -> conv3 32 -> pool [B,32,7,7]
-    -> fc 1568->300 -> fc 300->C. 481,214 parameters for C=10."""
+    """x [B,C,H,W] -> conv5 16 -> conv3 16 -> pool [B,16,H/2,W/2] -> conv3 32 -> pool [B,32,H/4,W/4]
+    -> fc 32*(H/4)*(W/4)->300 -> fc 300->classes (pools round down).
 
-    def __init__(self, num_classes=10, in_channels=1):
+    1x28x28 (MNIST): [B,16,14,14], [B,32,7,7], fc 1568->300; 481,214 parameters for 10 classes.
+    3x32x32 (CIFAR-10): [B,16,16,16], [B,32,8,8], fc 2048->300; 626,014 parameters for 10 classes."""
+
+    def __init__(self, num_classes=10, in_channels=1, image_size=(28, 28)):
         super().__init__()
+        h, w = image_size
+        self.input_shape = (in_channels, h, w)  # recorded by save_model
         self.block1 = nn.Sequential(*conv_bn_relu(in_channels, 16, 5))
-        self.block2 = nn.Sequential(*conv_bn_relu_pool(16, 16, 3))  # [B,16,14,14]
-        self.block3 = nn.Sequential(*conv_bn_relu_pool(16, 32, 3))  # [B,32,7,7]
+        self.block2 = nn.Sequential(*conv_bn_relu_pool(16, 16, 3))  # [B,16,H/2,W/2]
+        self.block3 = nn.Sequential(*conv_bn_relu_pool(16, 32, 3))  # [B,32,H/4,W/4]
         # the notebook has no activation between the two linear layers; kept as is
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 300), nn.Linear(300, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), 300), nn.Linear(300, num_classes))
 
     def forward(self, x):
         return self.head(self.block3(self.block2(self.block1(x))))
 
 
 class Student(nn.Module):
-    """x [B,1,28,28] -> conv3 16 -> pool [B,16,14,14] -> fc 3136->C. 31,562 parameters for C=10."""
+    """x [B,C,H,W] -> conv3 16 -> pool [B,16,H/2,W/2] -> fc 16*(H/2)*(W/2)->classes.
 
-    def __init__(self, num_classes=10, in_channels=1):
+    1x28x28 (MNIST): [B,16,14,14], fc 3136->10; 31,562 parameters for 10 classes.
+    3x32x32 (CIFAR-10): [B,16,16,16], fc 4096->10; 41,450 parameters for 10 classes."""
+
+    def __init__(self, num_classes=10, in_channels=1, image_size=(28, 28)):
         super().__init__()
-        self.features = nn.Sequential(*conv_bn_relu_pool(in_channels, 16, 3))  # [B,16,14,14]
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 14 * 14, num_classes))
+        h, w = image_size
+        self.input_shape = (in_channels, h, w)  # recorded by save_model
+        self.features = nn.Sequential(*conv_bn_relu_pool(in_channels, 16, 3))  # [B,16,H/2,W/2]
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * (h // 2) * (w // 2), num_classes))
 
     def forward(self, x):
         return self.head(self.features(x))
 
 
 MODELS = {"teacher": Teacher, "student": Student}
+DEFAULT_INPUT_SHAPE = (1, 28, 28)  # MNIST's; also what a checkpoint without "input_shape" holds
+MIN_IMAGE_SIDE = 4  # the teacher pools twice: H/4 and W/4 must stay >= 1
 
 
-def build_model(arch, num_classes=10):
+def check_input_shape(input_shape, where="input shape"):
+    """(C, H, W) as a tuple of ints, or one line saying why it cannot be built."""
+    try:
+        c, h, w = (int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise KDError(f"{where} {input_shape!r} is not (C, H, W)") from None
+    if c < 1 or min(h, w) < MIN_IMAGE_SIDE:
+        raise KDError(f"{where} {c}x{h}x{w}: need C >= 1 and H, W >= {MIN_IMAGE_SIDE}")
+    return c, h, w
+
+
+def build_model(arch, num_classes=10, input_shape=DEFAULT_INPUT_SHAPE):
+    """A fresh `arch` for images of input_shape (C, H, W), e.g. Split.input_shape."""
     if arch not in MODELS:
         raise KDError(f"unknown architecture {arch!r}; choose from {', '.join(MODELS)}")
-    return MODELS[arch](num_classes=num_classes)
+    c, h, w = check_input_shape(input_shape)
+    return MODELS[arch](num_classes=num_classes, in_channels=c, image_size=(h, w))
 
 
 def count_params(model):
@@ -84,10 +111,15 @@ def state_fingerprint(state_dict):
     return tensor_digest(*parts)
 
 
-def save_model(model, path, arch, num_classes, **meta):
-    """Atomic safetensors checkpoint; metadata values become strings."""
+def save_model(model, path, arch, num_classes, input_shape=None, **meta):
+    """Atomic safetensors checkpoint; metadata values become strings. input_shape (C, H, W),
+    by default the model's own, is stored as "input_shape": "C,H,W" for load_model."""
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise KDError(f"cannot save {path}: a {type(model).__name__} does not say its input shape; pass input_shape")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"arch": arch, "num_classes": str(num_classes), **{k: str(v) for k, v in meta.items()}}
+    metadata = {"arch": arch, "num_classes": str(num_classes),
+                "input_shape": ",".join(map(str, check_input_shape(shape))), **{k: str(v) for k, v in meta.items()}}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
 
@@ -136,8 +168,26 @@ def _mismatch(state, expected):
     return None
 
 
-def load_model(path, expect_arch=None):
-    """Build the model named in the checkpoint and load its weights. Returns (model, metadata)."""
+def meta_input_shape(meta, path):
+    """(C, H, W) a checkpoint was built for: its "input_shape" metadata "C,H,W"; files saved
+    before the key existed are MNIST models, 1x28x28."""
+    if "input_shape" not in meta:
+        return DEFAULT_INPUT_SHAPE
+    parts = meta["input_shape"].split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise KDError(f"{path}: metadata input_shape={meta['input_shape']!r} is not C,H,W "
+                      "(three integers, e.g. 3,32,32)")
+    return check_input_shape(parts, f"{path}: metadata input_shape")
+
+
+def _shape_words(shape):
+    return "x".join(map(str, shape))
+
+
+def load_model(path, expect_arch=None, expect_input_shape=None):
+    """Build the model named in the checkpoint, for the input shape it records, and load its
+    weights. Returns (model, metadata). expect_input_shape (C, H, W), e.g. the data's
+    Split.input_shape: a checkpoint built for another shape is refused in one line."""
     state, meta = read_checkpoint(path)
     arch = meta.get("arch")
     if expect_arch and arch != expect_arch:
@@ -145,7 +195,11 @@ def load_model(path, expect_arch=None):
     num_classes = meta_number(meta, "num_classes", path, int) if "num_classes" in meta else 10
     if num_classes < 1:
         raise KDError(f"{path}: metadata num_classes={num_classes} must be >= 1")
-    model = build_model(arch, num_classes)
+    shape = meta_input_shape(meta, path)
+    if expect_input_shape is not None and tuple(expect_input_shape) != shape:
+        raise KDError(f"{path} holds a model for {_shape_words(shape)} inputs, the data are "
+                      f"{_shape_words(expect_input_shape)}")
+    model = build_model(arch, num_classes, shape)
     problem = _mismatch(state, model.state_dict())
     if problem:
         raise KDError(f"{path}: weights do not fit {arch!r} with {num_classes} classes: {problem}")

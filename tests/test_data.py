@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from kd_accel.data import IndexedTensors, ensure_downloaded, load_split, make_loader
+from kd_accel.data import IndexedTensors, ensure_downloaded, load_split, make_loader, to_float
 from kd_accel.errors import KDError
 
 
@@ -16,6 +16,18 @@ def test_mnist_from_shared_data(mnist_dir):
     assert torch.bincount(train.labels).min() > 5000
     assert train.fingerprint() != test.fingerprint()
     assert train.subset(100).fingerprint() != train.subset(101).fingerprint()
+    assert train.norm is None and train.input_shape == (1, 28, 28)  # MNIST: only the /255
+
+
+def test_mnist_preprocessing_and_fingerprint_unchanged(mnist_dir):
+    """No norm for MNIST: to_float is the plain /255, and the fingerprint is the sha256 of the
+    header, pixels and labels it always was (so existing caches and stamps stay valid)."""
+    from kd_accel.hashing import tensor_digest
+
+    test = load_split("mnist", "test", mnist_dir).subset(500)
+    assert torch.equal(to_float(test.images), test.images.float() / 255)
+    assert to_float(test.images).max() == 1.0 and to_float(test.images).min() == 0.0
+    assert test.fingerprint() == tensor_digest("mnist/test/(500, 1, 28, 28)", test.images, test.labels)
 
 
 def test_gzipped_files_read_the_same(mnist_dir, tmp_path):

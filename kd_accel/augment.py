@@ -10,6 +10,7 @@ on whatever device the batch lives on.
 Specs: `shift` (pad-and-crop translation, +-2 px: digits and clothes), `affine` (shift plus a
 small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour).
 """
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -64,6 +65,13 @@ class AugmentSpec:
     def as_metadata(self):
         return {f"augment_{k}": str(v) for k, v in asdict(self).items()}
 
+    def describe(self):
+        """One canonical string naming the spec and its ranges: stamped on caches and runs, so a
+        cache made with other ranges under the same name is refused too."""
+        if self.name == "none":
+            return "none"
+        return f"{self.name}(pad={self.pad},degrees={self.degrees:g},scale={self.scale:g},flip={self.flip})"
+
 
 SPECS = {
     "none": AugmentSpec("none", pad=0),
@@ -77,6 +85,14 @@ def get_spec(name):
     if name not in SPECS:
         raise KDError(f"unknown augmentation {name!r}; choose from {', '.join(SPECS)}")
     return SPECS[name]
+
+
+def stream_seed(kind, seed):
+    """The augmentation seed of one stream of views: 'teacher' and 'student' (fresh view e in epoch
+    e, from the run's seed, so a seed varies the views as it varies weights and data order) and
+    'cache' (the K stored views, from --augment-seed). sha256 keeps the streams unrelated."""
+    digest = hashlib.sha256(f"kd_accel/augment/{kind}/{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def draw_params(spec, seed, view, index):

@@ -13,7 +13,7 @@ from .cache import check_cache_target, open_cache
 from .errors import KDError
 from .io import atomic_path, write_json
 from .pipeline import (
-    CACHE_FILE, TEACHER_FILE, check_resume_target, load_data, precompute, resolve_cache, resolve_teacher,
+    TEACHER_FILE, cache_path, cache_views, check_resume_target, load_data, precompute, resolve_soft_targets, resolve_teacher,
     set_aside_previous_result, setup, train_fitnet_student, train_student, train_teacher, write_config,
 )
 from .reporting import print_summary
@@ -21,9 +21,11 @@ from .study import (Variant, grid_matrix, markdown_table, parse_variant, plot_cu
                     temperature_stats)
 
 COMMON = ["dataset", "data_dir", "output_dir", "run_name", "seed", "limit_train", "limit_test", "mixed_precision",
-          "channels_last", "compile"]
-STUDENT = ["teacher_epochs", "teacher_lr", "teacher_schedule", "kd_loss", "temperature", "alpha", "teacher",
-           "logits", "cache_dtype", "train_subset", "soft_targets", "hint_mode", "hint_epochs", "hint_beta"]
+          "channels_last", "compile", "augment"]
+CACHE = ["cache_dtype", "cache_topk", "views", "augment_seed"]
+STUDENT = ["teacher_epochs", "teacher_lr", "teacher_schedule", "teacher_augment", "kd_loss", "temperature", "alpha",
+           "teacher", "logits", "teacher_mode", *CACHE, "train_subset", "soft_targets", "hint_mode", "hint_epochs",
+           "hint_beta"]
 RECIPE = ["epochs", "batch_size", "lr", "schedule", "grad_accum", "checkpoint_every", "keep_checkpoints", "resume",
           "report_to"]
 
@@ -58,11 +60,11 @@ def train_teacher_main(argv=None):
 @ends_training
 def precompute_main(argv=None):
     parser = build_parser("Run a teacher checkpoint once over the training set; write its logits cache.",
-                          COMMON + ["teacher", "out", "cache_dtype", "batch_size"])
+                          COMMON + ["teacher", "out", "batch_size", *CACHE])
     cfg, _ = parse(parser, argv)
     if not cfg.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
-    out = cfg.out or cfg.run_dir / CACHE_FILE
+    out = cfg.out or cache_path(cfg)
     check_cache_target(out, cfg.teacher)  # before the teacher runs: nothing written on refusal
     accelerator = setup(cfg, "precompute_logits")
     train, _ = load_data(accelerator, cfg)
@@ -88,10 +90,10 @@ def distill_main(argv=None):
     train, test = load_data(accelerator, cfg)
 
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
-    logits, hit, cache_path = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
+    soft, online, cache = resolve_soft_targets(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
 
     set_aside_previous_result(accelerator, cfg)  # once the teacher and cache are settled, before new students
-    student = train_student(accelerator, cfg, train, test, logits, "student", teacher["fingerprint"])
+    student = train_student(accelerator, cfg, train, test, soft, "student", teacher["fingerprint"], online)
     baseline = train_student(accelerator, cfg, train, test, None, "baseline") if cfg.baseline else None
 
     metrics = {
@@ -100,10 +102,11 @@ def distill_main(argv=None):
         "num_train": len(train),
         "num_test": len(test),
         "teacher": {**teacher, "path": str(teacher_path)},
-        "student": {**student, "note": f"{cfg.kd_loss} T={cfg.temperature:g} alpha={cfg.alpha:g}"},
+        "student": {**student, "note": f"{cfg.kd_loss} T={cfg.temperature:g} alpha={cfg.alpha:g}" + (
+            f", augment {cfg.augment}, teacher {cfg.teacher_mode}" if cfg.augment != "none" else "")},
         "baseline": baseline and {**baseline, "note": "hard labels only"},
         "gain_over_baseline": baseline and student["test_accuracy"] - baseline["test_accuracy"],
-        "cache": {"hit": hit, "path": str(cache_path), "dtype": cfg.cache_dtype},
+        "cache": cache,
         "environment": {
             "kd_accel": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "processes": accelerator.num_processes, "device": str(accelerator.device),
@@ -128,14 +131,20 @@ def compare_main(argv=None):
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
         p.add_argument("--variants", nargs="+", default=["baseline", "hinton", "notebook-mse"],
                        help="baseline, hinton[:T=..,alpha=..], notebook-mse[:T=..,alpha=..] (old name: seed-mse), "
-                            "fitnets[:...] (default: %(default)s)")
+                            "fitnets[:...]; each may add augment=NAME and, distilled, teacher=cache|fixed|online, "
+                            "K=VIEWS (default: %(default)s)")
+        p.add_argument("--reference", help="the variant gains are measured against, as the table names it "
+                                           "(default: the first baseline listed)")
 
     parser = build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?",
                           COMMON + RECIPE + STUDENT, extra)
     cfg, args = parse(parser, argv)
     variants = [parse_variant(v, cfg) for v in args["variants"]]
-    if "baseline" not in [v.name for v in variants]:
+    if not any(not v.distilled for v in variants):
         variants.insert(0, Variant("baseline"))
+    reference = args["reference"] or next(v.name for v in variants if not v.distilled)
+    if reference not in [v.name for v in variants]:
+        raise KDError(f"--reference {reference!r} is not one of the variants: {', '.join(v.name for v in variants)}")
     phases = ["teacher"] * (not cfg.teacher)
     for seed in args["seeds"]:
         for v in variants:
@@ -145,23 +154,29 @@ def compare_main(argv=None):
     accelerator = setup(cfg, "compare")
     train, test = load_data(accelerator, cfg)
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
-    logits = None
-    if any(v.distilled for v in variants):
-        logits, _, _ = resolve_cache(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
+    sources = {}  # one cache (or online teacher) per kind of soft targets the variants use
+
+    def soft_targets(vcfg):
+        spec, views = cache_views(vcfg)
+        key = (vcfg.teacher_mode, spec.describe(), views)
+        if key not in sources:
+            sources[key] = resolve_soft_targets(accelerator, vcfg, teacher_path, teacher["fingerprint"], train)[:2]
+        return sources[key]
 
     runs = {v.name: {} for v in variants}
     for seed in args["seeds"]:
         for v in variants:
             vcfg = dataclasses.replace(v.apply(cfg), seed=seed)
             label, fp = _compare_label(v, seed), teacher["fingerprint"]
+            soft, online = soft_targets(vcfg) if v.distilled else (None, None)
             if v.hints:
-                runs[v.name][seed] = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, logits, label, fp)
+                runs[v.name][seed] = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, soft, label, fp,
+                                                          online)
             else:
-                runs[v.name][seed] = train_student(accelerator, vcfg, train, test, logits if v.distilled else None, label,
-                                                   fp)
+                runs[v.name][seed] = train_student(accelerator, vcfg, train, test, soft, label, fp, online)
             accelerator.print(f"{v.name} seed {seed}: {runs[v.name][seed]['test_accuracy']:.2f}%", flush=True)
 
-    summary = summarize(runs)
+    summary = summarize(runs, reference)
     title = f"{cfg.dataset}, {cfg.epochs} epochs ({cfg.schedule} lr), teacher {teacher['test_accuracy']:.2f}%" + (
         f", {cfg.train_subset} labelled samples (soft targets: {cfg.soft_targets})" if cfg.train_subset else "")
     table = markdown_table(summary, title)
@@ -190,7 +205,8 @@ def inspect_main(argv=None):
     a = p.parse_args(argv)
     if any(t <= 0 for t in a.temperatures):
         raise KDError("--temperatures must all be > 0")
-    logits, _, meta = open_cache(a.cache)
+    soft = open_cache(a.cache)
+    logits, meta = soft.logits(0), soft.meta
     rows = temperature_stats(logits, sorted(a.temperatures))
     print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes "
           f"(uniform entropy {math.log(logits.shape[1]):.3f} nats)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .augment import SPECS as AUGMENTS
 from .cache import DTYPES
 from .checkpointing import parse_every
 from .data import DATA_DIR_ENV, DATASETS
@@ -47,8 +48,18 @@ class Config:
     teacher: Optional[str] = None
     logits: Optional[str] = None
     out: Optional[str] = None
-    cache_dtype: str = "fp32"
+    cache_dtype: Optional[str] = None  # fp32 for one un-augmented view, fp16 for augmented views
+    cache_topk: Optional[int] = None  # store the top-k log-probabilities only (None: full logits)
     baseline: bool = True
+    # augmentation (kd_accel/augment.py): students and baseline use --augment, the teacher
+    # --teacher-augment (default: the same); the teacher's soft targets come from a K-view cache
+    # (consistent: the student sees the view the teacher saw), one clean view (fixed) or the
+    # teacher run on every batch (online)
+    augment: str = "none"
+    teacher_augment: Optional[str] = None
+    teacher_mode: str = "cache"
+    views: Optional[int] = None  # K views in the cache (default: one per epoch)
+    augment_seed: int = 0
     # smoke tests and quick looks: first N samples only
     limit_train: Optional[int] = None
     limit_test: Optional[int] = None
@@ -99,6 +110,8 @@ PRESETS = {
 DATASET_DEFAULTS = {
     "fashion-mnist": dict(temperature=2.0),
 }
+if "cifar10" in DATASETS:  # unusable without random crops and flips (the notebook's exercise)
+    DATASET_DEFAULTS["cifar10"] = dict(augment="crop-flip")
 
 # flag name -> help; which flags a script takes is chosen by the script
 FLAGS = {
@@ -121,7 +134,20 @@ FLAGS = {
     "teacher": dict(help="teacher checkpoint (safetensors)"),
     "logits": dict(help="teacher-logits cache (safetensors)"),
     "out": dict(help="where to write the cache (default: <output-dir>/teacher_logits.safetensors)"),
-    "cache_dtype": dict(choices=sorted(DTYPES), help="storage dtype of cached logits (default: %(default)s)"),
+    "cache_dtype": dict(choices=sorted(DTYPES), help="storage dtype of cached logits (default: fp32 for one "
+                        "un-augmented view, fp16 for augmented views)"),
+    "cache_topk": dict(type=int, help="store only the top-k teacher log-probabilities per view, the rest of the "
+                       "mass spread evenly (large label spaces; default: full logits)"),
+    "augment": dict(choices=list(AUGMENTS), help="augmentation of the students' (and by default the teacher's) "
+                    "training images (default: %(default)s)"),
+    "teacher_augment": dict(choices=list(AUGMENTS), help="the teacher's training augmentation (default: --augment)"),
+    "teacher_mode": dict(choices=["cache", "fixed", "online"],
+                         help="soft targets of an augmented student: cache (K stored views, the student sees the "
+                              "teacher's view), fixed (one clean view: inconsistent), online (teacher every step) "
+                              "(default: %(default)s)"),
+    "views": dict(type=int, help="augmented views per image in the cache; epoch e uses view e mod K "
+                  "(default: one per epoch)"),
+    "augment_seed": dict(type=int, help="seed of the cache's augmented views (default: %(default)s)"),
     "limit_train": dict(type=int, help="use only the first N training samples (smoke tests)"),
     "limit_test": dict(type=int, help="use only the first N test samples (smoke tests)"),
     "mixed_precision": dict(choices=["no", "fp16", "bf16"], help="override Accelerate's mixed precision"),
@@ -197,9 +223,11 @@ def validate(cfg):
         if getattr(cfg, name) > MAX_LR:
             raise KDError(f"--{name.replace('_', '-')} must be at most {MAX_LR:g} (Adam learning rate), "
                           f"got {getattr(cfg, name):g}")
+    if cfg.cache_topk is not None and cfg.cache_topk < 1:
+        raise KDError(f"--cache-topk must be >= 1, got {cfg.cache_topk}")
     if not cfg.hint_beta >= 0:
         raise KDError(f"--hint-beta must be >= 0, got {cfg.hint_beta}")
-    for name in ("limit_train", "limit_test"):
+    for name in ("limit_train", "limit_test", "views"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     parse_every(cfg.checkpoint_every)

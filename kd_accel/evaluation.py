@@ -28,7 +28,7 @@ def evaluate(accelerator, model, split, batch_size=None):
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
     for batch in loader:
-        out = model(to_float(batch["images"]))
+        out = model(to_float(batch["images"], split.norm))
         preds = (out[0] if isinstance(out, tuple) else out).argmax(dim=-1)  # FitNetStudent: (logits, hint)
         preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
         correct += (preds == labels).sum()
@@ -38,19 +38,22 @@ def evaluate(accelerator, model, split, batch_size=None):
 
 
 @torch.inference_mode()
-def predict_logits(accelerator, model, split, batch_size=None):
+def predict_logits(accelerator, model, split, batch_size=None, inputs=None, extra=None, desc="teacher logits"):
     """Logits [N, C] (fp32, CPU) of a frozen model on every sample, row i = sample i.
 
+    inputs(batch) -> the model's input (default: the images scaled to [0, 1]); `extra` columns
+    [N, ...] ride along by sample index (one view's augmentation parameters).
     Each rank runs its shard; the gathered rows are placed by their sample index, and a mask
     checks that every row was written (so a sharding bug cannot leave zeros in the cache)."""
     batch_size = batch_size or inference_batch(accelerator.device)
-    loader = accelerator.prepare(make_loader({"images": split.images}, batch_size, shuffle=False))
+    inputs = inputs or (lambda batch: to_float(batch["images"], split.norm))
+    loader = accelerator.prepare(make_loader({"images": split.images, **(extra or {})}, batch_size, shuffle=False))
     model.eval()
     out = torch.empty(len(split), split.num_classes, dtype=torch.float32)
     seen = torch.zeros(len(split), dtype=torch.bool)
-    with progress_bar(accelerator, "teacher logits", len(loader)) as advance:
+    with progress_bar(accelerator, desc, len(loader)) as advance:
         for batch in loader:
-            logits = model(to_float(batch["images"])).float()
+            logits = model(inputs(batch)).float()
             idx, logits = accelerator.gather_for_metrics((batch["idx"], logits))
             out[idx.cpu()] = logits.cpu()
             seen[idx.cpu()] = True

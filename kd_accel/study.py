@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .augment import SPECS as AUGMENTS
 from .errors import KDError
 from .losses import TEMPERATURE_RANGE, loss_name
 from .stats import mean, paired_ci, std
@@ -14,19 +15,22 @@ from .stats import mean, paired_ci, std
 
 @dataclass(frozen=True)
 class Variant:
-    """One kind of student: 'baseline' (hard labels), or a KD loss with its T and alpha."""
+    """One kind of student: 'baseline' (hard labels), or a KD loss with its T and alpha; either
+    with its own augmentation (and, distilled, where its soft targets come from) when given."""
 
     name: str
     kd_loss: str = None
     temperature: float = None
     alpha: float = None
     hints: dict = None  # FitNets: {"hint_mode", "hint_epochs", "hint_beta"}
+    views: dict = None  # {"augment", "teacher_mode", "views"}: those given, overriding the run's
 
     @property
     def distilled(self):
         return self.kd_loss is not None
 
     def apply(self, cfg):
+        cfg = dataclasses.replace(cfg, **(self.views or {}))
         if not self.distilled:
             return cfg
         return dataclasses.replace(cfg, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
@@ -35,24 +39,38 @@ class Variant:
 
 _SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$")  # seed-mse: old name
 _HINT_KEYS = {"mode": ("hint_mode", str), "beta": ("hint_beta", float), "hint_epochs": ("hint_epochs", int)}
+# augmentation keys, for every kind (teacher and K only for distilled ones)
+_VIEW_KEYS = {"augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int)}
+_TEACHER_MODES = ("cache", "fixed", "online")
+
+
+def _views_suffix(views):
+    """' augment=shift teacher=cache K=20' for the keys given, in a fixed order."""
+    return "".join(f" {key}={views[field]}" for key, (field, _) in _VIEW_KEYS.items() if field in views)
 
 
 def parse_variant(spec, cfg):
     """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'notebook-mse' (the
     notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless given),
-    'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton KD)."""
+    'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton KD).
+    Any of them may add augment=NAME, and a distilled one teacher=cache|fixed|online and K=views,
+    e.g. 'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'."""
     m = _SPEC.match(spec)
     if not m:
         raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], notebook-mse[:...] or fitnets[:...]")
     kind, args = loss_name(m.group(1)), m.group(2)
-    if kind == "baseline":
-        return Variant("baseline")
     t, a = (1.5, 0.6) if kind == "notebook-mse" else (cfg.temperature, cfg.alpha)
     hints = {"hint_mode": cfg.hint_mode, "hint_epochs": cfg.hint_epochs, "hint_beta": cfg.hint_beta}
+    views = {}
     for part in filter(None, (args or "").split(",")):
         key, _, val = (x.strip() for x in part.partition("="))
         try:
-            if key in ("T", "temperature"):
+            if key in _VIEW_KEYS and (kind != "baseline" or key == "augment"):
+                field, cast = _VIEW_KEYS[key]
+                views[field] = cast(val)
+            elif kind == "baseline":
+                raise ValueError
+            elif key in ("T", "temperature"):
                 t = float(val)
             elif key in ("a", "alpha"):
                 a = float(val)
@@ -63,15 +81,22 @@ def parse_variant(spec, cfg):
                 raise ValueError
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
+    if views.get("augment", "none") not in AUGMENTS or views.get("teacher_mode", "cache") not in _TEACHER_MODES \
+            or views.get("views", 1) < 1:
+        raise KDError(f"bad variant {spec!r}: augment is one of {', '.join(AUGMENTS)}, teacher one of "
+                      f"{', '.join(_TEACHER_MODES)}, K >= 1")
+    suffix = _views_suffix(views)
+    if kind == "baseline":
+        return Variant("baseline" + suffix, views=views or None)
     lo, hi = TEMPERATURE_RANGE
     if not lo <= t <= hi or not 0 <= a <= 1 or not 0 <= hints["hint_beta"] < float("inf"):  # nan fails each
         raise KDError(f"bad variant {spec!r}: need {lo:g} <= T <= {hi:g}, 0 <= alpha <= 1 and beta >= 0")
     if kind != "fitnets":
-        return Variant(f"{kind} T={t:g} a={a:g}", kind, t, a)
+        return Variant(f"{kind} T={t:g} a={a:g}{suffix}", kind, t, a, views=views or None)
     if hints["hint_mode"] not in ("two-stage", "joint") or hints["hint_epochs"] < 1:
         raise KDError(f"bad variant {spec!r}: mode is two-stage or joint, hint_epochs >= 1")
     how = f"{hints['hint_epochs']} hint epochs" if hints["hint_mode"] == "two-stage" else f"joint beta={hints['hint_beta']:g}"
-    return Variant(f"fitnets ({how}) T={t:g} a={a:g}", "hinton", t, a, hints)
+    return Variant(f"fitnets ({how}) T={t:g} a={a:g}{suffix}", "hinton", t, a, hints, views or None)
 
 
 def summarize(runs, baseline="baseline"):

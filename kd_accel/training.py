@@ -22,6 +22,10 @@ from .tracking import PhaseLog
 # Called as hook(label, global_step) after each optimizer step of every phase (the tests install
 # fault injection here: an exception, or a SIGKILL in tests/scripts/fault.py). Empty otherwise.
 STEP_HOOKS = []
+# Called as hook(label, batch) after each micro-batch's loss, the batch holding what the step used:
+# "x" (the model's input, augmented), "idx", "teacher_logits" when distilling. The consistency tests
+# run the teacher on batch["x"] here and compare with the logits the student was given.
+BATCH_HOOKS = []
 # Optimizer steps between the loop's host syncs (non-finite check, tracker flush).
 LOG_EVERY = 50
 
@@ -40,6 +44,18 @@ def make_objective(kind, temperature=None, alpha=None):
     if kind == "ce":
         return hard_label_objective
     return partial(kd_objective, kind=kind, temperature=temperature, alpha=alpha)
+
+
+def online_objective(teacher, objective):
+    """Consistent teaching without a cache (Beyer et al. 2022): the frozen teacher (eval mode,
+    never DDP-wrapped) runs on the student's own input of this step, batch["x"] [B, C, H, W],
+    and its logits [B, classes] stand in for the cached ones. One teacher forward per step."""
+    def run(logits, batch):
+        with torch.no_grad():
+            batch["teacher_logits"] = teacher(batch["x"]).float()
+        return objective(logits, batch)
+
+    return run
 
 
 def lr_lambda(schedule, total_steps):
@@ -88,9 +104,16 @@ def check_finite_weights(model, label, step):
                       "stopped, nothing saved")
 
 
-def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None, settings=None):
+def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None, settings=None,
+        inputs=None, epoch_columns=None):
     """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
     for cfg.epochs; evaluate on `test_split` after each epoch. Returns (model, history).
+
+    inputs(batch) -> the model's float input (default: images scaled to [0, 1]); with augmentation
+    it builds each sample's view from the batch's "aug_params". epoch_columns(epoch) -> columns
+    [N, ...] that change with the epoch (that epoch's augmentation parameters and, from a K-view
+    cache, that view's teacher logits): set before the epoch's first batch, so a resumed epoch
+    gets the same ones.
 
     The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop.
     cfg.batch_size is per process and per micro-batch: a step sees
@@ -103,6 +126,8 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
     accelerator.free_memory()
     train_columns = {k: v.to(accelerator.device) for k, v in train_columns.items()}
     loader = make_loader(train_columns, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
+    inputs = inputs or (lambda batch: to_float(batch["images"]))
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -146,6 +171,9 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
 
     for epoch in range(epoch0, cfg.epochs):
         model.train()
+        if epoch_columns:
+            # [N, ...] tensors aligned with the others: gathered by the same sample index
+            dataset.columns.update({k: v.to(accelerator.device) for k, v in epoch_columns(epoch).items()})
         loader.set_epoch(epoch)  # the permutation is a function of (seed, epoch): resumable
         position = pos0 if epoch == epoch0 else 0
         batches = loader
@@ -161,8 +189,10 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
             advance(position)
             for batch in batches:
                 with accelerator.accumulate(model):
-                    x = batch["x"] = to_float(batch["images"]).contiguous(memory_format=memory_format)
+                    x = batch["x"] = inputs(batch).contiguous(memory_format=memory_format)
                     parts = objective(model(x), batch)
+                    for hook in BATCH_HOOKS:
+                        hook(label, batch)
                     accelerator.backward(parts["loss"])
                     lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (a float: no sync)
                     optimizer.step()

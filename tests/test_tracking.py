@@ -85,7 +85,7 @@ def test_trackers_end_on_every_way_out(failure, mnist_dir, tmp_path, monkeypatch
         raise failure
 
     monkeypatch.setattr(Accelerator, "end_training", spy)
-    monkeypatch.setattr(cli, "resolve_cache", fails)  # after the teacher is trained and logged
+    monkeypatch.setattr(cli, "resolve_soft_targets", fails)  # after the teacher is trained and logged
     out = tmp_path / "run"
     with pytest.raises(type(failure)):
         distill(mnist_dir, out, "--report-to", "tensorboard")

@@ -1,0 +1,189 @@
+"""The augmentation-consistent teacher cache: K stored views, replayed exactly for the student.
+
+Consistency is checked end to end: the teacher run on the student's actual batch reproduces
+the cached logits (fp16 rounding), with 1 and 2 processes and after a resume mid-epoch."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kd_accel import pipeline, training
+from kd_accel.augment import SPECS, apply, draw_params, stream_seed
+from kd_accel.cache import read_metadata
+from kd_accel.config import Config
+from kd_accel.data import to_float
+from kd_accel.errors import KDError
+from kd_accel.models import load_model
+
+from conftest import ROOT, launch_cmd, run_script, tiny_split
+
+SHIFT = dict(augment="shift", views=3, limit_train=None)
+
+
+def fp16_close(got, want):
+    """Cached fp16 logits vs the teacher's fp32 ones: within fp16 rounding (relative 2^-11)."""
+    return bool(((got.float() - want).abs() <= 1e-3 + 1e-3 * want.abs()).all())
+
+
+def frozen(teacher_file):
+    model, _ = load_model(teacher_file, "teacher")
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+
+def fingerprint(teacher_file):
+    return pipeline.state_fingerprint(load_model(teacher_file)[0].state_dict())
+
+
+def test_cache_views_hold_the_teachers_logits_on_each_stored_view(accelerator, tiny_teacher, tmp_path):
+    train = tiny_split(90)
+    cfg = dataclasses.replace(Config(), **SHIFT)
+    out = tmp_path / "c.safetensors"
+    pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+    t = load_file(out)
+    assert t["logits"].shape == (3, 90, 10) and t["logits"].dtype == torch.float16  # fp16 by default for views
+    assert t["params"].shape == (3, 90, 5)
+    meta = read_metadata(out)
+    assert meta["augment"] == SPECS["shift"].describe() and meta["views"] == "3" and meta["augment_seed"] == "0"
+    teacher = frozen(tiny_teacher)
+    stream = stream_seed("cache", 0)
+    for v in range(3):
+        params = draw_params(SPECS["shift"], stream, v, torch.arange(90))  # rebuilt from (seed, view, index) alone
+        assert torch.equal(t["params"][v], params)
+        with torch.no_grad():
+            want = teacher(to_float(apply(SPECS["shift"], train.images, params)))
+        assert fp16_close(t["logits"][v], want), v
+    assert not torch.equal(t["params"][0], t["params"][1])  # the views differ
+
+
+def test_student_replays_view_e_mod_k(accelerator, tiny_teacher, tmp_path, monkeypatch):
+    """In-process: each student batch's input is the stored view e mod K of its samples, and its
+    soft targets are the teacher's logits on exactly that input."""
+    train = tiny_split(60)
+    cfg = dataclasses.replace(Config(), **SHIFT, epochs=4, batch_size=20, output_dir=str(tmp_path))
+    soft, hit, _ = pipeline.resolve_cache(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher), train)
+    assert not hit and soft.views == 3
+    teacher, stored, seen = frozen(tiny_teacher), load_file(pipeline.cache_path(cfg)), []
+
+    def check(label, batch):
+        with torch.no_grad():
+            want = teacher(batch["x"]).float()
+        assert fp16_close(batch["teacher_logits"], want)
+        seen.append((batch["idx"].clone(), batch["aug_params"].clone()))
+
+    monkeypatch.setattr(training, "BATCH_HOOKS", [check])
+    pipeline.train_student(accelerator, cfg, train, tiny_split(20, seed=1), soft, "student", "fp")
+    assert len(seen) == 4 * 3  # 4 epochs x 3 batches
+    for step, (idx, params) in enumerate(seen):
+        epoch = step // 3
+        assert torch.equal(params, stored["params"][epoch % 3][idx]), step  # epoch 3 replays view 0
+
+
+def test_fixed_mode_is_inconsistent_and_online_is_consistent(accelerator, tiny_teacher, tmp_path, monkeypatch):
+    """fixed: the augmented student gets the clean image's logits (not the teacher's on its view);
+    online: the teacher runs on the student's own view."""
+    train = tiny_split(40)
+    teacher, diffs = frozen(tiny_teacher), {}
+    for mode in ("fixed", "online"):
+        cfg = dataclasses.replace(Config(), augment="shift", teacher_mode=mode, epochs=1, batch_size=20,
+                                  output_dir=str(tmp_path / mode))
+        soft, online, info = pipeline.resolve_soft_targets(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher),
+                                                           train)
+        assert info["mode"] == mode and (online is None) == (mode == "fixed")
+        got = []
+
+        def check(label, batch):
+            with torch.no_grad():
+                got.append(float((teacher(batch["x"]).float() - batch["teacher_logits"].float()).abs().max()))
+
+        monkeypatch.setattr(training, "BATCH_HOOKS", [check])
+        pipeline.train_student(accelerator, cfg, train, tiny_split(20, seed=1), soft, "student", "fp", online)
+        diffs[mode] = max(got)
+    assert diffs["online"] < 1e-5 and diffs["fixed"] > 1e-3, diffs  # noise images: small but real differences
+
+
+def test_precompute_resumes_at_the_first_missing_view(accelerator, tiny_teacher, tmp_path, monkeypatch, capsys):
+    train = tiny_split(50)
+    cfg = dataclasses.replace(Config(), **SHIFT)
+    whole = tmp_path / "whole.safetensors"
+    pipeline.precompute(accelerator, cfg, tiny_teacher, train, whole)
+
+    def crash(view):
+        if view == 1:
+            raise KDError("simulated crash after view 1")
+
+    out = tmp_path / "c.safetensors"
+    monkeypatch.setattr(pipeline, "VIEW_HOOKS", [crash])
+    with pytest.raises(KDError, match="simulated crash"):
+        pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+    assert not out.exists()
+    computed = []
+    monkeypatch.setattr(pipeline, "VIEW_HOOKS", [computed.append])
+    capsys.readouterr()
+    pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+    assert computed == [2] and "2 of 3 views kept from an interrupted precompute" in capsys.readouterr().out
+    a, b = load_file(whole), load_file(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed cache is the uninterrupted one
+    assert not any(p.name.startswith(".c.safetensors.views") for p in tmp_path.iterdir())  # parts cleaned up
+
+
+def test_a_cache_for_other_views_is_refused_by_name(accelerator, tiny_teacher, tmp_path):
+    train = tiny_split(30)
+    fp = fingerprint(tiny_teacher)
+    made = dataclasses.replace(Config(), **SHIFT, output_dir=str(tmp_path))
+    pipeline.resolve_cache(accelerator, made, tiny_teacher, fp, train)
+    given = str(pipeline.cache_path(made))
+    for change, words in [(dict(views=5), "3 views"), (dict(augment="affine"), "augment"),
+                          (dict(augment_seed=1), "augment_seed")]:
+        cfg = dataclasses.replace(made, logits=given, **change)
+        with pytest.raises(KDError, match=words):
+            pipeline.resolve_cache(accelerator, cfg, tiny_teacher, fp, train)
+    # fewer views than the cache holds: fine, the first K are used
+    soft, hit, _ = pipeline.resolve_cache(accelerator, dataclasses.replace(made, logits=given, views=2), tiny_teacher,
+                                          fp, train)
+    assert hit and soft.views >= 2
+
+
+def test_student_without_augmentation_is_unchanged(accelerator, tmp_path):
+    """--augment none: no augmentation column, the clean one-view cache, old stamps."""
+    train = tiny_split(40)
+    cfg = dataclasses.replace(Config(), epochs=1)
+    cols, _, per_epoch = pipeline.student_data(cfg, train, torch.zeros(40, 10))
+    assert per_epoch is None and set(cols) == {"images", "labels", "teacher_logits"}
+    s = pipeline.phase_settings(accelerator, cfg, train, kd=True, teacher_fp="t")
+    assert not {"augment", "views", "teacher_mode", "augment_seed"} & set(s)
+    assert pipeline.cache_path(cfg).name == "teacher_logits.safetensors"
+
+
+def run_views_check(mnist_dir, teacher, out, nproc, *extra):
+    import os
+    import subprocess
+
+    cmd, env = launch_cmd(ROOT / "tests" / "scripts" / "views_check.py",
+                          ["--data-dir", mnist_dir, "--teacher", teacher, "--out", out, *extra], nproc)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_consistency_end_to_end_with_processes_and_resume(mnist_dir, tiny_teacher, tmp_path, nproc):
+    out = tmp_path / "run"
+    first = run_views_check(mnist_dir, tiny_teacher, out, nproc, "--stop-at", "5")  # mid-epoch 1 of 3
+    assert first.returncode != 0 and "simulated crash at step 5" in first.stderr, first.stderr[-2000:]
+    second = run_views_check(mnist_dir, tiny_teacher, out, nproc, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    total = 0
+    for rank in range(nproc):
+        for suffix in ("", "_resumed"):
+            seen = json.loads((out / f"views_rank{rank}{suffix}.json").read_text())
+            # within fp16 rounding of the largest logit
+            assert seen["batches"] > 0 and seen["max_abs_diff"] <= 1e-3 + 1e-3 * seen["max_logit"], seen
+            total += seen["batches"]
+    # 300 samples, batch 25 per process, 3 epochs: 12 / nproc steps an epoch; crash after step 5,
+    # resume from the checkpoint at step 4 (every 4 steps) and finish
+    steps_per_epoch = 12 // nproc
+    assert total == nproc * (5 + 3 * steps_per_epoch - 4), total
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["cache"]["views"] == 2 and m["cache"]["mode"] == "cache"

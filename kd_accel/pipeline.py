@@ -25,7 +25,8 @@ from .evaluation import evaluate, predict_logits
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import make_dir, write_json
 from .losses import loss_name
-from .models import build_model, count_params, load_model, meta_number, read_checkpoint, save_model, state_fingerprint
+from .models import (build_model, count_params, load_model, meta_input_shape, meta_number, read_checkpoint, save_model,
+                     state_fingerprint)
 from .memory import keep_freed_memory
 from .threads import set_cpu_threads
 from .training import fit, make_objective, online_objective
@@ -278,6 +279,9 @@ def teacher_info_from_checkpoint(accelerator, path, test):
     state, meta = read_checkpoint(path)
     if meta.get("arch") != "teacher":
         raise KDError(f"{path} holds a {meta.get('arch')!r} model, not a teacher")
+    if meta_input_shape(meta, path) != test.input_shape:  # an MNIST teacher given for CIFAR-10
+        raise KDError(f"{path} holds a teacher for {'x'.join(map(str, meta_input_shape(meta, path)))} inputs, "
+                      f"the data are {'x'.join(map(str, test.input_shape))}")
     if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
         acc = meta_number(meta, "test_accuracy", path)
         params = meta_number(meta, "params", path, int)

@@ -258,3 +258,41 @@ def test_subset_keeps_norm_and_fingerprint_follows_the_data(cifar, tmp_path):
     assert int((changed.images != test.images).sum()) == 1 and changed.images[17, 2, 5, 9] != test.images[17, 2, 5, 9]
     plain = Split(test.dataset, test.split, test.images, test.labels, test.num_classes)
     assert plain.fingerprint() != test.fingerprint()  # the norm is part of what the model sees
+
+
+def test_distill_runs_end_to_end_on_cifar_files(cifar, tmp_path, reset_accelerate, capsys):
+    """The whole experiment on the synthetic CIFAR-10 files: crop-flip augmentation by default,
+    3-channel teacher and student, a K-view cache of 3x32x32 views."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from kd_accel.cli import distill_main
+    from kd_accel.models import load_model
+
+    data_dir, _ = cifar
+    out = tmp_path / "run"
+    distill_main(["--dataset", "cifar10", "--data-dir", str(data_dir), "--output-dir", str(out), "--epochs", "2",
+                  "--teacher-epochs", "1", "--batch-size", "25"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_train"] == 5 * PER_TRAIN_BATCH and m["num_test"] == TEST_N
+    assert m["cache"]["views"] == 2 and m["cache"]["mode"] == "cache"  # one view per epoch by default
+    assert m["student"]["params"] == 41_450 and m["teacher"]["params"] == 626_014
+    assert "augment crop-flip" in m["student"]["note"]
+    cache = load_file(out / "teacher_logits.crop-flip.2views.safetensors")
+    assert cache["logits"].shape == (2, 100, 10) and cache["params"].shape == (2, 100, 5)
+    assert set(cache["params"][:, :, 2].unique().tolist()) == {0.0, 1.0}  # flips drawn
+    assert cache["params"][:, :, :2].abs().max() <= 4  # pad-4 crops
+    teacher, meta = load_model(out / "teacher.safetensors", "teacher")
+    assert meta["input_shape"] == "3,32,32"
+    assert json.loads((out / "config.json").read_text())["augment"] == "crop-flip"
+
+
+def test_an_mnist_teacher_given_for_cifar_is_refused_in_one_line(cifar, tiny_teacher, tmp_path, reset_accelerate):
+    from kd_accel.cli import distill_main
+
+    data_dir, _ = cifar
+    with pytest.raises(KDError) as e:
+        distill_main(["--dataset", "cifar10", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o"),
+                      "--teacher", str(tiny_teacher), "--epochs", "1"])
+    assert one_line(str(e.value)).endswith("holds a teacher for 1x28x28 inputs, the data are 3x32x32")

@@ -199,17 +199,17 @@ class ResidentKDStep:
 
 def kd_fit_epoch(args, images, labels, logits, device):
     """kd_accel's own training.fit, one epoch, the cached logits as its teacher_logits column."""
-    from kd_accel.config import Config
+    from kd_accel.config import from_flags
     from kd_accel.data import Split
     from kd_accel.pipeline import columns, make_accelerator
     from kd_accel.training import fit, make_objective
 
-    cfg = dataclasses.replace(Config(), epochs=1, batch_size=BATCH, schedule="constant", lr=LR)
+    cfg = from_flags(epochs=1, batch_size=BATCH, schedule="constant", lr=LR)
     accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
     split = Split("mnist", "train", images, labels, 10)
     probe = split.subset(100)
-    fit(accelerator, Student(), columns(split, teacher_logits=logits), probe, cfg, make_objective("hinton", T, ALPHA),
-        "student")
+    fit(accelerator, Student(), columns(split, teacher_logits=logits), probe, cfg.student, cfg.run,
+        make_objective("hinton", T, ALPHA), "student")
 
 
 # ---------------------------------------------------------------- precompute
@@ -221,12 +221,12 @@ def bare_forward(teacher, xf):
 
 def kd_precompute(teacher, images, labels, device, workdir):
     from kd_accel.cache import CacheKey, save_cache
-    from kd_accel.config import Config
+    from kd_accel.config import from_flags
     from kd_accel.data import Split
     from kd_accel.evaluation import predict_logits
     from kd_accel.pipeline import make_accelerator
 
-    accelerator = make_accelerator(Config(), cpu=device.type == "cpu")
+    accelerator = make_accelerator(from_flags(), cpu=device.type == "cpu")
     split = Split("mnist", "train", images, labels, 10)
     logits = predict_logits(accelerator, teacher, split)
     save_cache(Path(workdir) / "cache.safetensors", logits, labels, CacheKey("mnist", "train", len(labels), 10, "t", "d"))

@@ -106,11 +106,12 @@ def notebook_distill_epoch(student, teacher, loader, opt, device, temperature=4.
 def run_case(case, data_dir, device_name, workdir):
     from accelerate.utils import set_seed
 
-    from kd_accel.config import Config
+    from kd_accel.config import from_flags
     from kd_accel.data import load_split, to_float
     from kd_accel.evaluation import inference_batch, predict_logits
     from kd_accel.models import Student, Teacher
-    from kd_accel.pipeline import cache_key, columns, make_accelerator
+    from kd_accel.pipeline import columns, make_accelerator
+    from kd_accel.teaching import cache_key
     from kd_accel.cache import load_cache, save_cache
     from kd_accel.models import state_fingerprint
     from kd_accel.training import fit, make_objective
@@ -120,9 +121,8 @@ def run_case(case, data_dir, device_name, workdir):
     case, *opts = case.split("+")
     if set(opts) - set(OPTIONS):
         raise SystemExit(f"unknown options {set(opts) - set(OPTIONS)} in case {case}; choose from {OPTIONS}")
-    cfg = dataclasses.replace(Config(), epochs=1, batch_size=100, compile="compile" in opts,
-                              mixed_precision="bf16" if "bf16" in opts else None,
-                              channels_last="contiguous" not in opts)
+    cfg = from_flags(epochs=1, batch_size=100, compile="compile" in opts,
+                     mixed_precision="bf16" if "bf16" in opts else None, channels_last="contiguous" not in opts)
     # Adam's first construction imports torch._dynamo (1-2 s): a once-per-process cost that the
     # notebook's side pays before its timer starts (it builds its optimizer first) and kd_accel's
     # fit inside it. Paid here, before either timer, so no epoch carries it.
@@ -185,17 +185,17 @@ def run_case(case, data_dir, device_name, workdir):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if case == "kd_teacher_epoch":
         t0 = time.perf_counter()
-        fit(accelerator, Teacher(), columns(train), probe, cfg, make_objective("ce"), "teacher")
+        fit(accelerator, Teacher(), columns(train), probe, cfg.student, cfg.run, make_objective("ce"), "teacher")
     elif case in ("kd_distill_epoch", "kd_ce_epoch"):
         logits = torch.randn(len(train), 10) * 5  # stands in for the cache: same shape, same gather
         if "mmap" in opts:  # the real read path: a cache file, memory-mapped by load_cache
             key = cache_key(train, "0" * 32)
             save_cache(Path(workdir) / "bench_cache.safetensors", logits, train.labels, key)
-            logits, _ = load_cache(Path(workdir) / "bench_cache.safetensors", key)
+            logits = load_cache(Path(workdir) / "bench_cache.safetensors", key).logits(0)
         cols = columns(train, teacher_logits=logits) if case == "kd_distill_epoch" else columns(train)
         objective = make_objective("hinton", 4.0, 0.5) if case == "kd_distill_epoch" else make_objective("ce")
         t0 = time.perf_counter()
-        fit(accelerator, Student(), cols, probe, cfg, objective, "student")
+        fit(accelerator, Student(), cols, probe, cfg.student, cfg.run, objective, "student")
     elif case == "bare_forward":  # the floor: the teacher over pre-made float tensors, no bookkeeping
         teacher = Teacher().to(device).eval().to(memory_format=torch.channels_last)
         x = to_float(train.images).to(device)

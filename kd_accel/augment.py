@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import to_float
 from .errors import KDError
 
 _MASK64 = (1 << 64) - 1
@@ -151,3 +152,39 @@ def augment(spec, images, seed, view, index):
     Returns (views, params)."""
     params = draw_params(spec, seed, view, index)
     return apply(spec, images, params), params
+
+
+# Views of a data set for the training loop: the loop's batches carry sample indices, and these
+# turn an epoch into its per-sample parameters and a batch into the model's input.
+
+
+def make_inputs(spec, norm=None):
+    """batch -> the model's float input: each sample's view built from the batch's "aug_params"
+    (when the phase augments), then scaled (and normalised per channel where the data set says)."""
+    def inputs(batch):
+        images = batch["images"]
+        if "aug_params" in batch:
+            images = apply(spec, images, batch["aug_params"])
+        return to_float(images, norm)
+
+    return inputs
+
+
+def drawn_views(spec, stream, n):
+    """epoch -> {"aug_params": [N, 5]}: a fresh view per epoch (view e in epoch e) of every sample,
+    from the stream's counter-based generator (teacher, baseline, and the fixed and online
+    students). None when the phase does not augment."""
+    if spec.name == "none":
+        return None
+    index = torch.arange(n)
+    return lambda epoch: {"aug_params": draw_params(spec, stream, epoch, index)}
+
+
+def cached_views(soft):
+    """epoch -> view e mod K of a K-view cache: the parameters the teacher's view was made with
+    and the teacher's logits on it, so the student sees exactly what the teacher saw."""
+    def cols(epoch):
+        view = epoch % soft.views
+        return {"teacher_logits": soft.logits(view), "aug_params": soft.params(view)}
+
+    return cols

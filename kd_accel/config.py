@@ -1,99 +1,160 @@
-"""Run configuration: one dataclass, built from a small common CLI shared by every script.
+"""Run configuration: four small dataclasses, each setting declared once.
 
-Presets set defaults, explicit flags override them; the resolved configuration is saved as
-config.json beside the run's outputs.
+A field is a setting and a command-line flag at once: its metadata holds the help text and
+whatever argparse needs beyond the type (choices, bounds). `Config` groups them: the data, two
+recipes (the student's, and the teacher's as a second `Recipe` under --teacher-*), the
+distillation and the run. The flag of a field is its name with dashes (--batch-size), the
+teacher's recipe adds "teacher-" (--teacher-epochs).
+
+This module imports nothing from kd_accel: the choices that come from registries (data sets,
+losses, augmentations, cache dtypes) and the checks against files and installed trackers are
+added where the command line is built (cli.py). Presets and per-data-set defaults sit under
+explicit flags; the resolved configuration is saved as config.json beside the run's outputs.
 """
 import argparse
 import dataclasses
 import math
-import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .augment import SPECS as AUGMENTS
-from .cache import DTYPES
-from .checkpointing import parse_every
-from .data import DATA_DIR_ENV, DATASETS
-from .errors import KDError
-from .losses import KD_LOSSES, TEMPERATURE_RANGE, loss_name
-from .tracking import REPORT_TO, resolve as resolve_trackers
+
+def setting(default, help, **flag):
+    """A field that is also a flag. `flag`: argparse keywords (choices, metavar), plus
+    low/high (inclusive bounds), positive (> 0) and default_text (what --help says when the
+    default is None or depends on something)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class Data:
+    dataset: str = setting("mnist", "data set")
+    data_dir: Optional[str] = setting(None, "folder with the data set's files", default_text="$KD_ACCEL_DATA_DIR or "
+                                      "./data, downloaded there if online")
+    limit_train: Optional[int] = setting(None, "use only the first N training samples (smoke tests)", low=1)
+    limit_test: Optional[int] = setting(None, "use only the first N test samples (smoke tests)", low=1)
+    # limited labels: students see the hard labels of a fixed class-balanced subset only (the
+    # teacher always trains on the whole set)
+    train_subset: Optional[int] = setting(None, "students see hard labels of a fixed class-balanced subset of N "
+                                          "samples only", low=1)
+
+
+@dataclass
+class Recipe:
+    """How one model is trained. The student's defaults: 20 epochs, the best student of the study
+    (docs/study.md, "How the defaults were chosen"); the teacher's are TEACHER below."""
+
+    epochs: int = setting(20, "training epochs", low=1)
+    batch_size: int = setting(100, "per-process batch size", low=1)
+    # beyond 10 a run only fails later as "non-finite loss" (lr=1e3 blows Adam's weights up)
+    lr: float = setting(1e-3, "Adam learning rate", positive=True, high=10.0)
+    schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
+    # kd_accel/augment.py; the teacher's None means: the student's --augment
+    augment: Optional[str] = setting("none", "augmentation of the training images")
+
+
+# The teacher's recipe in distill.py and compare.py (--teacher-*): 5 epochs; a None follows the
+# students' flag (the same batch size and augmentation unless told otherwise).
+TEACHER = Recipe(epochs=5, batch_size=None, augment=None)
+
+
+@dataclass
+class Distillation:
+    kd_loss: str = setting("hinton", "distillation loss; seed-mse is the old name of notebook-mse")
+    # T=4, alpha=0.9: the study's best MNIST student; Fashion-MNIST keeps T=2 (DATASET_DEFAULTS)
+    # below 0.01 softmax(s/T) overflows (T=1e-40 gives a non-finite loss); far above 1000 every
+    # target is uniform. Also the bounds of compare's variants (study.parse_variant).
+    temperature: float = setting(4.0, "softmax temperature T", low=0.01, high=1000.0)
+    alpha: float = setting(0.9, "weight of the soft loss", low=0.0, high=1.0)
+    soft_targets: str = setting("all", "with --train-subset: soft targets on the whole set or the subset",
+                                choices=("all", "subset"))
+    # where an augmented student's soft targets come from: a K-view cache (consistent: the student
+    # sees the view the teacher saw), one clean view (fixed: inconsistent), or the teacher run on
+    # every batch (online)
+    teacher_mode: str = setting("cache", "soft targets of an augmented student: cache (K stored views, the student "
+                                "sees the teacher's view), fixed (one clean view), online (teacher every step)",
+                                choices=("cache", "fixed", "online"))
+    views: Optional[int] = setting(None, "augmented views per image in the cache; epoch e uses view e mod K", low=1,
+                                   default_text="one per epoch")
+    augment_seed: int = setting(0, "seed of the cache's augmented views")
+    cache_dtype: Optional[str] = setting(None, "storage dtype of cached logits",
+                                         default_text="fp32 for one un-augmented view, fp16 for augmented views")
+    cache_topk: Optional[int] = setting(None, "store only the top-k teacher log-probabilities per view, the rest of "
+                                        "the mass spread evenly (large label spaces)", low=1, default_text="full logits")
+    # FitNets hints
+    hint_mode: str = setting("two-stage", "FitNets: hint stage then KD, or both at once",
+                             choices=("two-stage", "joint"))
+    hint_epochs: int = setting(2, "FitNets two-stage: epochs of hint regression", low=1)
+    hint_beta: float = setting(1.0, "FitNets joint: weight of the hint loss", low=0.0)
+    baseline: bool = setting(True, "also train the baseline student (same recipe, hard labels only)")
+
+
+@dataclass
+class Run:
+    output_dir: Optional[str] = setting(None, "run folder", default_text="runs/<run-name>")
+    run_name: Optional[str] = setting(None, "name of the run folder under runs/", default_text="the data set")
+    seed: int = setting(0, "random seed: initial weights, data order, augmented views")
+    teacher: Optional[str] = setting(None, "teacher checkpoint (safetensors)")
+    logits: Optional[str] = setting(None, "teacher-logits cache (safetensors)")
+    out: Optional[str] = setting(None, "where to write the cache", default_text="<output-dir>/teacher_logits*.safetensors")
+    mixed_precision: Optional[str] = setting(None, "override Accelerate's mixed precision", choices=("no", "fp16", "bf16"))
+    grad_accum: int = setting(1, "micro-batches per optimizer step, via accelerator.accumulate", low=1)
+    checkpoint_every: Optional[str] = setting(None, "save resumable state every N optimizer steps, or 'epoch'",
+                                              default_text="off")
+    keep_checkpoints: int = setting(3, "how many checkpoints to keep per phase", low=1)
+    resume: Optional[str] = setting(None, "'latest' (the run folder's newest checkpoint, or a fresh start) or a "
+                                    "checkpoint folder")
+    channels_last: bool = setting(True, "channels-last memory format for conv/BN (same math)")
+    compile: bool = setting(False, "torch.compile the models (Accelerate's dynamo backend 'inductor')")
+    report_to: str = setting("none", "log losses, lr and accuracy per phase to Accelerate trackers; 'all': every one "
+                             "installed")
+
+    @property
+    def run_dir(self):
+        return Path(self.output_dir or Path("runs") / (self.run_name or "run"))
 
 
 @dataclass
 class Config:
-    dataset: str = "mnist"
-    data_dir: Optional[str] = None
-    output_dir: Optional[str] = None
-    run_name: Optional[str] = None
-    seed: int = 0
-    # student recipe (train_teacher.py defaults --epochs/--lr/--schedule to the teacher's below).
-    # 20 epochs with Hinton KD at T=4, alpha=0.9: the best student of the study (docs/study.md,
-    # "How the defaults were chosen"); the baseline overfits over 20 epochs, the soft targets keep
-    # it in check.
-    # Fashion-MNIST keeps T=2 (DATASET_DEFAULTS below, applied by parse(), not by Config itself).
-    epochs: int = 20
-    batch_size: int = 100
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    # teacher recipe inside distill.py
-    teacher_epochs: int = 5
-    teacher_lr: float = 1e-3
-    teacher_schedule: str = "cosine"
-    # distillation
-    kd_loss: str = "hinton"
-    temperature: float = 4.0
-    alpha: float = 0.9
-    # files
-    teacher: Optional[str] = None
-    logits: Optional[str] = None
-    out: Optional[str] = None
-    cache_dtype: Optional[str] = None  # fp32 for one un-augmented view, fp16 for augmented views
-    cache_topk: Optional[int] = None  # store the top-k log-probabilities only (None: full logits)
-    baseline: bool = True
-    # augmentation (kd_accel/augment.py): students and baseline use --augment, the teacher
-    # --teacher-augment (default: the same); the teacher's soft targets come from a K-view cache
-    # (consistent: the student sees the view the teacher saw), one clean view (fixed) or the
-    # teacher run on every batch (online)
-    augment: str = "none"
-    teacher_augment: Optional[str] = None
-    teacher_mode: str = "cache"
-    views: Optional[int] = None  # K views in the cache (default: one per epoch)
-    augment_seed: int = 0
-    # smoke tests and quick looks: first N samples only
-    limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
-    mixed_precision: Optional[str] = None
-    # scale-out and fault tolerance
-    grad_accum: int = 1
-    checkpoint_every: Optional[str] = None
-    keep_checkpoints: int = 3
-    resume: Optional[str] = None
-    channels_last: bool = True
-    # limited labels (students only; the teacher always trains on the full set)
-    # FitNets hints
-    hint_mode: str = "two-stage"
-    hint_epochs: int = 2
-    hint_beta: float = 1.0
-    train_subset: Optional[int] = None
-    soft_targets: str = "all"
-    compile: bool = False
-    # experiment tracking: Accelerate trackers (log_with), see kd_accel/tracking.py
-    report_to: str = "none"
+    data: Data = field(default_factory=Data)
+    student: Recipe = field(default_factory=Recipe)
+    teacher: Recipe = field(default_factory=lambda: dataclasses.replace(TEACHER))
+    kd: Distillation = field(default_factory=Distillation)
+    run: Run = field(default_factory=Run)
     preset: str = "default"
 
     def __post_init__(self):
-        self.kd_loss = loss_name(self.kd_loss)  # an old name ('seed-mse') is the same loss
+        # the teacher's unset settings follow the students' (TEACHER: batch size, augmentation)
+        unset = {f.name: getattr(self.student, f.name) for f in dataclasses.fields(Recipe)
+                 if getattr(self.teacher, f.name) is None}
+        if unset:
+            self.teacher = dataclasses.replace(self.teacher, **unset)
+        if self.run.output_dir is None and self.run.run_name is None:
+            self.run = dataclasses.replace(self.run, run_name=self.data.dataset)
 
     @property
     def run_dir(self):
-        return Path(self.output_dir or Path("runs") / (self.run_name or self.dataset))
+        return self.run.run_dir
 
     def to_json(self):
         return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
 
 
-# The notebook's recipe, loss and hyper-parameters, to reproduce it (docs/usage.md, "Presets").
+# Flag groups: Config field -> (dataclass, flag prefix). A flag's dest is prefix + field name.
+GROUPS = {"data": (Data, ""), "student": (Recipe, ""), "teacher": (Recipe, "teacher_"), "kd": (Distillation, ""),
+          "run": (Run, "")}
+
+
+def group_default(group):
+    """A group's declared defaults (the teacher's: TEACHER, whose augment None follows --augment)."""
+    return dataclasses.replace(TEACHER) if group == "teacher" else GROUPS[group][0]()
+
+# The notebook's recipe, loss and hyper-parameters, to reproduce it (docs/usage.md, "Presets"),
+# by flag dest.
 PRESETS = {
     "default": {},
     "notebook": dict(
@@ -103,140 +164,140 @@ PRESETS = {
     ),
 }
 
-# Per-data-set defaults, measured by the study (docs/study.md): on
-# Fashion-MNIST, whose teacher is unsure (mean max-prob 0.93 at T=1), T=4 gains nothing over the
-# baseline at 20 epochs and T=2 is significantly better (re-run: +0.222, p = 0.020). A preset and an
-# explicit flag both override these.
+# Per-data-set defaults, measured by the study (docs/study.md): on Fashion-MNIST, whose teacher is
+# unsure (mean max-prob 0.93 at T=1), T=4 gains nothing over the baseline at 20 epochs and T=2 is
+# significantly better (re-run: +0.222, p = 0.020). CIFAR-10 is unusable without random crops and
+# flips (the notebook's exercise). A preset and an explicit flag both override these.
 DATASET_DEFAULTS = {
     "fashion-mnist": dict(temperature=2.0),
+    "cifar10": dict(augment="crop-flip"),
 }
-if "cifar10" in DATASETS:  # unusable without random crops and flips (the notebook's exercise)
-    DATASET_DEFAULTS["cifar10"] = dict(augment="crop-flip")
-
-# flag name -> help; which flags a script takes is chosen by the script
-FLAGS = {
-    "dataset": dict(choices=sorted(DATASETS), help="data set (default: %(default)s)"),
-    "data_dir": dict(help=f"folder with <DATASET>/raw/*-ubyte[.gz] (default: ${DATA_DIR_ENV} or ./data, downloaded if online)"),
-    "output_dir": dict(help="run folder (default: runs/<run-name>)"),
-    "run_name": dict(help="name of the run folder under runs/ (default: the data set)"),
-    "seed": dict(type=int, help="random seed (default: %(default)s)"),
-    "epochs": dict(type=int, help="training epochs (default: %(default)s)"),
-    "batch_size": dict(type=int, help="per-process batch size (default: %(default)s)"),
-    "lr": dict(type=float, help="Adam learning rate (default: %(default)s)"),
-    "schedule": dict(choices=["cosine", "constant"], help="learning-rate schedule (default: %(default)s)"),
-    "teacher_epochs": dict(type=int, help="epochs when the teacher must be trained (default: %(default)s)"),
-    "teacher_lr": dict(type=float, help="teacher's Adam learning rate (default: %(default)s)"),
-    "teacher_schedule": dict(choices=["cosine", "constant"], help="teacher's lr schedule (default: %(default)s)"),
-    "kd_loss": dict(type=loss_name, choices=sorted(KD_LOSSES),
-                    help="distillation loss; seed-mse is the old name of notebook-mse (default: %(default)s)"),
-    "temperature": dict(type=float, help="softmax temperature T, 0.01..1000 (default: %(default)s)"),
-    "alpha": dict(type=float, help="weight of the soft loss, 0..1 (default: %(default)s)"),
-    "teacher": dict(help="teacher checkpoint (safetensors)"),
-    "logits": dict(help="teacher-logits cache (safetensors)"),
-    "out": dict(help="where to write the cache (default: <output-dir>/teacher_logits.safetensors)"),
-    "cache_dtype": dict(choices=sorted(DTYPES), help="storage dtype of cached logits (default: fp32 for one "
-                        "un-augmented view, fp16 for augmented views)"),
-    "cache_topk": dict(type=int, help="store only the top-k teacher log-probabilities per view, the rest of the "
-                       "mass spread evenly (large label spaces; default: full logits)"),
-    "augment": dict(choices=list(AUGMENTS), help="augmentation of the students' (and by default the teacher's) "
-                    "training images (default: %(default)s)"),
-    "teacher_augment": dict(choices=list(AUGMENTS), help="the teacher's training augmentation (default: --augment)"),
-    "teacher_mode": dict(choices=["cache", "fixed", "online"],
-                         help="soft targets of an augmented student: cache (K stored views, the student sees the "
-                              "teacher's view), fixed (one clean view: inconsistent), online (teacher every step) "
-                              "(default: %(default)s)"),
-    "views": dict(type=int, help="augmented views per image in the cache; epoch e uses view e mod K "
-                  "(default: one per epoch)"),
-    "augment_seed": dict(type=int, help="seed of the cache's augmented views (default: %(default)s)"),
-    "limit_train": dict(type=int, help="use only the first N training samples (smoke tests)"),
-    "limit_test": dict(type=int, help="use only the first N test samples (smoke tests)"),
-    "mixed_precision": dict(choices=["no", "fp16", "bf16"], help="override Accelerate's mixed precision"),
-    "grad_accum": dict(type=int, help="micro-batches per optimizer step, via accelerator.accumulate (default: %(default)s)"),
-    "checkpoint_every": dict(help="save resumable state every N optimizer steps, or 'epoch' (default: off)"),
-    "keep_checkpoints": dict(type=int, help="how many checkpoints to keep per phase (default: %(default)s)"),
-    "channels_last": dict(action=argparse.BooleanOptionalAction,
-                          help="channels-last memory format for conv/BN (same math; default: %(default)s)"),
-    "compile": dict(action="store_true", help="torch.compile the models (Accelerate's dynamo backend 'inductor')"),
-    "hint_mode": dict(choices=["two-stage", "joint"], help="FitNets: hint stage then KD, or both at once (default: %(default)s)"),
-    "hint_epochs": dict(type=int, help="FitNets two-stage: epochs of hint regression (default: %(default)s)"),
-    "hint_beta": dict(type=float, help="FitNets joint: weight of the hint loss (default: %(default)s)"),
-    "train_subset": dict(type=int, help="students see hard labels of a fixed class-balanced subset of N samples only"),
-    "soft_targets": dict(choices=["all", "subset"], help="with --train-subset: soft targets on the whole set or the subset (default: %(default)s)"),
-    "resume": dict(help="'latest' (the run folder's newest checkpoint, or a fresh start) or a checkpoint folder"),
-    "report_to": dict(choices=list(REPORT_TO), help="log losses, lr and accuracy per phase to Accelerate trackers; "
-                      "'all': every one installed (default: %(default)s)"),
-}
-# say the per-data-set defaults in --help: "(default: 4.0)" -> "(default: 4.0; 2.0 for fashion-mnist)"
-for _dataset, _values in DATASET_DEFAULTS.items():
-    for _name, _value in _values.items():
-        FLAGS[_name]["help"] = FLAGS[_name]["help"][:-1] + f"; {_value} for {_dataset})"
 
 
-def build_parser(description, flags, extra=None):
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="recipe defaults: 'notebook' reproduces the notebook (default: %(default)s)")
-    defaults = Config()
-    for name in flags:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=getattr(defaults, name), **FLAGS[name])
-    if extra:
-        extra(parser)
+def flag_fields(group):
+    """[(dest, dataclasses.Field, python type)] of one group, in declaration order."""
+    cls, prefix = GROUPS[group]
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        out.append((prefix + f.name, f, args[0] if args else kind))
+    return out
+
+
+def _help(f, default, dest, per_dataset, prefix):
+    meta = f.metadata
+    text = meta["help"]
+    shown = meta.get("default_text") or (None if default is None else "%(default)s")
+    if prefix == "teacher_":  # the teacher's recipe: say so, and that None follows the students' flag
+        text = "the teacher's " + text
+        shown = shown if default is not None else f"--{f.name.replace('_', '-')}"
+    extra = "; ".join(f"{v} for {ds}" for ds, v in per_dataset.get(dest, {}).items())
+    if shown:
+        text += f" (default: {shown}{'; ' + extra if extra else ''})"
+    return text
+
+
+def add_flags(parser, groups, choices=None, types=None, defaults=None, only=None):
+    """Add the flags of `groups` ({Config field: flag prefix or None for the group's own}) to an
+    argparse parser: all of them, or those whose dest is in `only`. `choices` / `types` ({dest:
+    ...}) come from the registries, which only the command-line builder knows; `defaults`
+    overrides declared defaults by dest."""
+    choices, types, defaults = choices or {}, types or {}, defaults or {}
+    per_dataset = {}
+    for ds, values in DATASET_DEFAULTS.items():
+        for dest, v in values.items():
+            per_dataset.setdefault(dest, {})[ds] = v
+    for group, prefix in groups.items():
+        base = group_default(group)
+        own = GROUPS[group][1] if prefix is None else prefix
+        for dest, f, kind in flag_fields(group):
+            dest = own + f.name
+            if only is not None and dest not in only:
+                continue
+            default = defaults.get(dest, getattr(base, f.name))
+            kw = {k: v for k, v in f.metadata.items() if k in ("choices", "metavar")}
+            if dest in choices:
+                kw["choices"] = choices[dest]
+            if kind is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = types.get(dest, kind)
+            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=default,
+                                help=_help(f, default, dest, per_dataset, own), **kw)
     return parser
 
 
-def parse(parser, argv=None):
-    """Parse with the data set's, then the preset's defaults under the explicit flags; validate."""
-    pre, _ = parser.parse_known_args(argv)
-    dataset_defaults = DATASET_DEFAULTS.get(getattr(pre, "dataset", None), {})
-    parser.set_defaults(**{**dataset_defaults, **PRESETS[pre.preset]})
-    args = vars(parser.parse_args(argv))
-    fields = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: v for k, v in args.items() if k in fields})
-    validate(cfg)
-    return cfg, args
+ALL_GROUPS = {group: None for group in GROUPS}
 
 
-# Beyond this a run only fails later as "non-finite loss" (lr=1e3 blows Adam's weights up), so
-# it is refused up front, as is a temperature outside losses.TEMPERATURE_RANGE.
-MAX_LR = 10.0
+def from_args(args, groups=ALL_GROUPS):
+    """A Config from parsed flags (a dict by dest) of `groups` (as add_flags got them); the
+    groups without flags keep their defaults."""
+    parts = {}
+    for group, prefix in groups.items():
+        values = {}
+        for dest, f, _ in flag_fields(group):
+            dest = (prefix + f.name) if prefix is not None else dest
+            if dest in args:
+                values[f.name] = args[dest]
+        parts[group] = dataclasses.replace(group_default(group), **values)
+    return Config(**parts, preset=args.get("preset", "default"))
 
 
-def validate(cfg):
-    """One clear line per bad value, before any work starts."""
-    for f in dataclasses.fields(cfg):  # inf and nan slip through every comparison below
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise KDError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-    if not cfg.temperature > 0:
-        raise KDError(f"--temperature must be > 0, got {cfg.temperature}")
-    lo, hi = TEMPERATURE_RANGE
-    if not lo <= cfg.temperature <= hi:
-        raise KDError(f"--temperature must be between {lo:g} and {hi:g}, got {cfg.temperature:g}")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise KDError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
-    for name in ("epochs", "teacher_epochs", "batch_size", "grad_accum", "keep_checkpoints", "hint_epochs"):
-        if getattr(cfg, name) < 1:
-            raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("lr", "teacher_lr"):
-        if not getattr(cfg, name) > 0:
-            raise KDError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-        if getattr(cfg, name) > MAX_LR:
-            raise KDError(f"--{name.replace('_', '-')} must be at most {MAX_LR:g} (Adam learning rate), "
-                          f"got {getattr(cfg, name):g}")
-    if cfg.cache_topk is not None and cfg.cache_topk < 1:
-        raise KDError(f"--cache-topk must be >= 1, got {cfg.cache_topk}")
-    if not cfg.hint_beta >= 0:
-        raise KDError(f"--hint-beta must be >= 0, got {cfg.hint_beta}")
-    for name in ("limit_train", "limit_test", "views"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise KDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    parse_every(cfg.checkpoint_every)
-    resolve_trackers(cfg.report_to)  # a tracker that is not installed: one line, before any work
-    if cfg.resume not in (None, "latest") and not os.path.isdir(cfg.resume):
-        raise KDError(f"--resume: checkpoint folder not found: {cfg.resume}")
-    if cfg.teacher and os.path.isdir(cfg.teacher):
-        raise KDError(f"--teacher {cfg.teacher} is a folder; give the teacher checkpoint file (teacher.safetensors)")
-    if cfg.teacher and not os.path.isfile(cfg.teacher):
-        raise KDError(f"teacher checkpoint not found: {cfg.teacher}")
-    if cfg.data_dir and not os.path.isdir(cfg.data_dir):
-        raise KDError(f"data dir not found: {cfg.data_dir}")
+def from_flags(**flags):
+    """A Config as the command line would give it for these flags (by dest: epochs=1,
+    teacher_epochs=2, ...), without parsing, defaults layering or checks: for code and tests."""
+    known = {dest for group in GROUPS for dest, _, _ in flag_fields(group)} | {"preset"}
+    unknown = set(flags) - known
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return from_args(flags)
+
+
+def with_flags(cfg, **flags):
+    """`cfg` with some settings changed, named by flag dest (epochs=..., teacher_lr=...)."""
+    where = {dest: (group, f.name) for group in GROUPS for dest, f, _ in flag_fields(group)}
+    unknown = set(flags) - set(where)
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    parts = {}
+    for dest, value in flags.items():
+        group, name = where[dest]
+        parts.setdefault(group, {})[name] = value
+    return dataclasses.replace(cfg, **{g: dataclasses.replace(getattr(cfg, g), **v) for g, v in parts.items()})
+
+
+def layered_defaults(dataset, preset):
+    """The defaults under explicit flags, by dest: the data set's measured ones, then the preset's."""
+    return {**DATASET_DEFAULTS.get(dataset, {}), **PRESETS[preset]}
+
+
+def check_setting(group, name, value, flag=None):
+    """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
+    f = {f.name: f for f in dataclasses.fields(GROUPS[group][0])}[name]
+    flag = flag or "--" + (GROUPS[group][1] + name).replace("_", "-")
+    meta = f.metadata
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):  # inf and nan slip through every comparison
+        raise ValueError(f"{flag} must be a finite number, got {value}")
+    low, high = meta.get("low"), meta.get("high")
+    if meta.get("positive") and not value > 0:
+        raise ValueError(f"{flag} must be > 0, got {value:g}")
+    if low is not None and high is not None and not low <= value <= high:
+        raise ValueError(f"{flag} must be between {low:g} and {high:g}, got {value:g}")
+    if low is not None and not value >= low:
+        raise ValueError(f"{flag} must be >= {low:g}, got {value:g}")
+    if high is not None and not value <= high:
+        raise ValueError(f"{flag} must be at most {high:g}, got {value:g}")
+
+
+def check_bounds(cfg, groups=ALL_GROUPS):
+    """Every setting of `cfg` within its declared bounds (ValueError, one line, naming the flag
+    as `groups` spells it: train_teacher.py's --epochs is the teacher's)."""
+    for group, prefix in groups.items():
+        own = GROUPS[group][1] if prefix is None else prefix
+        for f in dataclasses.fields(GROUPS[group][0]):
+            check_setting(group, f.name, getattr(getattr(cfg, group), f.name), "--" + (own + f.name).replace("_", "-"))

@@ -28,8 +28,7 @@ def evaluate(accelerator, model, split, batch_size=None):
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
     for batch in loader:
-        out = model(to_float(batch["images"], split.norm))
-        preds = (out[0] if isinstance(out, tuple) else out).argmax(dim=-1)  # FitNetStudent: (logits, hint)
+        preds = model(to_float(batch["images"], split.norm)).argmax(dim=-1)
         preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
         correct += (preds == labels).sum()
         total += len(labels)

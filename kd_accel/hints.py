@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import KD_LOSSES
+from .losses import KD_LOSSES, loss_name
 
 
 class FitNetStudent(nn.Module):
@@ -23,7 +23,12 @@ class FitNetStudent(nn.Module):
         self.regressor = nn.Conv2d(channels, channels, kernel_size=1)
 
     def forward(self, x):
+        """Training: (logits, regressed features), for the joint objective. Evaluation: the
+        logits alone, as the student gives them (as torchvision's Inception drops its auxiliary
+        logits in eval mode), so evaluation needs to know nothing of hints."""
         feats = self.student.features(x)
+        if not self.training:
+            return self.student.head(feats)
         return self.student.head(feats), self.regressor(feats)
 
     def hint_stage(self):
@@ -58,7 +63,7 @@ def joint_objective(hint, kind, temperature, alpha, beta):
     """KD from the cache plus beta x the hint regression, in one stage."""
 
     def objective(out, batch):
-        parts = KD_LOSSES[kind](out[0], batch["labels"], batch["teacher_logits"], temperature, alpha,
+        parts = KD_LOSSES[loss_name(kind)](out[0], batch["labels"], batch["teacher_logits"], temperature, alpha,
                                 label_mask=batch.get("label_mask"))
         h = F.mse_loss(out[1].float(), hint(batch["x"]))
         return {**parts, "loss": parts["loss"] + beta * h, "hint": h}

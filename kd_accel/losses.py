@@ -52,9 +52,6 @@ def notebook_mse_loss(student_logits, labels, teacher_logits, temperature, alpha
 
 
 KD_LOSSES = {"hinton": hinton_kd_loss, "notebook-mse": notebook_mse_loss}
-# Sane temperatures: below, softmax(s/T) overflows (T=1e-40 gives a non-finite loss); far above,
-# every target is uniform. Checked for --temperature (config) and for compare's variants (study).
-TEMPERATURE_RANGE = (0.01, 1000.0)
 
 # old names still accepted wherever a loss is named (--kd-loss, compare's --variants, stamps)
 LOSS_ALIASES = {"seed-mse": "notebook-mse"}

@@ -2,6 +2,7 @@
 
 Progress bars are drawn only on the main process and only on a terminal; in a log file (CI,
 SLURM) each epoch is one plain line instead of thousands of redraws."""
+import platform
 import sys
 from contextlib import contextmanager
 
@@ -57,3 +58,31 @@ def summary_table(metrics):
 def print_summary(accelerator, metrics):
     if accelerator.is_main_process:
         Console().print(summary_table(metrics))
+
+
+def experiment_metrics(accelerator, cfg, train, test, teacher, student, baseline, cache):
+    """metrics.json of distill.py: each model's result, the gain over the baseline, where the soft
+    targets came from, and the software and processes that produced them."""
+    import torch
+
+    from . import __version__
+
+    k, aug = cfg.kd, cfg.student.augment
+    note = f"{k.kd_loss} T={k.temperature:g} alpha={k.alpha:g}" + (
+        f", augment {aug}, teacher {k.teacher_mode}" if aug != "none" else "")
+    return {
+        "dataset": cfg.data.dataset,
+        "run_dir": str(cfg.run_dir),
+        "num_train": len(train),
+        "num_test": len(test),
+        "teacher": teacher,
+        "student": {**student, "note": note},
+        "baseline": baseline and {**baseline, "note": "hard labels only" + (f", augment {aug}" if aug != "none" else "")},
+        "gain_over_baseline": baseline and student["test_accuracy"] - baseline["test_accuracy"],
+        "cache": cache,
+        "environment": {
+            "kd_accel": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "processes": accelerator.num_processes, "device": str(accelerator.device),
+            "mixed_precision": accelerator.mixed_precision,
+        },
+    }

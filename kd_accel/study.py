@@ -8,95 +8,126 @@ from dataclasses import dataclass
 import torch
 
 from .augment import SPECS as AUGMENTS
+from .config import check_setting
 from .errors import KDError
-from .losses import TEMPERATURE_RANGE, loss_name
+from .io import atomic_path, write_json
+from .losses import loss_name
+from .pipeline import train_fitnet_student, train_student
 from .stats import mean, paired_ci, std
+from .teaching import cache_views, resolve_soft_targets
+
+
+@dataclass(frozen=True)
+class Hints:
+    """FitNets: hint stage then KD ('two-stage', `epochs` of hints) or both at once ('joint',
+    the hint loss weighted by `beta`)."""
+
+    mode: str = "two-stage"
+    epochs: int = 2
+    beta: float = 1.0
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One kind of student: 'baseline' (hard labels), or a KD loss with its T and alpha; either
-    with its own augmentation (and, distilled, where its soft targets come from) when given."""
+    """One kind of student in a comparison, as a record: 'baseline' (hard labels), a KD loss
+    ('hinton', 'notebook-mse') with its T and alpha, or 'fitnets' (hints + Hinton KD); each with
+    its own augmentation and, distilled, the source of its soft targets when given (None: the
+    run's)."""
 
-    name: str
-    kd_loss: str = None
+    kind: str
     temperature: float = None
     alpha: float = None
-    hints: dict = None  # FitNets: {"hint_mode", "hint_epochs", "hint_beta"}
-    views: dict = None  # {"augment", "teacher_mode", "views"}: those given, overriding the run's
+    hints: Hints = None
+    augment: str = None
+    teacher_mode: str = None
+    views: int = None
 
     @property
     def distilled(self):
-        return self.kd_loss is not None
+        return self.kind != "baseline"
+
+    @property
+    def kd_loss(self):
+        return {"baseline": None, "fitnets": "hinton"}.get(self.kind, self.kind)
+
+    @property
+    def name(self):
+        """The name tables, plots and checkpoint folders use (stable: published results use it)."""
+        suffix = "".join(f" {key}={value}" for key, value in (("augment", self.augment),
+                         ("teacher", self.teacher_mode), ("K", self.views)) if value is not None)
+        if not self.distilled:
+            return "baseline" + suffix
+        kd = f"T={self.temperature:g} a={self.alpha:g}{suffix}"
+        if self.hints is None:
+            return f"{self.kind} {kd}"
+        how = f"{self.hints.epochs} hint epochs" if self.hints.mode == "two-stage" else f"joint beta={self.hints.beta:g}"
+        return f"fitnets ({how}) {kd}"
 
     def apply(self, cfg):
-        cfg = dataclasses.replace(cfg, **(self.views or {}))
-        if not self.distilled:
-            return cfg
-        return dataclasses.replace(cfg, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
-                                   **(self.hints or {}))
+        """The run's Config with this variant's settings."""
+        student = cfg.student if self.augment is None else dataclasses.replace(cfg.student, augment=self.augment)
+        kd = cfg.kd
+        if self.distilled:
+            kd = dataclasses.replace(kd, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
+                                     **({"teacher_mode": self.teacher_mode} if self.teacher_mode else {}),
+                                     **({"views": self.views} if self.views else {}))
+        if self.hints:
+            kd = dataclasses.replace(kd, hint_mode=self.hints.mode, hint_epochs=self.hints.epochs,
+                                     hint_beta=self.hints.beta)
+        return dataclasses.replace(cfg, student=student, kd=kd)
 
 
 _SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$")  # seed-mse: old name
-_HINT_KEYS = {"mode": ("hint_mode", str), "beta": ("hint_beta", float), "hint_epochs": ("hint_epochs", int)}
-# augmentation keys, for every kind (teacher and K only for distilled ones)
-_VIEW_KEYS = {"augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int)}
+# spec key -> (Variant field or Hints field, type, kinds that take it)
+_KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a": ("alpha", float),
+         "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int)}
+_HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("beta", float)}
 _TEACHER_MODES = ("cache", "fixed", "online")
 
 
-def _views_suffix(views):
-    """' augment=shift teacher=cache K=20' for the keys given, in a fixed order."""
-    return "".join(f" {key}={views[field]}" for key, (field, _) in _VIEW_KEYS.items() if field in views)
-
-
 def parse_variant(spec, cfg):
-    """'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9', 'notebook-mse' (the
-    notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless given),
-    'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton KD).
-    Any of them may add augment=NAME, and a distilled one teacher=cache|fixed|online and K=views,
-    e.g. 'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'."""
+    """A Variant from its spec: 'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9',
+    'notebook-mse' (the notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless
+    given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
+    KD). Any may add augment=NAME, a distilled one teacher=cache|fixed|online and K=views, e.g.
+    'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'."""
     m = _SPEC.match(spec)
     if not m:
         raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], notebook-mse[:...] or fitnets[:...]")
     kind, args = loss_name(m.group(1)), m.group(2)
-    t, a = (1.5, 0.6) if kind == "notebook-mse" else (cfg.temperature, cfg.alpha)
-    hints = {"hint_mode": cfg.hint_mode, "hint_epochs": cfg.hint_epochs, "hint_beta": cfg.hint_beta}
-    views = {}
+    k = cfg.kd
+    values = dict(zip(("temperature", "alpha"), (1.5, 0.6) if kind == "notebook-mse" else (k.temperature, k.alpha)))
+    hints = {"mode": k.hint_mode, "epochs": k.hint_epochs, "beta": k.hint_beta}
     for part in filter(None, (args or "").split(",")):
         key, _, val = (x.strip() for x in part.partition("="))
         try:
-            if key in _VIEW_KEYS and (kind != "baseline" or key == "augment"):
-                field, cast = _VIEW_KEYS[key]
-                views[field] = cast(val)
-            elif kind == "baseline":
-                raise ValueError
-            elif key in ("T", "temperature"):
-                t = float(val)
-            elif key in ("a", "alpha"):
-                a = float(val)
-            elif kind == "fitnets" and key in _HINT_KEYS:
+            if key in _KEYS and (kind != "baseline" or key == "augment"):
+                field, cast = _KEYS[key]
+                values[field] = cast(val)
+            elif key in _HINT_KEYS and kind == "fitnets":
                 field, cast = _HINT_KEYS[key]
                 hints[field] = cast(val)
             else:
                 raise ValueError
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
-    if views.get("augment", "none") not in AUGMENTS or views.get("teacher_mode", "cache") not in _TEACHER_MODES \
-            or views.get("views", 1) < 1:
+    if values.get("augment", "none") not in AUGMENTS or values.get("teacher_mode", "cache") not in _TEACHER_MODES \
+            or values.get("views", 1) < 1:
         raise KDError(f"bad variant {spec!r}: augment is one of {', '.join(AUGMENTS)}, teacher one of "
                       f"{', '.join(_TEACHER_MODES)}, K >= 1")
-    suffix = _views_suffix(views)
     if kind == "baseline":
-        return Variant("baseline" + suffix, views=views or None)
-    lo, hi = TEMPERATURE_RANGE
-    if not lo <= t <= hi or not 0 <= a <= 1 or not 0 <= hints["hint_beta"] < float("inf"):  # nan fails each
-        raise KDError(f"bad variant {spec!r}: need {lo:g} <= T <= {hi:g}, 0 <= alpha <= 1 and beta >= 0")
+        return Variant("baseline", augment=values.get("augment"))
+    try:  # the bounds --temperature, --alpha and --hint-beta have (config.py)
+        check_setting("kd", "temperature", values["temperature"], f"bad variant {spec!r}: T")
+        check_setting("kd", "alpha", values["alpha"], f"bad variant {spec!r}: alpha")
+        check_setting("kd", "hint_beta", hints["beta"], f"bad variant {spec!r}: beta")
+    except ValueError as e:
+        raise KDError(str(e)) from None
     if kind != "fitnets":
-        return Variant(f"{kind} T={t:g} a={a:g}{suffix}", kind, t, a, views=views or None)
-    if hints["hint_mode"] not in ("two-stage", "joint") or hints["hint_epochs"] < 1:
+        return Variant(kind, **values)
+    if hints["mode"] not in ("two-stage", "joint") or hints["epochs"] < 1:
         raise KDError(f"bad variant {spec!r}: mode is two-stage or joint, hint_epochs >= 1")
-    how = f"{hints['hint_epochs']} hint epochs" if hints["hint_mode"] == "two-stage" else f"joint beta={hints['hint_beta']:g}"
-    return Variant(f"fitnets ({how}) T={t:g} a={a:g}{suffix}", "hinton", t, a, hints, views or None)
+    return Variant(kind, hints=Hints(**hints), **values)
 
 
 def summarize(runs, baseline="baseline"):
@@ -127,17 +158,15 @@ def markdown_table(summary, title=""):
     return "\n".join(lines) + "\n"
 
 
-_HINTON = re.compile(r"^hinton T=([0-9.e+-]+) a=([0-9.e+-]+)$")
-
-
-def grid_matrix(summary):
-    """The Hinton cells of a comparison as a T x alpha matrix of 'gain (p)' in markdown, or ''
-    when fewer than two such cells were run. Bold: significant at 5% (paired t)."""
+def grid_matrix(summary, variants):
+    """The plain Hinton variants of a comparison (no hints, no augmentation keys) as a T x alpha
+    matrix of 'gain (p)' in markdown, or '' when fewer than two such cells were run. Bold:
+    significant at 5% (paired t)."""
     cells = {}
-    for name, r in summary.items():
-        m = _HINTON.match(name)
-        if m and "gain" in r:
-            cells[float(m.group(1)), float(m.group(2))] = r["gain"]
+    for v in variants:
+        plain = v.kind == "hinton" and v.augment is None and v.teacher_mode is None and v.views is None
+        if plain and "gain" in summary.get(v.name, {}):
+            cells[v.temperature, v.alpha] = summary[v.name]["gain"]
     if len(cells) < 2:
         return ""
     ts, alphas = sorted({t for t, _ in cells}), sorted({a for _, a in cells})
@@ -173,8 +202,6 @@ def plot_curves(runs, path, title=""):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from .io import atomic_path
-
     shown = curve_variants(runs)
     if len(shown) < len(runs):
         title += f" (baseline + best {len(shown) - 1} of {len(runs) - 1})"
@@ -216,8 +243,6 @@ def plot_temperature(rows, num_classes, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from .io import atomic_path
-
     ts = [r["T"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
     ax1.plot(ts, [r["mean_entropy"] for r in rows], "o-", color="C0", label="mean entropy (nats)")
@@ -234,3 +259,96 @@ def plot_temperature(rows, num_classes, path):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+# compare.py: the seed x variant loop, and what it writes
+
+
+def add_comparison_flags(parser):
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    parser.add_argument("--variants", nargs="+", default=["baseline", "hinton", "notebook-mse"],
+                        help="baseline, hinton[:T=..,alpha=..], notebook-mse[:T=..,alpha=..] (old name: seed-mse), "
+                             "fitnets[:...]; each may add augment=NAME and, distilled, teacher=cache|fixed|online, "
+                             "K=VIEWS (default: %(default)s)")
+    parser.add_argument("--reference", help="the variant gains are measured against, as the table names it "
+                                            "(default: the first baseline listed)")
+
+
+def variants_from_flags(specs, reference, cfg):
+    """(variants, reference name): a plain baseline is added when none is listed."""
+    variants = [parse_variant(v, cfg) for v in specs]
+    if not any(not v.distilled for v in variants):
+        variants.insert(0, Variant("baseline"))
+    names = [v.name for v in variants]
+    reference = reference or next(v.name for v in variants if not v.distilled)
+    if reference not in names:
+        raise KDError(f"--reference {reference!r} is not one of the variants: {', '.join(names)}")
+    return variants, reference
+
+
+def comparison_label(variant, seed):
+    """compare.py's phase label (and checkpoint/output subfolder) of one variant and seed."""
+    return "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant.name) + f"/seed{seed}"
+
+
+def comparison_phases(cfg, variants, seeds):
+    """Every phase a comparison runs, in order (what --resume PATH may name)."""
+    phases = ["teacher"] * (not cfg.run.teacher)
+    for seed in seeds:
+        for v in variants:
+            hint_stage = v.hints is not None and v.hints.mode == "two-stage"
+            phases += [f"{comparison_label(v, seed)} hints"] * hint_stage + [comparison_label(v, seed)]
+    return phases
+
+
+def run_comparison(accelerator, cfg, variants, seeds, train, test, teacher_path, teacher):
+    """Train every variant for every seed (seeds outer: a stopped comparison has whole seeds).
+    The soft targets are resolved once per kind (one cache per augmentation and K, or the online
+    teacher) and shared. Returns {variant name: {seed: info}}."""
+    sources, fp = {}, teacher["fingerprint"]
+
+    def soft_targets(vcfg):
+        spec, views = cache_views(vcfg)
+        key = (vcfg.kd.teacher_mode, spec.describe(), views)
+        if key not in sources:
+            sources[key] = resolve_soft_targets(accelerator, vcfg, teacher_path, fp, train)[:2]
+        return sources[key]
+
+    runs = {v.name: {} for v in variants}
+    for seed in seeds:
+        for v in variants:
+            vcfg = v.apply(cfg)
+            vcfg = dataclasses.replace(vcfg, run=dataclasses.replace(vcfg.run, seed=seed))
+            label = comparison_label(v, seed)
+            soft, online = soft_targets(vcfg) if v.distilled else (None, None)
+            if v.hints:
+                info = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, soft, label, fp, online)
+            else:
+                info = train_student(accelerator, vcfg, train, test, soft, label, fp, online)
+            runs[v.name][seed] = info
+            accelerator.print(f"{v.name} seed {seed}: {info['test_accuracy']:.2f}%", flush=True)
+    return runs
+
+
+def write_comparison(accelerator, cfg, variants, reference, runs, teacher):
+    """results.json, results.md (table and, for a Hinton grid, the T x alpha matrix) and
+    results.png in the run folder; the table printed. Main process only."""
+    summary = summarize(runs, reference)
+    d = cfg.data
+    title = f"{d.dataset}, {cfg.student.epochs} epochs ({cfg.student.schedule} lr), teacher " \
+            f"{teacher['test_accuracy']:.2f}%" + (
+                f", {d.train_subset} labelled samples (soft targets: {cfg.kd.soft_targets})" if d.train_subset else "")
+    table = markdown_table(summary, title)
+    grid = grid_matrix(summary, variants)
+    table += "\n" + grid if grid else ""
+    if not accelerator.is_main_process:
+        return
+    write_json(cfg.run_dir / "results.json", {"config": cfg.to_json(), "teacher": teacher, "reference": reference,
+                                              "summary": summary,
+                                              "runs": {k: {str(s): r for s, r in v.items()} for k, v in runs.items()}})
+    with atomic_path(cfg.run_dir / "results.md") as tmp:
+        tmp.write_text(table)
+    plotted = plot_curves(runs, cfg.run_dir / "results.png", title)
+    print(table)
+    print(f"wrote {cfg.run_dir}/results.json, results.md" + (", results.png" if plotted else
+          " (no plot: pip install -e '.[plots]' for matplotlib)"))

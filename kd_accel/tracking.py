@@ -36,10 +36,16 @@ def resolve(report_to):
     return [report_to]
 
 
-def hyperparameters(values):
-    """The resolved configuration as trackers take it: scalars and strings only (None -> 'none')."""
-    return {k: v if isinstance(v, (bool, int, float, str)) else "none" if v is None else str(v)
-            for k, v in values.items()}
+def hyperparameters(values, prefix=""):
+    """The resolved configuration as trackers take it: flat ('student.epochs'), scalars and
+    strings only (None -> 'none')."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(hyperparameters(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (bool, int, float, str)) else "none" if v is None else str(v)
+    return out
 
 
 _OPEN = []  # the script's Accelerator, until end() closes it

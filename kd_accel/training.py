@@ -15,7 +15,7 @@ from .data import make_loader, to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
 from .evaluation import evaluate
-from .losses import KD_LOSSES, ce_loss
+from .losses import KD_LOSSES, ce_loss, loss_name
 from .reporting import progress_bar
 from .tracking import PhaseLog
 
@@ -43,7 +43,7 @@ def make_objective(kind, temperature=None, alpha=None):
     """'ce' for hard labels only; 'hinton' or 'notebook-mse' for distillation from the cache."""
     if kind == "ce":
         return hard_label_objective
-    return partial(kd_objective, kind=kind, temperature=temperature, alpha=alpha)
+    return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha)
 
 
 def online_objective(teacher, objective):
@@ -104,10 +104,12 @@ def check_finite_weights(model, label, step):
                       "stopped, nothing saved")
 
 
-def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ckpt_dir=None, settings=None,
+def fit(accelerator, model, train_columns, test_split, recipe, run, objective, label, ckpt_dir=None, settings=None,
         inputs=None, epoch_columns=None):
     """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
-    for cfg.epochs; evaluate on `test_split` after each epoch. Returns (model, history).
+    with `recipe` (config.Recipe: epochs, batch size, lr, schedule) under `run` (config.Run:
+    seed, checkpointing, resume, memory format); evaluate on `test_split` after each epoch.
+    Returns (model, history).
 
     inputs(batch) -> the model's float input (default: images scaled to [0, 1]); with augmentation
     it builds each sample's view from the batch's "aug_params". epoch_columns(epoch) -> columns
@@ -116,7 +118,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
     gets the same ones.
 
     The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop.
-    cfg.batch_size is per process and per micro-batch: a step sees
+    recipe.batch_size is per process and per micro-batch: a step sees
     batch_size * grad_accum * num_processes samples."""
     # The whole (small) data set and cache live on the training device: a batch is one gather
     # there, with no host-to-device copy per step. On CPU this is a no-op (a memory-mapped
@@ -125,28 +127,26 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
     # teacher into the student's checkpoints, and load_state would restore them out of order.
     accelerator.free_memory()
     train_columns = {k: v.to(accelerator.device) for k, v in train_columns.items()}
-    loader = make_loader(train_columns, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    loader = make_loader(train_columns, recipe.batch_size, shuffle=True, seed=run.seed)
     dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
     inputs = inputs or (lambda batch: to_float(batch["images"]))
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # same math, faster conv/BN kernels on CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
     # per process on each optimizer step and not at all on accumulation micro-steps.
-    total_steps = cfg.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, total_steps))
+    total_steps = recipe.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.schedule, total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    every = parse_every(getattr(cfg, "checkpoint_every", None))
-    keep = getattr(cfg, "keep_checkpoints", 3)
-    log_every = LOG_EVERY
+    every, keep, log_every = parse_every(run.checkpoint_every), run.keep_checkpoints, LOG_EVERY
 
     history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
     # `settings` (pipeline.phase_settings) is stamped on every checkpoint with the phase label and
     # run, and must match on resume: no phase continues another's weights or another recipe.
-    resume = find_resume(getattr(cfg, "resume", None), ckpt_dir, label) if ckpt_dir else None
+    resume = find_resume(run.resume, ckpt_dir, label) if ckpt_dir else None
     if resume:
         resume, p = load_checkpoint(accelerator, resume, label, settings, accelerator.print)
         history, epoch0, pos0, global_step = p["history"], p["epoch"], p["position"], p["global_step"]
@@ -163,13 +163,13 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
         watch.check()  # never save weights a NaN has already touched
         log.flush()  # what a resume from here continues is logged up to here
         check_finite_weights(model, label, global_step)
-        progress = {"phase": label, "run": str(cfg.run_dir), "settings": settings,
+        progress = {"phase": label, "run": str(run.run_dir), "settings": settings,
                     "epoch": epoch, "position": position, "global_step": global_step, "history": history,
                     "elapsed_s": elapsed0 + time.perf_counter() - start,
                     "sums": {k: float(v) for k, v in sums.items()} | {"_steps": steps}}
         save_checkpoint(accelerator, ckpt_dir, global_step, progress, keep)
 
-    for epoch in range(epoch0, cfg.epochs):
+    for epoch in range(epoch0, recipe.epochs):
         model.train()
         if epoch_columns:
             # [N, ...] tensors aligned with the others: gathered by the same sample index
@@ -185,7 +185,7 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
         steps = carried.get("_steps", 0) if epoch == epoch0 else 0
         carried = {}
         epoch_start, seen = time.perf_counter(), 0
-        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{cfg.epochs}", len(loader)) as advance:
+        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{recipe.epochs}", len(loader)) as advance:
             advance(position)
             for batch in batches:
                 with accelerator.accumulate(model):
@@ -230,8 +230,8 @@ def fit(accelerator, model, train_columns, test_split, cfg, objective, label, ck
                   samples_per_s=seen * accelerator.num_processes / max(epoch_time, 1e-9))
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
         acc_txt = f" test_acc={entry['test_accuracy']:.2f}%" if "test_accuracy" in entry else ""
-        accelerator.print(f"{label} epoch {epoch + 1}/{cfg.epochs}: {parts_txt}{acc_txt}", flush=True)
-        if every and ckpt_dir and epoch + 1 < cfg.epochs:
+        accelerator.print(f"{label} epoch {epoch + 1}/{recipe.epochs}: {parts_txt}{acc_txt}", flush=True)
+        if every and ckpt_dir and epoch + 1 < recipe.epochs:
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start
     return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}

@@ -23,7 +23,7 @@ def _fit_student(accelerator, images, labels, logits, cfg):
 
     torch.manual_seed(0)
     split = Split("mnist", "train", images, labels, 10)
-    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg,
+    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg.student, cfg.run,
                    make_objective("hinton", gpu.T, gpu.ALPHA), "student")
     return model.state_dict()
 
@@ -41,12 +41,12 @@ def _resident_student(images, labels, logits, seed=0):
 def test_resident_step_is_fits_step(accelerator, mnist_dir):
     """The GPU script's kd_accel step (data resident, gathered by the epoch permutation) trains
     the same weights as training.fit on the same data, seed and loss: it measures kd_accel's math."""
-    from kd_accel.config import Config
+    from kd_accel.config import from_flags
     from kd_accel.data import load_split
 
     train = load_split("mnist", "train", mnist_dir).subset(500)
     logits = torch.randn(len(train), 10, generator=torch.Generator().manual_seed(1)) * 5
-    cfg = dataclasses.replace(Config(), epochs=1, batch_size=gpu.BATCH, schedule="constant", lr=gpu.LR, seed=0)
+    cfg = from_flags(epochs=1, batch_size=gpu.BATCH, schedule="constant", lr=gpu.LR, seed=0)
     want = _fit_student(accelerator, train.images, train.labels, logits, cfg)
     got, sums, steps = _resident_student(train.images, train.labels, logits)
     assert steps == 5

@@ -285,7 +285,7 @@ def test_distill_runs_end_to_end_on_cifar_files(cifar, tmp_path, reset_accelerat
     assert cache["params"][:, :, :2].abs().max() <= 4  # pad-4 crops
     teacher, meta = load_model(out / "teacher.safetensors", "teacher")
     assert meta["input_shape"] == "3,32,32"
-    assert json.loads((out / "config.json").read_text())["augment"] == "crop-flip"
+    assert json.loads((out / "config.json").read_text())["student"]["augment"] == "crop-flip"
 
 
 def test_an_mnist_teacher_given_for_cifar_is_refused_in_one_line(cifar, tiny_teacher, tmp_path, reset_accelerate):

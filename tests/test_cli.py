@@ -12,11 +12,11 @@ import torch.distributed as dist
 
 from conftest import ROOT
 from kd_accel import cli
-from kd_accel.config import Config
+from kd_accel.config import TEACHER, Recipe
 from kd_accel.errors import KDError, run_cli
 
 SCRIPTS = {  # launch script -> (its main, a bad flag, the words of its one error line)
-    "distill.py": (cli.distill_main, ["--temperature", "0"], "--temperature must be > 0"),
+    "distill.py": (cli.distill_main, ["--temperature", "0"], "--temperature must be between 0.01 and 1000, got 0"),
     "train_teacher.py": (cli.train_teacher_main, ["--epochs", "0"], "--epochs must be >= 1"),
     "precompute_logits.py": (cli.precompute_main, [], "needs --teacher PATH"),
     "compare.py": (cli.compare_main, ["--variants", "mse"], "bad variant 'mse'"),
@@ -41,7 +41,7 @@ def cli_error(main, argv, capsys, code=2):
     [
         (["--data-dir", "/nonexistent/kd"], "data dir not found"),
         (["--teacher", "/nonexistent/teacher.safetensors"], "teacher checkpoint not found"),
-        (["--temperature", "0"], "--temperature must be > 0"),
+        (["--temperature", "0"], "--temperature must be between 0.01 and 1000, got 0"),
         (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
         (["--epochs", "0"], "--epochs must be >= 1"),
     ],
@@ -113,10 +113,11 @@ def test_train_teacher_epochs_default_to_the_teacher_recipe(capsys):
         text = " ".join(capsys.readouterr().out.split())
         return re.search(rf"{flag} [A-Z_]+ [^\[(]*\(default: ([^)]+)\)", text).group(1)
 
-    assert default(cli.train_teacher_main, "--epochs") == str(Config.teacher_epochs)
-    assert default(cli.train_teacher_main, "--lr") == str(Config.teacher_lr)
-    assert default(cli.distill_main, "--epochs") == str(Config.epochs)
-    assert Config.epochs != Config.teacher_epochs  # else this test could not tell them apart
+    assert default(cli.train_teacher_main, "--epochs") == str(TEACHER.epochs)
+    assert default(cli.train_teacher_main, "--lr") == str(TEACHER.lr)
+    assert default(cli.train_teacher_main, "--batch-size") == str(Recipe().batch_size)  # follows the students'
+    assert default(cli.distill_main, "--epochs") == str(Recipe().epochs)
+    assert Recipe().epochs != TEACHER.epochs  # else this test could not tell them apart
 
 
 @pytest.mark.parametrize("fails", [False, True])

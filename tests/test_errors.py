@@ -14,12 +14,13 @@ from safetensors.torch import save_file
 
 from conftest import launch_cmd, run_script, reset_accelerate_state
 from kd_accel import models
-from kd_accel.config import Config
+from kd_accel.config import from_flags
 from kd_accel.data import load_split
 from kd_accel.errors import KDError, run_cli
 from kd_accel.io import atomic_path, write_json
 from kd_accel.models import Student, Teacher, load_model, read_checkpoint, save_model
-from kd_accel.pipeline import resolve_cache, teacher_info_from_checkpoint
+from kd_accel.pipeline import teacher_info_from_checkpoint
+from kd_accel.teaching import resolve_cache
 
 
 def write_idx(path, t, gz=False):
@@ -179,8 +180,8 @@ def test_cache_path_that_is_a_directory(tmp_path, accelerator):
 
     run = tmp_path / "run"
     (run / "teacher_logits.safetensors").mkdir(parents=True)
-    for cfg, path in [(Config(output_dir=str(run)), run / "teacher_logits.safetensors"),
-                      (Config(output_dir=str(tmp_path / "o"), logits=str(tmp_path)), tmp_path)]:
+    for cfg, path in [(from_flags(output_dir=str(run)), run / "teacher_logits.safetensors"),
+                      (from_flags(output_dir=str(tmp_path / "o"), logits=str(tmp_path)), tmp_path)]:
         with pytest.raises(KDError) as e:
             resolve_cache(accelerator, cfg, tmp_path / "no-teacher.safetensors", "fp", tiny_split())
         assert one_line(str(e.value)) == f"logits cache {path} is a directory, not a file: remove or rename it"

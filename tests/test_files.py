@@ -86,7 +86,7 @@ def test_finished_precompute_writes_its_config(tmp_path, mnist_dir):
     teacher = random_teacher(tmp_path / "t.safetensors")
     cli.precompute_main(["--data-dir", str(mnist_dir), "--output-dir", str(tmp_path / "run"), "--teacher",
                          str(teacher), "--limit-train", "50"])
-    assert json.loads((tmp_path / "run" / "config.precompute_logits.json").read_text())["limit_train"] == 50
+    assert json.loads((tmp_path / "run" / "config.precompute_logits.json").read_text())["data"]["limit_train"] == 50
     assert read_metadata(tmp_path / "run" / "teacher_logits.safetensors")["num_samples"] == "50"
 
 

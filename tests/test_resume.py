@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from kd_accel import training
 from kd_accel.checkpointing import PROGRESS
 from kd_accel.cli import distill_main
-from kd_accel.config import Config
+from kd_accel.config import from_flags, with_flags
 from kd_accel.errors import KDError
 from kd_accel.models import Student
 from kd_accel.pipeline import columns, phase_settings
@@ -169,15 +169,15 @@ def test_settings_cover_each_recipe_flag():
     class Acc:
         num_processes, mixed_precision = 1, "no"
 
-    base, train = Config(limit_train=5000), tiny_split(32)
+    base, train = from_flags(limit_train=5000), tiny_split(32)
     ref = phase_settings(Acc, base, train, teacher_fp="t", kd=True)
     for name, value in [("lr", 2e-3), ("temperature", 1.0), ("alpha", 0.5), ("epochs", 5), ("batch_size", 64),
                         ("kd_loss", "seed-mse"), ("limit_train", 10000), ("grad_accum", 2), ("seed", 3),
                         ("schedule", "constant"), ("train_subset", 100)]:
-        assert phase_settings(Acc, dataclasses.replace(base, **{name: value}), train, teacher_fp="t", kd=True) != ref, name
+        assert phase_settings(Acc, with_flags(base, **{name: value}), train, teacher_fp="t", kd=True) != ref, name
     for name, value in [("checkpoint_every", "epoch"), ("output_dir", "elsewhere"), ("keep_checkpoints", 1),
                         ("channels_last", False), ("resume", "latest")]:
-        assert phase_settings(Acc, dataclasses.replace(base, **{name: value}), train, teacher_fp="t", kd=True) == ref, name
+        assert phase_settings(Acc, with_flags(base, **{name: value}), train, teacher_fp="t", kd=True) == ref, name
     assert phase_settings(Acc, base, train, teacher_fp="other", kd=True) != ref
 
 
@@ -186,8 +186,8 @@ def test_settings_cover_each_recipe_flag():
 def _fit(accelerator, cfg, ckpt):
     torch.manual_seed(0)
     train = tiny_split(64)
-    model, _ = fit(accelerator, Student(), columns(train), None, cfg, make_objective("ce"), "s", ckpt,
-                   {"lr": cfg.lr})
+    model, _ = fit(accelerator, Student(), columns(train), None, cfg.student, cfg.run, make_objective("ce"), "s", ckpt,
+                   {"lr": cfg.student.lr})
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -210,7 +210,7 @@ def _damage(step, how):
                                  "progress without keys"])
 def test_damaged_newest_checkpoint_falls_back_to_newest_usable(how, accelerator, tmp_path, monkeypatch, capsys):
     # 8 steps an epoch, 3 epochs; checkpoints every 3 steps, all kept
-    cfg = Config(epochs=3, batch_size=8, checkpoint_every="3", keep_checkpoints=10, output_dir=str(tmp_path))
+    cfg = from_flags(epochs=3, batch_size=8, checkpoint_every="3", keep_checkpoints=10, output_dir=str(tmp_path))
     whole = _fit(accelerator, cfg, tmp_path / "whole")
     crash_at(monkeypatch, "s:13")  # checkpoints at 3, 6, 8 (epoch end), 9, 12
     with pytest.raises(Crash):
@@ -218,7 +218,7 @@ def test_damaged_newest_checkpoint_falls_back_to_newest_usable(how, accelerator,
     no_crash(monkeypatch)
     _damage(tmp_path / "ckpt" / "step_00000012", how)
     capsys.readouterr()
-    resumed = _fit(accelerator, dataclasses.replace(cfg, resume="latest"), tmp_path / "ckpt")
+    resumed = _fit(accelerator, with_flags(cfg, resume="latest"), tmp_path / "ckpt")
     text = capsys.readouterr().out
     assert f"s: skipping checkpoint {tmp_path / 'ckpt' / 'step_00000012'}:" in text
     assert "s: resumed from" in text and "step_00000009" in text
@@ -226,7 +226,7 @@ def test_damaged_newest_checkpoint_falls_back_to_newest_usable(how, accelerator,
 
 
 def test_no_usable_checkpoint_is_one_line(accelerator, tmp_path, monkeypatch):
-    cfg = Config(epochs=2, batch_size=8, checkpoint_every="3", keep_checkpoints=2, output_dir=str(tmp_path))
+    cfg = from_flags(epochs=2, batch_size=8, checkpoint_every="3", keep_checkpoints=2, output_dir=str(tmp_path))
     crash_at(monkeypatch, "s:10")  # checkpoints kept: 8, 9
     with pytest.raises(Crash):
         _fit(accelerator, cfg, tmp_path / "ckpt")
@@ -235,7 +235,7 @@ def test_no_usable_checkpoint_is_one_line(accelerator, tmp_path, monkeypatch):
     _damage(tmp_path / "ckpt" / "step_00000008", "bad progress")
     with pytest.raises(KDError, match=r"^s: no usable checkpoint in \S+ \(step_00000009: model.safetensors "
                                       r"truncated.*; step_00000008: progress.json unreadable.*\); delete") as e:
-        _fit(accelerator, dataclasses.replace(cfg, resume="latest"), tmp_path / "ckpt")
+        _fit(accelerator, with_flags(cfg, resume="latest"), tmp_path / "ckpt")
     assert "\n" not in str(e.value)
 
 
@@ -247,8 +247,8 @@ def test_fresh_phase_removes_its_old_checkpoints(accelerator, tmp_path, capsys):
     stale.mkdir(parents=True)
     (stale / PROGRESS).write_text("{}")
     train = tiny_split(40)
-    cfg = dataclasses.replace(Config(), epochs=1, batch_size=10, checkpoint_every="2", output_dir=str(tmp_path))
-    fit(accelerator, Student(), columns(train), None, cfg, make_objective("ce"), "student", ckpt)
+    cfg = from_flags(epochs=1, batch_size=10, checkpoint_every="2", output_dir=str(tmp_path))
+    fit(accelerator, Student(), columns(train), None, cfg.student, cfg.run, make_objective("ce"), "student", ckpt)
     assert not stale.exists()
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000002"]
     assert "removed 1 old checkpoint" in capsys.readouterr().out

@@ -94,22 +94,26 @@ def teacher_file(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_precompute_on_n_processes_equals_one(nproc, teacher_file, tmp_path, mnist_dir):
-    """1,001 samples divide by neither 2 nor 3: every sample once, in index order."""
+    """1,001 samples divide by neither 2 nor 3: every (view, sample) row once, in index order,
+    for a K-view cache of augmented views (each rank rebuilds its samples' views from their
+    indices alone)."""
     outs = {}
     for n in (1, nproc):
         outs[n] = tmp_path / f"c{n}.safetensors"
         run_script("precompute_logits.py", "--data-dir", mnist_dir, "--teacher", teacher_file, "--out", outs[n],
-                   "--limit-train", "1001", "--batch-size", "100", "--output-dir", tmp_path / f"o{n}", nproc=n)
+                   "--limit-train", "1001", "--augment", "shift", "--views", "2", "--cache-dtype", "fp32",
+                   "--output-dir", tmp_path / f"o{n}", nproc=n)
     a, b = load_file(outs[1]), load_file(outs[nproc])
-    assert b["logits"].shape == (1001, 10)
+    assert b["logits"].shape == (2, 1001, 10) and b["params"].shape == (2, 1001, 5)
     assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
-    assert torch.equal(a["labels"], b["labels"])
+    assert not torch.allclose(b["logits"][0], b["logits"][1], atol=1e-3)  # two different views
+    assert torch.equal(a["params"], b["params"]) and torch.equal(a["labels"], b["labels"])
     assert read_metadata(outs[1])["logits_sha256"] is not None
 
 
 def test_teacher_is_frozen_and_never_prepared(teacher_file, mnist_dir, monkeypatch, tmp_path, accelerator):
-    from kd_accel import pipeline
-    from kd_accel.config import Config
+    from kd_accel import teaching
+    from kd_accel.config import from_flags
     from kd_accel.data import load_split
     from kd_accel.models import Teacher
 
@@ -124,7 +128,7 @@ def test_teacher_is_frozen_and_never_prepared(teacher_file, mnist_dir, monkeypat
 
     monkeypatch.setattr(Teacher, "__init__", spy_init)
     train = load_split("mnist", "train", mnist_dir).subset(200)
-    pipeline.precompute(accelerator, Config(), teacher_file, train, tmp_path / "c.safetensors")
+    teaching.precompute(accelerator, from_flags(), teacher_file, train, tmp_path / "c.safetensors")
     assert len(teachers) == 1 and not any(isinstance(o, torch.nn.Module) for o in prepared)
     assert all(not p.requires_grad and p.grad is None for p in teachers[0].parameters())
 
@@ -154,7 +158,7 @@ def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir):
 def test_non_finite_loss_stops_with_step_and_parts(accelerator):
     import dataclasses
 
-    from kd_accel.config import Config
+    from kd_accel.config import from_flags
     from kd_accel.errors import KDError
     from kd_accel.models import Student
     from kd_accel.pipeline import columns
@@ -165,9 +169,9 @@ def test_non_finite_loss_stops_with_step_and_parts(accelerator):
     train = tiny_split(60)
     cache = torch.randn(60, 10)
     cache[17] = float("nan")  # one poisoned teacher row
-    cfg = dataclasses.replace(Config(), epochs=1, batch_size=10)
+    cfg = from_flags(epochs=1, batch_size=10)
     with pytest.raises(KDError, match=r"non-finite loss at step [1-6] \(loss=nan, hard=[0-9.]+, soft=nan\)"):
-        fit(accelerator, Student(), columns(train, teacher_logits=cache), train, cfg,
+        fit(accelerator, Student(), columns(train, teacher_logits=cache), train, cfg.student, cfg.run,
             make_objective("hinton", 2.0, 0.5), "student")
 
 

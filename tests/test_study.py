@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from kd_accel.config import Config
+from kd_accel.config import from_flags, with_flags
 from kd_accel.data import balanced_subset
 from kd_accel.errors import KDError, run_cli
 from kd_accel.pipeline import student_data
@@ -14,7 +14,7 @@ from conftest import tiny_split
 
 
 def test_variant_parsing():
-    cfg = Config()
+    cfg = from_flags()
     assert parse_variant("baseline", cfg).distilled is False
     v = parse_variant("hinton:T=2,alpha=0.9", cfg)
     assert (v.kd_loss, v.temperature, v.alpha) == ("hinton", 2.0, 0.9)
@@ -22,7 +22,7 @@ def test_variant_parsing():
     assert (nb.name, nb.kd_loss, nb.temperature, nb.alpha) == ("notebook-mse T=1.5 a=0.6", "notebook-mse", 1.5, 0.6)
     assert parse_variant("seed-mse", cfg) == nb  # the old name: the same variant, under the new name
     assert parse_variant("seed-mse:T=2", cfg).name == "notebook-mse T=2 a=0.6"
-    assert parse_variant("hinton", cfg).temperature == cfg.temperature
+    assert parse_variant("hinton", cfg).temperature == cfg.kd.temperature
     for bad in ("hinton:T=0", "hinton:beta=1", "fitnet", "hinton:alpha=2"):
         with pytest.raises(KDError):
             parse_variant(bad, cfg)
@@ -40,16 +40,39 @@ def test_grid_matrix_places_cells_and_marks_significance():
     def run(*accs):
         return {s: {"test_accuracy": a, "train_time_s": 1} for s, a in enumerate(accs)}
 
-    runs = {"baseline": run(98.0, 98.2, 98.1), "hinton T=1 a=0.5": run(98.1, 98.3, 98.2),  # +0.1 every seed
-            "hinton T=4 a=0.9": run(97.9, 98.4, 98.0), "notebook-mse T=1.5 a=0.6": run(97.0, 97.0, 97.0)}
-    table = grid_matrix(summarize(runs))
+    cfg = from_flags()
+    variants = [parse_variant(v, cfg) for v in ("baseline", "hinton:T=1,alpha=0.5", "hinton:T=4,alpha=0.9",
+                                                   "notebook-mse", "hinton:T=1,alpha=0.9,augment=shift")]
+    accs = [(98.0, 98.2, 98.1), (98.1, 98.3, 98.2), (97.9, 98.4, 98.0), (97.0, 97.0, 97.0), (99.0, 99.0, 99.1)]
+    runs = {v.name: run(*a) for v, a in zip(variants, accs)}  # hinton T=1: +0.1 every seed
+    table = grid_matrix(summarize(runs), variants)
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0] == "| T \\ α | 0.5 | 0.9 |"
-    assert rows[1].startswith("| 1 | **+0.100 (<0.001)** | - |"), rows[1]  # constant gain: p = 0
+    assert rows[1].startswith("| 1 | **+0.100 (<0.001)** | - |"), rows[1]  # constant gain: p = 0; augmented: not a cell
     assert rows[2].startswith("| 4 | - | ") and "**" not in rows[2], rows[2]  # mixed signs: not significant
     assert "notebook-mse" not in table
     assert "| < 0.001 |" in markdown_table(summarize(runs))
-    assert grid_matrix(summarize({"baseline": runs["baseline"], "hinton T=1 a=0.5": runs["hinton T=1 a=0.5"]})) == ""
+    assert grid_matrix(summarize(runs), variants[:2]) == ""
+
+
+def test_variants_are_records_named_as_published():
+    """The display names are those of the published tables and checkpoint folders; the records
+    carry the values (nothing parses a name back)."""
+    cfg = from_flags()
+    v = parse_variant("hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20", cfg)
+    assert (v.kind, v.temperature, v.alpha, v.augment, v.teacher_mode, v.views) == ("hinton", 4.0, 0.9, "shift", "cache", 20)
+    assert v.name == "hinton T=4 a=0.9 augment=shift teacher=cache K=20"
+    vcfg = v.apply(cfg)
+    assert (vcfg.student.augment, vcfg.kd.teacher_mode, vcfg.kd.views, vcfg.kd.temperature) == ("shift", "cache", 20, 4.0)
+    assert cfg.student.augment == "none"  # the run's own config is untouched
+    b = parse_variant("baseline:augment=shift", cfg)
+    assert b.name == "baseline augment=shift" and not b.distilled and b.apply(cfg).student.augment == "shift"
+    f = parse_variant("fitnets:mode=joint,beta=0.5", cfg)
+    assert f.name == "fitnets (joint beta=0.5) T=4 a=0.9" and f.apply(cfg).kd.hint_mode == "joint"
+    for bad in ("baseline:T=2", "baseline:teacher=cache", "hinton:augment=blur", "hinton:teacher=sometimes",
+                "hinton:K=0"):
+        with pytest.raises(KDError):
+            parse_variant(bad, cfg)
 
 
 def test_curve_plot_keeps_baseline_and_best():
@@ -75,18 +98,18 @@ def test_limited_labels_columns():
 
     train = tiny_split(200)
     logits = torch.randn(200, 10)
-    cfg = dataclasses.replace(Config(), train_subset=20)
+    cfg = from_flags(train_subset=20)
     cols, _, _ = student_data(cfg, train, None)  # baseline: the subset only
     assert len(cols["labels"]) == 20
     cols, _, _ = student_data(cfg, train, logits)  # distilled: soft on all, hard on the subset
     assert len(cols["labels"]) == 200 and int(cols["label_mask"].sum()) == 20
-    cols, _, _ = student_data(dataclasses.replace(cfg, soft_targets="subset"), train, logits)
+    cols, _, _ = student_data(with_flags(cfg, soft_targets="subset"), train, logits)
     assert len(cols["teacher_logits"]) == 20
     keep = balanced_subset(train.labels, 20)
     assert torch.equal(cols["teacher_logits"], logits[keep])
     # augmented: each epoch's view parameters follow the same subset, drawn by original sample index
-    cols, _, per_epoch = student_data(dataclasses.replace(cfg, augment="shift"), train, None)
-    full = student_data(dataclasses.replace(cfg, augment="shift", train_subset=None), train, None)[2]
+    cols, _, per_epoch = student_data(with_flags(cfg, augment="shift"), train, None)
+    full = student_data(with_flags(cfg, augment="shift", train_subset=None), train, None)[2]
     assert len(cols["labels"]) == 20 and torch.equal(per_epoch(3)["aug_params"], full(3)["aug_params"][keep])
 
 
@@ -124,7 +147,7 @@ def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir, tiny_teacher, capsy
                            "fitnets:mode=joint,beta=0.5"])
     stdout = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
-    d = Config()  # fitnets uses the run's default T and alpha
+    d = from_flags().kd  # fitnets uses the run's default T and alpha
     fit2, fitj = (f"fitnets ({how}) T={d.temperature:g} a={d.alpha:g}" for how in ("1 hint epochs", "joint beta=0.5"))
     # the old loss name is accepted and reported under the new one
     assert set(res["summary"]) == {"baseline", "hinton T=2 a=0.5", "notebook-mse T=1.5 a=0.6", fit2, fitj}

@@ -2,7 +2,7 @@ import dataclasses
 
 import torch
 
-from kd_accel.config import Config
+from kd_accel.config import from_flags, with_flags
 from kd_accel.models import Student
 from kd_accel.pipeline import columns
 from kd_accel.training import fit, lr_lambda, make_objective
@@ -27,8 +27,8 @@ def test_student_step_reads_teacher_row_by_sample_index(accelerator):
         seen.append(batch["idx"].clone())
         return real(logits, batch)
 
-    cfg = dataclasses.replace(Config(), epochs=2, batch_size=10)
-    fit(accelerator, Student(), columns(train, teacher_logits=cache), test, cfg, spy, "spy")
+    cfg = from_flags(epochs=2, batch_size=10)
+    fit(accelerator, Student(), columns(train, teacher_logits=cache), test, cfg.student, cfg.run, spy, "spy")
     order = torch.cat(seen)
     assert len(order) == 2 * n
     assert sorted(order[:n].tolist()) == list(range(n))
@@ -39,11 +39,11 @@ def test_student_step_reads_teacher_row_by_sample_index(accelerator):
 def test_training_reduces_loss_and_is_reproducible(accelerator):
     train = tiny_split(200)
     train.labels = (train.images.float().mean(dim=(1, 2, 3)) > 127.5).long()  # learnable rule
-    cfg = dataclasses.replace(Config(), epochs=3, batch_size=20, lr=3e-3)
+    cfg = from_flags(epochs=3, batch_size=20, lr=3e-3)
     results = []
     for _ in range(2):
         torch.manual_seed(0)
-        model, hist = fit(accelerator, Student(), columns(train), train, cfg, make_objective("ce"), "t")
+        model, hist = fit(accelerator, Student(), columns(train), train, cfg.student, cfg.run, make_objective("ce"), "t")
         results.append((model.state_dict(), hist))
     losses = [e["loss_loss"] for e in results[0][1]["epochs"]]
     assert losses[-1] < losses[0]
@@ -63,7 +63,7 @@ def _record_fit(monkeypatch):
 
     calls, real_fit = [], pipeline.fit
 
-    def spy_fit(accelerator, model, cols, test, cfg, objective, label, *rest, **kwargs):
+    def spy_fit(accelerator, model, cols, test, recipe, run, objective, label, *rest, **kwargs):
         rec = {"label": label, "init": {k: v.clone() for k, v in model.state_dict().items()}, "order": []}
         calls.append(rec)
 
@@ -71,7 +71,7 @@ def _record_fit(monkeypatch):
             rec["order"].append(batch["idx"].clone())
             return objective(logits, batch)
 
-        return real_fit(accelerator, model, cols, test, cfg, spy, label, *rest, **kwargs)
+        return real_fit(accelerator, model, cols, test, recipe, run, spy, label, *rest, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit", spy_fit)
     return calls
@@ -87,11 +87,11 @@ def test_seed_fixes_weights_and_data_order_under_one_accelerator(accelerator, mo
     calls = _record_fit(monkeypatch)
     train, test = tiny_split(120), tiny_split(20, seed=1)
     cache = torch.randn(len(train), 10)
-    base = dataclasses.replace(Config(), epochs=2, batch_size=20, output_dir=str(tmp_path))
+    base = from_flags(epochs=2, batch_size=20, output_dir=str(tmp_path))
     reset_accelerate_state()
-    accelerator = make_accelerator(dataclasses.replace(base, seed=1), cpu=True)
+    accelerator = make_accelerator(with_flags(base, seed=1), cpu=True)
     for seed in (1, 2, 3):
-        cfg = dataclasses.replace(base, seed=seed)
+        cfg = with_flags(base, seed=seed)
         train_student(accelerator, cfg, train, test, cache, f"student{seed}")
         train_student(accelerator, cfg, train, test, None, f"baseline{seed}")
     orders = {c["label"]: torch.cat(c["order"]) for c in calls}

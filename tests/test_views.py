@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kd_accel import pipeline, training
+from kd_accel import pipeline, teaching, training
 from kd_accel.augment import SPECS, apply, draw_params, stream_seed
 from kd_accel.cache import read_metadata
-from kd_accel.config import Config
+from kd_accel.config import from_flags, with_flags
 from kd_accel.data import to_float
 from kd_accel.errors import KDError
-from kd_accel.models import load_model
+from kd_accel.models import load_model, state_fingerprint
 
 from conftest import ROOT, launch_cmd, run_script, tiny_split
 
@@ -33,14 +33,14 @@ def frozen(teacher_file):
 
 
 def fingerprint(teacher_file):
-    return pipeline.state_fingerprint(load_model(teacher_file)[0].state_dict())
+    return state_fingerprint(load_model(teacher_file)[0].state_dict())
 
 
 def test_cache_views_hold_the_teachers_logits_on_each_stored_view(accelerator, tiny_teacher, tmp_path):
     train = tiny_split(90)
-    cfg = dataclasses.replace(Config(), **SHIFT)
+    cfg = from_flags(**SHIFT)
     out = tmp_path / "c.safetensors"
-    pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+    teaching.precompute(accelerator, cfg, tiny_teacher, train, out)
     t = load_file(out)
     assert t["logits"].shape == (3, 90, 10) and t["logits"].dtype == torch.float16  # fp16 by default for views
     assert t["params"].shape == (3, 90, 5)
@@ -61,10 +61,10 @@ def test_student_replays_view_e_mod_k(accelerator, tiny_teacher, tmp_path, monke
     """In-process: each student batch's input is the stored view e mod K of its samples, and its
     soft targets are the teacher's logits on exactly that input."""
     train = tiny_split(60)
-    cfg = dataclasses.replace(Config(), **SHIFT, epochs=4, batch_size=20, output_dir=str(tmp_path))
-    soft, hit, _ = pipeline.resolve_cache(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher), train)
+    cfg = from_flags(**SHIFT, epochs=4, batch_size=20, output_dir=str(tmp_path))
+    soft, hit, _ = teaching.resolve_cache(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher), train)
     assert not hit and soft.views == 3
-    teacher, stored, seen = frozen(tiny_teacher), load_file(pipeline.cache_path(cfg)), []
+    teacher, stored, seen = frozen(tiny_teacher), load_file(teaching.cache_path(cfg)), []
 
     def check(label, batch):
         with torch.no_grad():
@@ -86,9 +86,9 @@ def test_fixed_mode_is_inconsistent_and_online_is_consistent(accelerator, tiny_t
     train = tiny_split(40)
     teacher, diffs = frozen(tiny_teacher), {}
     for mode in ("fixed", "online"):
-        cfg = dataclasses.replace(Config(), augment="shift", teacher_mode=mode, epochs=1, batch_size=20,
+        cfg = from_flags(augment="shift", teacher_mode=mode, epochs=1, batch_size=20,
                                   output_dir=str(tmp_path / mode))
-        soft, online, info = pipeline.resolve_soft_targets(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher),
+        soft, online, info = teaching.resolve_soft_targets(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher),
                                                            train)
         assert info["mode"] == mode and (online is None) == (mode == "fixed")
         got = []
@@ -105,23 +105,23 @@ def test_fixed_mode_is_inconsistent_and_online_is_consistent(accelerator, tiny_t
 
 def test_precompute_resumes_at_the_first_missing_view(accelerator, tiny_teacher, tmp_path, monkeypatch, capsys):
     train = tiny_split(50)
-    cfg = dataclasses.replace(Config(), **SHIFT)
+    cfg = from_flags(**SHIFT)
     whole = tmp_path / "whole.safetensors"
-    pipeline.precompute(accelerator, cfg, tiny_teacher, train, whole)
+    teaching.precompute(accelerator, cfg, tiny_teacher, train, whole)
 
     def crash(view):
         if view == 1:
             raise KDError("simulated crash after view 1")
 
     out = tmp_path / "c.safetensors"
-    monkeypatch.setattr(pipeline, "VIEW_HOOKS", [crash])
+    monkeypatch.setattr(teaching, "VIEW_HOOKS", [crash])
     with pytest.raises(KDError, match="simulated crash"):
-        pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+        teaching.precompute(accelerator, cfg, tiny_teacher, train, out)
     assert not out.exists()
     computed = []
-    monkeypatch.setattr(pipeline, "VIEW_HOOKS", [computed.append])
+    monkeypatch.setattr(teaching, "VIEW_HOOKS", [computed.append])
     capsys.readouterr()
-    pipeline.precompute(accelerator, cfg, tiny_teacher, train, out)
+    teaching.precompute(accelerator, cfg, tiny_teacher, train, out)
     assert computed == [2] and "2 of 3 views kept from an interrupted precompute" in capsys.readouterr().out
     a, b = load_file(whole), load_file(out)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed cache is the uninterrupted one
@@ -131,16 +131,16 @@ def test_precompute_resumes_at_the_first_missing_view(accelerator, tiny_teacher,
 def test_a_cache_for_other_views_is_refused_by_name(accelerator, tiny_teacher, tmp_path):
     train = tiny_split(30)
     fp = fingerprint(tiny_teacher)
-    made = dataclasses.replace(Config(), **SHIFT, output_dir=str(tmp_path))
-    pipeline.resolve_cache(accelerator, made, tiny_teacher, fp, train)
-    given = str(pipeline.cache_path(made))
+    made = from_flags(**SHIFT, output_dir=str(tmp_path))
+    teaching.resolve_cache(accelerator, made, tiny_teacher, fp, train)
+    given = str(teaching.cache_path(made))
     for change, words in [(dict(views=5), "3 views"), (dict(augment="affine"), "augment"),
                           (dict(augment_seed=1), "augment_seed")]:
-        cfg = dataclasses.replace(made, logits=given, **change)
+        cfg = with_flags(made, logits=given, **change)
         with pytest.raises(KDError, match=words):
-            pipeline.resolve_cache(accelerator, cfg, tiny_teacher, fp, train)
+            teaching.resolve_cache(accelerator, cfg, tiny_teacher, fp, train)
     # fewer views than the cache holds: fine, the first K are used
-    soft, hit, _ = pipeline.resolve_cache(accelerator, dataclasses.replace(made, logits=given, views=2), tiny_teacher,
+    soft, hit, _ = teaching.resolve_cache(accelerator, with_flags(made, logits=given, views=2), tiny_teacher,
                                           fp, train)
     assert hit and soft.views >= 2
 
@@ -148,12 +148,12 @@ def test_a_cache_for_other_views_is_refused_by_name(accelerator, tiny_teacher, t
 def test_student_without_augmentation_is_unchanged(accelerator, tmp_path):
     """--augment none: no augmentation column, the clean one-view cache, old stamps."""
     train = tiny_split(40)
-    cfg = dataclasses.replace(Config(), epochs=1)
+    cfg = from_flags(epochs=1)
     cols, _, per_epoch = pipeline.student_data(cfg, train, torch.zeros(40, 10))
     assert per_epoch is None and set(cols) == {"images", "labels", "teacher_logits"}
     s = pipeline.phase_settings(accelerator, cfg, train, kd=True, teacher_fp="t")
     assert not {"augment", "views", "teacher_mode", "augment_seed"} & set(s)
-    assert pipeline.cache_path(cfg).name == "teacher_logits.safetensors"
+    assert teaching.cache_path(cfg).name == "teacher_logits.safetensors"
 
 
 def run_views_check(mnist_dir, teacher, out, nproc, *extra):

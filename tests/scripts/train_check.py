@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
-from kd_accel.config import Config
+from kd_accel.config import from_flags
 from kd_accel.data import load_split
 from kd_accel.evaluation import evaluate
 from kd_accel.models import build_model
@@ -39,10 +39,9 @@ a = p.parse_args()
 # and batch 40, and Adam's per-element normalisation turns their different rounding of
 # near-zero gradients into lr-sized steps (measured: weights 4e-3 apart after 20 steps). In NCHW
 # the kernels agree and what is compared is the data-parallel mechanics themselves.
-cfg = dataclasses.replace(Config(), epochs=2, batch_size=a.batch_size, grad_accum=a.grad_accum, seed=5, lr=2e-3,
-                          channels_last=False)
+cfg = from_flags(epochs=2, batch_size=a.batch_size, grad_accum=a.grad_accum, seed=5, lr=2e-3, channels_last=False)
 accelerator = make_accelerator(cfg, cpu=True)
-set_seed(cfg.seed)
+set_seed(cfg.run.seed)
 train = load_split("mnist", "train", a.data_dir).subset(400)
 test = load_split("mnist", "test", a.data_dir).subset(1001)
 
@@ -74,7 +73,7 @@ if a.mode == "order":
         seen.append(batch["idx"].tolist())
         return real_objective(logits, batch)
 
-model, _ = fit(accelerator, model, cols, test.subset(100), cfg, objective, a.role)
+model, _ = fit(accelerator, model, cols, test.subset(100), cfg.student, cfg.run, objective, a.role)
 state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 # The function the weights compute, on 100 fixed test images, with BN on batch statistics: a
 # conv bias before BN then cancels exactly, so its Adam-amplified float noise (and the running

@@ -1,0 +1,165 @@
+"""Where the students' soft targets come from: the teacher-logits cache (one clean view, or K
+augmented views replayed exactly for the student), or the frozen teacher run online.
+
+teacher checkpoint -> precompute (per view, resumable, exact under any number of processes) ->
+cache file (cache.py: stamped, checksummed) -> resolve_cache (validated, or recomputed when it is
+the run folder's own and stale) -> cache.SoftTargets for the training loop.
+"""
+import time
+from pathlib import Path
+
+import torch
+
+from .augment import SPECS, draw_params, get_spec, make_inputs, stream_seed
+from .cache import DTYPES, CacheKey, load_cache, load_part, remove_parts, save_cache, save_part
+from .errors import KDError
+from .evaluation import predict_logits
+from .models import load_model, state_fingerprint
+
+CACHE_FILE = "teacher_logits.safetensors"
+# Called as hook(view) after each view of a precompute is computed and saved (the tests
+# interrupt a precompute here to check that it resumes at the next view).
+VIEW_HOOKS = []
+
+
+def cache_views(cfg):
+    """(augmentation spec, K) of the cache this run's students read: K augmented views in
+    'cache' mode with augmentation (K = --views, default one per epoch), else one clean view."""
+    spec = get_spec(cfg.student.augment)
+    if cfg.kd.teacher_mode == "cache" and spec.name != "none":
+        return spec, cfg.kd.views or cfg.student.epochs
+    return SPECS["none"], 1
+
+
+def cache_path(cfg):
+    """--logits, else the run folder's cache for this augmentation and K, so that the clean-view
+    cache and each K-view cache of a study live side by side instead of replacing each other."""
+    if cfg.run.logits:
+        return Path(cfg.run.logits)
+    spec, views = cache_views(cfg)
+    if spec.name == "none":
+        return cfg.run_dir / CACHE_FILE
+    return cfg.run_dir / f"teacher_logits.{spec.name}.{views}views.safetensors"
+
+
+def cache_dtype(cfg, spec):
+    return cfg.kd.cache_dtype or ("fp32" if spec.name == "none" else "fp16")
+
+
+def cache_key(train, teacher_fingerprint, spec=SPECS["none"], augment_seed=0):
+    return CacheKey(train.dataset, train.split, len(train), train.num_classes, teacher_fingerprint, train.fingerprint(),
+                    spec.describe(), augment_seed if spec.name != "none" else 0)
+
+
+def frozen_teacher(accelerator, cfg, teacher_path):
+    """The teacher for inference: on the device, eval mode, no gradients, never wrapped for DDP."""
+    model, _ = load_model(teacher_path, "teacher")
+    model.to(accelerator.device).requires_grad_(False).eval()
+    if cfg.run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _finished_views(accelerator, out_path, key, dtype, views):
+    """{view: (logits, params)} of the views an interrupted precompute already saved (read on the
+    main process; a stale or damaged part is deleted there and recomputed), and on every rank
+    the list of their indices."""
+    done = {}
+    if views > 1 and accelerator.is_main_process:
+        for v in range(views):
+            part = load_part(out_path, v, key, dtype)
+            if part is not None:
+                done[v] = part
+    indices = [sorted(done)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(indices)
+    return done, set(indices[0])
+
+
+def precompute(accelerator, cfg, teacher_path, train, out_path):
+    """Run the frozen teacher over the training set and write the cache atomically: one clean
+    view, or K augmented views (cache_views) each from its own counter-based parameters. Each
+    finished view of a K-view precompute is saved as a part first, so a killed precompute
+    resumes at the first missing view; the parts go once the cache is written."""
+    model = frozen_teacher(accelerator, cfg, teacher_path)
+    spec, views = cache_views(cfg)
+    dtype = cache_dtype(cfg, spec)
+    key = cache_key(train, state_fingerprint(model.state_dict()), spec, cfg.kd.augment_seed)
+    stream, index, inputs = stream_seed("cache", cfg.kd.augment_seed), torch.arange(len(train)), make_inputs(spec, train.norm)
+    start = time.perf_counter()
+    done, done_views = _finished_views(accelerator, out_path, key, dtype, views)
+    if done_views:
+        accelerator.print(f"cache: {len(done_views)} of {views} views kept from an interrupted precompute")
+    logits, params = [], []
+    for v in range(views):
+        if v in done_views:
+            if accelerator.is_main_process:
+                logits.append(done[v][0])
+                params.append(done[v][1])
+            continue
+        p = draw_params(spec, stream, v, index) if spec.name != "none" else None
+        lv = predict_logits(accelerator, model, train, inputs=inputs, extra=p is not None and {"aug_params": p} or None,
+                            desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
+        # a NaN cache would fail every later student with "non-finite loss", blaming the student
+        bad = int((~torch.isfinite(lv)).any(dim=1).sum())
+        if bad:
+            raise KDError(f"teacher {teacher_path} gives non-finite logits for {bad} of {len(train)} training samples"
+                          f"{f' (view {v})' if views > 1 else ''}; no cache written")
+        if accelerator.is_main_process:
+            # rounded as the parts store it, so a resumed precompute writes the same cache
+            logits.append(lv.to(DTYPES[dtype]).float())
+            params.append(p)
+            if views > 1:
+                save_part(out_path, v, lv, p, key, dtype)
+        accelerator.wait_for_everyone()
+        for hook in VIEW_HOOKS:
+            hook(v)
+    if accelerator.is_main_process:
+        save_cache(out_path, torch.stack(logits), train.labels, key, dtype,
+                   params=torch.stack(params) if spec.name != "none" else None, topk=cfg.kd.cache_topk)
+        remove_parts(out_path)
+    accelerator.wait_for_everyone()
+    what = f"{views} views ({spec.describe()})" if views > 1 or spec.name != "none" else "1 view"
+    storage = f"top-{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full"
+    accelerator.print(f"cache: wrote {out_path} ({len(train)} x {train.num_classes}, {what}, {dtype}, {storage}) "
+                      f"in {time.perf_counter() - start:.1f}s")
+
+
+def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
+    """Validated soft targets (cache.SoftTargets) for this teacher, data and augmentation.
+    Returns (soft, hit, path).
+
+    An explicit --logits file that does not match is refused; the run folder's own stale cache
+    is replaced (and the reason printed)."""
+    path = cache_path(cfg)
+    spec, views = cache_views(cfg)
+    key = cache_key(train, teacher_fp, spec, cfg.kd.augment_seed)
+    if path.is_dir():
+        raise KDError(f"logits cache {path} is a directory, not a file: remove or rename it")
+    if path.exists():
+        try:
+            soft = load_cache(path, key, views=views)
+            accelerator.print(f"cache: hit {path} (no teacher forward pass)")
+            return soft, True, path
+        except KDError as e:
+            if cfg.run.logits:
+                raise
+            accelerator.print(f"cache: refusing {e}; recomputing")
+    else:
+        accelerator.print(f"cache: miss, {path} does not exist; precomputing teacher logits")
+    precompute(accelerator, cfg, teacher_path, train, path)
+    return load_cache(path, key, views=views), False, path
+
+
+def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_fp, train):
+    """Where the distilled students' soft targets come from: (soft, online, info). The cache
+    (modes cache and fixed: cache.SoftTargets, validated or precomputed) or, in online mode, the
+    frozen teacher itself, run on every batch. `info` is what metrics.json records."""
+    if cfg.kd.teacher_mode == "online":
+        accelerator.print("teacher: online, run on every student batch (no cache)")
+        return None, frozen_teacher(accelerator, cfg, teacher_path), {"mode": "online"}
+    soft, hit, path = resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train)
+    return soft, None, {"mode": cfg.kd.teacher_mode, "hit": hit, "path": str(path), "dtype": soft.meta.get("dtype"),
+                        "views": soft.views, "storage": soft.storage}

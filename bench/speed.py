@@ -45,7 +45,14 @@ RATIOS = [
     ("kd_distill_epoch", "kd_ce_epoch", "kd_accel: distillation from cache / plain CE epoch", "<= 1.05"),
     ("kd_precompute", "bare_forward", "precompute (incl. cache write) / bare teacher forward", "<= 1.2"),
     ("nb_whole", "kd_whole", "whole experiment (same work): notebook / kd_accel", ">= 3"),
+    # the augmented path (--augment shift, K stored views)
+    ("kd_cache_aug_epoch", "kd_ce_aug_epoch", "augmented: distillation from the K-view cache / plain augmented CE epoch",
+     "<= 1.1"),
+    ("kd_online_aug_epoch", "kd_cache_aug_epoch", "augmented: online-consistent teacher / K-view cache epoch", ">= 3"),
+    ("kd_precompute_views", "bare_forward_views", "K-view precompute (parts, cache write) / K bare teacher forwards",
+     "<= 1.2"),
 ]
+VIEWS = 4  # K of the augmented precompute cases
 OPTIONS = ("compile", "bf16", "contiguous", "mmap", "b1000", "nokeep", "keep", "nborder")
 
 
@@ -205,6 +212,30 @@ def run_case(case, data_dir, device_name, workdir):
         with torch.inference_mode():
             for i in range(0, len(x), bs):
                 teacher(x[i : i + bs])
+    elif case in ("kd_ce_aug_epoch", "kd_cache_aug_epoch", "kd_online_aug_epoch"):
+        t0 = augmented_epoch(case, accelerator, cfg, train, probe, workdir)
+    elif case == "bare_forward_views":  # the floor of a K-view precompute: K passes over pre-made views
+        from kd_accel.augment import SPECS, apply, draw_params
+
+        teacher = Teacher().to(device).eval().to(memory_format=torch.channels_last)
+        index, bs = torch.arange(len(train)), inference_batch(device)
+        views = [to_float(apply(SPECS["shift"], train.images, draw_params(SPECS["shift"], 0, v, index))).to(device)
+                 for v in range(VIEWS)]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for x in views:
+                for i in range(0, len(x), bs):
+                    teacher(x[i : i + bs])
+    elif case == "kd_precompute_views":
+        from kd_accel.config import with_flags
+        from kd_accel.models import save_model
+        from kd_accel.teaching import precompute
+
+        teacher_file = Path(workdir) / "views_teacher.safetensors"
+        save_model(Teacher(), teacher_file, "teacher", 10)
+        vcfg = with_flags(cfg, augment="shift", views=VIEWS)
+        t0 = time.perf_counter()
+        precompute(accelerator, vcfg, teacher_file, train, Path(workdir) / "views_cache.safetensors")
     elif case == "kd_precompute":
         teacher = Teacher().to(device).requires_grad_(False).to(memory_format=torch.channels_last)
         t0 = time.perf_counter()
@@ -216,6 +247,40 @@ def run_case(case, data_dir, device_name, workdir):
     sync()
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def augmented_epoch(case, accelerator, cfg, train, probe, workdir):
+    """One student epoch with --augment shift, through the pipeline's own student_data: plain CE,
+    KD from a K-view cache (view e mod K replayed), or KD from the teacher run on every batch.
+    Returns the start time (after the cache is made, outside the timer)."""
+    from kd_accel.augment import SPECS, draw_params, make_inputs
+    from kd_accel.cache import load_cache, save_cache
+    from kd_accel.config import with_flags
+    from kd_accel.models import Student, Teacher
+    from kd_accel.pipeline import student_data
+    from kd_accel.teaching import cache_key, frozen_teacher
+    from kd_accel.training import fit
+
+    mode = {"kd_cache_aug_epoch": "cache", "kd_online_aug_epoch": "online"}.get(case)
+    vcfg = with_flags(cfg, augment="shift", views=VIEWS, teacher_mode=mode or "cache")
+    soft = online = None
+    if mode == "cache":  # a real K-view cache file: random logits, the views' real parameters
+        key, index = cache_key(train, "0" * 32, SPECS["shift"], 0), torch.arange(len(train))
+        params = torch.stack([draw_params(SPECS["shift"], 0, v, index) for v in range(VIEWS)])
+        path = Path(workdir) / "aug_cache.safetensors"
+        save_cache(path, torch.randn(VIEWS, len(train), 10) * 5, train.labels, key, "fp16", params=params)
+        soft = load_cache(path, key, views=VIEWS)
+    elif mode == "online":
+        from kd_accel.models import save_model
+
+        teacher_file = Path(workdir) / "online_teacher.safetensors"
+        save_model(Teacher(), teacher_file, "teacher", 10)
+        online = frozen_teacher(accelerator, vcfg, teacher_file)
+    cols, objective, per_epoch = student_data(vcfg, train, soft, online)
+    t0 = time.perf_counter()
+    fit(accelerator, Student(), cols, probe, vcfg.student, vcfg.run, objective, "student",
+        inputs=make_inputs(SPECS["shift"], train.norm), epoch_columns=per_epoch)
+    return t0
 
 
 # ---------------------------------------------------------------- the driver
@@ -253,7 +318,8 @@ def main():
         return
 
     cases = args.cases or ["nb_teacher_epoch", "kd_teacher_epoch", "nb_distill_epoch", "kd_distill_epoch",
-                           "kd_ce_epoch", "bare_forward", "kd_precompute"]
+                           "kd_ce_epoch", "bare_forward", "kd_precompute", "kd_ce_aug_epoch", "kd_cache_aug_epoch",
+                           "kd_online_aug_epoch", "bare_forward_views", "kd_precompute_views"]
     info = machine_info(args.device)
     print(describe(info), flush=True)
     if info["loadavg_1m"] and info["loadavg_1m"] > 0.5:

@@ -41,6 +41,7 @@ class Variant:
     augment: str = None
     teacher_mode: str = None
     views: int = None
+    topk: int = None  # soft targets from a top-k cache (cache.compress_topk)
 
     @property
     def distilled(self):
@@ -54,7 +55,7 @@ class Variant:
     def name(self):
         """The name tables, plots and checkpoint folders use (stable: published results use it)."""
         suffix = "".join(f" {key}={value}" for key, value in (("augment", self.augment),
-                         ("teacher", self.teacher_mode), ("K", self.views)) if value is not None)
+                         ("teacher", self.teacher_mode), ("K", self.views), ("topk", self.topk)) if value is not None)
         if not self.distilled:
             return "baseline" + suffix
         kd = f"T={self.temperature:g} a={self.alpha:g}{suffix}"
@@ -70,7 +71,8 @@ class Variant:
         if self.distilled:
             kd = dataclasses.replace(kd, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
                                      **({"teacher_mode": self.teacher_mode} if self.teacher_mode else {}),
-                                     **({"views": self.views} if self.views else {}))
+                                     **({"views": self.views} if self.views else {}),
+                                     **({"cache_topk": self.topk} if self.topk else {}))
         if self.hints:
             kd = dataclasses.replace(kd, hint_mode=self.hints.mode, hint_epochs=self.hints.epochs,
                                      hint_beta=self.hints.beta)
@@ -80,7 +82,8 @@ class Variant:
 _SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$")  # seed-mse: old name
 # spec key -> (Variant field or Hints field, type, kinds that take it)
 _KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a": ("alpha", float),
-         "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int)}
+         "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int),
+         "topk": ("topk", int)}
 _HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("beta", float)}
 _TEACHER_MODES = ("cache", "fixed", "online")
 
@@ -89,7 +92,8 @@ def parse_variant(spec, cfg):
     """A Variant from its spec: 'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9',
     'notebook-mse' (the notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless
     given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
-    KD). Any may add augment=NAME, a distilled one teacher=cache|fixed|online and K=views, e.g.
+    KD). Any may add augment=NAME, a distilled one teacher=cache|fixed|online, K=views and
+    topk=k (soft targets stored as the top k log-probabilities), e.g.
     'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'."""
     m = _SPEC.match(spec)
     if not m:
@@ -112,9 +116,9 @@ def parse_variant(spec, cfg):
         except ValueError:
             raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
     if values.get("augment", "none") not in AUGMENTS or values.get("teacher_mode", "cache") not in _TEACHER_MODES \
-            or values.get("views", 1) < 1:
+            or values.get("views", 1) < 1 or values.get("topk", 1) < 1:
         raise KDError(f"bad variant {spec!r}: augment is one of {', '.join(AUGMENTS)}, teacher one of "
-                      f"{', '.join(_TEACHER_MODES)}, K >= 1")
+                      f"{', '.join(_TEACHER_MODES)}, K >= 1, topk >= 1")
     if kind == "baseline":
         return Variant("baseline", augment=values.get("augment"))
     try:  # the bounds --temperature, --alpha and --hint-beta have (config.py)
@@ -275,9 +279,10 @@ def add_comparison_flags(parser):
 
 
 def variants_from_flags(specs, reference, cfg):
-    """(variants, reference name): a plain baseline is added when none is listed."""
+    """(variants, reference name): a plain baseline is added when none is listed and no other
+    reference is named (e.g. full logits as the reference of top-k ones)."""
     variants = [parse_variant(v, cfg) for v in specs]
-    if not any(not v.distilled for v in variants):
+    if not any(not v.distilled for v in variants) and not reference:
         variants.insert(0, Variant("baseline"))
     names = [v.name for v in variants]
     reference = reference or next(v.name for v in variants if not v.distilled)
@@ -309,7 +314,7 @@ def run_comparison(accelerator, cfg, variants, seeds, train, test, teacher_path,
 
     def soft_targets(vcfg):
         spec, views = cache_views(vcfg)
-        key = (vcfg.kd.teacher_mode, spec.describe(), views)
+        key = (vcfg.kd.teacher_mode, spec.describe(), views, vcfg.kd.cache_topk)
         if key not in sources:
             sources[key] = resolve_soft_targets(accelerator, vcfg, teacher_path, fp, train)[:2]
         return sources[key]

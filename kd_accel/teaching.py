@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .augment import SPECS, draw_params, get_spec, make_inputs, stream_seed
-from .cache import DTYPES, CacheKey, load_cache, load_part, remove_parts, save_cache, save_part
+from .cache import DTYPES, CacheKey, CacheMismatch, load_cache, load_part, remove_parts, save_cache, save_part
 from .errors import KDError
 from .evaluation import predict_logits
 from .models import load_model, state_fingerprint
@@ -32,14 +32,15 @@ def cache_views(cfg):
 
 
 def cache_path(cfg):
-    """--logits, else the run folder's cache for this augmentation and K, so that the clean-view
-    cache and each K-view cache of a study live side by side instead of replacing each other."""
+    """--logits, else the run folder's cache for this augmentation, K and storage, so that the
+    clean-view cache and each K-view or top-k cache of a study live side by side instead of
+    replacing each other."""
     if cfg.run.logits:
         return Path(cfg.run.logits)
     spec, views = cache_views(cfg)
-    if spec.name == "none":
-        return cfg.run_dir / CACHE_FILE
-    return cfg.run_dir / f"teacher_logits.{spec.name}.{views}views.safetensors"
+    parts = ([] if spec.name == "none" else [spec.name, f"{views}views"]) + \
+        ([f"top{cfg.kd.cache_topk}"] if cfg.kd.cache_topk else [])
+    return cfg.run_dir / ".".join(["teacher_logits", *parts, "safetensors"])
 
 
 def cache_dtype(cfg, spec):
@@ -141,6 +142,10 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     if path.exists():
         try:
             soft = load_cache(path, key, views=views)
+            storage = f"top{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full"
+            if soft.storage != storage:  # full logits are not a top-k run's soft targets, nor the reverse
+                raise CacheMismatch(f"stale logits cache {path}: storage differs (storage: cache {soft.storage!r}, "
+                                    f"run {storage!r})")
             accelerator.print(f"cache: hit {path} (no teacher forward pass)")
             return soft, True, path
         except KDError as e:

@@ -69,8 +69,10 @@ def test_variants_are_records_named_as_published():
     assert b.name == "baseline augment=shift" and not b.distilled and b.apply(cfg).student.augment == "shift"
     f = parse_variant("fitnets:mode=joint,beta=0.5", cfg)
     assert f.name == "fitnets (joint beta=0.5) T=4 a=0.9" and f.apply(cfg).kd.hint_mode == "joint"
+    t = parse_variant("hinton:topk=3", cfg)
+    assert t.name == "hinton T=4 a=0.9 topk=3" and t.apply(cfg).kd.cache_topk == 3
     for bad in ("baseline:T=2", "baseline:teacher=cache", "hinton:augment=blur", "hinton:teacher=sometimes",
-                "hinton:K=0"):
+                "hinton:K=0", "hinton:topk=0", "baseline:topk=3"):
         with pytest.raises(KDError):
             parse_variant(bad, cfg)
 

@@ -187,3 +187,21 @@ def test_consistency_end_to_end_with_processes_and_resume(mnist_dir, tiny_teache
     assert total == nproc * (5 + 3 * steps_per_epoch - 4), total
     m = json.loads((out / "metrics.json").read_text())
     assert m["cache"]["views"] == 2 and m["cache"]["mode"] == "cache"
+
+
+def test_top_k_soft_targets_get_their_own_cache_and_storage_is_checked(accelerator, tiny_teacher, tmp_path):
+    train = tiny_split(30)
+    fp = fingerprint(tiny_teacher)
+    full_cfg = from_flags(output_dir=str(tmp_path))
+    top_cfg = with_flags(full_cfg, cache_topk=3)
+    assert teaching.cache_path(top_cfg).name == "teacher_logits.top3.safetensors" != teaching.cache_path(full_cfg).name
+    full, _, _ = teaching.resolve_cache(accelerator, full_cfg, tiny_teacher, fp, train)
+    top, hit, _ = teaching.resolve_cache(accelerator, top_cfg, tiny_teacher, fp, train)
+    assert (full.storage, top.storage, hit) == ("full", "top3", False)
+    # the expanded top-3 log-probabilities keep the teacher's top 3 (within fp32 rounding)
+    logp = torch.log_softmax(full.logits(0).float(), -1)
+    top3 = logp.topk(3, -1)
+    assert torch.allclose(top.logits(0).gather(-1, top3.indices), top3.values, atol=1e-5)
+    with pytest.raises(KDError, match="storage differs"):  # a full cache given where top-k is asked
+        teaching.resolve_cache(accelerator, with_flags(top_cfg, logits=str(teaching.cache_path(full_cfg))),
+                               tiny_teacher, fp, train)

@@ -26,10 +26,8 @@ kd_accel per epoch (target on a GPU: >= 10, aim 30) and precompute / bare forwar
 Untrained teacher: speed does not depend on the weights' values.
 """
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,7 +35,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

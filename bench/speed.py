@@ -19,10 +19,8 @@ DataLoader(batch_size=100, shuffle=True), the teacher run online in every studen
 1e-3. Both sides run the same models, the same loss math, batch 100 and 600 steps an epoch.
 """
 import argparse
-import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess

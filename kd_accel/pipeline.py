@@ -6,7 +6,6 @@ distilled student (reads the cache, never the teacher) -> baseline student (hard
 import json
 import os
 import shutil
-import time
 from dataclasses import replace
 
 from pathlib import Path

@@ -1,5 +1,4 @@
 """The benchmark scripts' own code paths (not timings: nothing here asserts a speed)."""
-import dataclasses
 import json
 import math
 import sys

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_split
+from conftest import ROOT
 from kd_accel import cli
 from kd_accel.cache import CacheKey, read_metadata, save_cache
 from kd_accel.errors import KDError

@@ -2,7 +2,6 @@
 records its phase, run and settings, and is refused, by name, for anything else; a damaged newest
 checkpoint falls back to the newest usable one. In-process; a crash is an exception raised by a
 step hook (training.STEP_HOOKS)."""
-import dataclasses
 import json
 import shutil
 

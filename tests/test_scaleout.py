@@ -156,8 +156,6 @@ def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir):
 
 
 def test_non_finite_loss_stops_with_step_and_parts(accelerator):
-    import dataclasses
-
     from kd_accel.config import from_flags
     from kd_accel.errors import KDError
     from kd_accel.models import Student

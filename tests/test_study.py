@@ -96,8 +96,6 @@ def test_balanced_subset_is_deterministic_and_balanced():
 
 
 def test_limited_labels_columns():
-    import dataclasses
-
     train = tiny_split(200)
     logits = torch.randn(200, 10)
     cfg = from_flags(train_subset=20)

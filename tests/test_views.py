@@ -2,7 +2,6 @@
 
 Consistency is checked end to end: the teacher run on the student's actual batch reproduces
 the cached logits (fp16 rounding), with 1 and 2 processes and after a resume mid-epoch."""
-import dataclasses
 import json
 
 import pytest
@@ -17,7 +16,7 @@ from kd_accel.data import to_float
 from kd_accel.errors import KDError
 from kd_accel.models import load_model, state_fingerprint
 
-from conftest import ROOT, launch_cmd, run_script, tiny_split
+from conftest import ROOT, launch_cmd, tiny_split
 
 SHIFT = dict(augment="shift", views=3, limit_train=None)
 

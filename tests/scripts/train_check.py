@@ -9,7 +9,6 @@
       indices of each of its batches, in order
 """
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path

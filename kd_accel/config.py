@@ -150,8 +150,9 @@ GROUPS = {"data": (Data, ""), "student": (Recipe, ""), "teacher": (Recipe, "teac
 
 
 def group_default(group):
-    """A group's declared defaults (the teacher's: TEACHER, whose augment None follows --augment)."""
+    """A group's declared defaults (the teacher's: TEACHER, whose None values follow the students')."""
     return dataclasses.replace(TEACHER) if group == "teacher" else GROUPS[group][0]()
+
 
 # The notebook's recipe, loss and hyper-parameters, to reproduce it (docs/usage.md, "Presets"),
 # by flag dest.

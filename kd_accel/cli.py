@@ -177,14 +177,16 @@ def inspect_main(argv=None):
     p.add_argument("cache", help="a teacher-logits cache (safetensors)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1, 1.5, 2, 4, 8, 16])
     p.add_argument("--plot", help="write a PNG here (needs matplotlib)")
+    p.add_argument("--view", type=int, default=0, help="which stored view of a K-view cache (default: %(default)s)")
     a = p.parse_args(argv)
     if any(not t > 0 for t in a.temperatures):
         raise KDError("--temperatures must all be > 0")
     soft = open_cache(a.cache)
-    logits, meta = soft.logits(0), soft.meta
+    logits, meta = soft.logits(a.view), soft.meta
     rows = study.temperature_stats(logits, sorted(a.temperatures))
-    print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes "
-          f"(uniform entropy {math.log(logits.shape[1]):.3f} nats)")
+    views = f", view {a.view} of {soft.views} ({meta.get('augment')})" if soft.views > 1 else ""
+    print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes{views}, "
+          f"{soft.storage} (uniform entropy {math.log(logits.shape[1]):.3f} nats)")
     print(f"{'T':>6} {'mean entropy (nats)':>20} {'mean max prob':>14}")
     for r in rows:
         print(f"{r['T']:>6g} {r['mean_entropy']:>20.4f} {r['mean_max_prob']:>14.4f}")

@@ -204,3 +204,17 @@ def test_top_k_soft_targets_get_their_own_cache_and_storage_is_checked(accelerat
     with pytest.raises(KDError, match="storage differs"):  # a full cache given where top-k is asked
         teaching.resolve_cache(accelerator, with_flags(top_cfg, logits=str(teaching.cache_path(full_cfg))),
                                tiny_teacher, fp, train)
+
+
+def test_inspect_reads_any_stored_view(accelerator, tiny_teacher, tmp_path, capsys):
+    from kd_accel.cli import inspect_main
+    from kd_accel.errors import run_cli
+
+    out = tmp_path / "c.safetensors"
+    teaching.precompute(accelerator, from_flags(**SHIFT), tiny_teacher, tiny_split(40), out)
+    capsys.readouterr()
+    run_cli(inspect_main, [str(out), "--view", "2", "--temperatures", "1"])
+    assert "view 2 of 3 (shift(pad=2" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        run_cli(inspect_main, [str(out), "--view", "3"])
+    assert e.value.code == 2 and "view 3 is out of range" in capsys.readouterr().err

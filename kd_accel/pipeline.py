@@ -27,6 +27,7 @@ from .losses import loss_name
 from .models import (build_model, count_params, load_model, meta_input_shape, meta_number, read_checkpoint, save_model,
                      state_fingerprint)
 from .memory import keep_freed_memory
+from .overhead import remove_overhead
 from .threads import set_cpu_threads
 from .teaching import cache_views
 from .training import fit, make_objective, online_objective
@@ -57,6 +58,7 @@ def make_accelerator(cfg, script=None, **kwargs):
         # every physical core unless the user chose (accelerate launch's default is 1 thread)
         accelerator.print(set_cpu_threads(), flush=True)
         keep_freed_memory()  # no page-fault storm per step (kd_accel/memory.py); same arithmetic
+    remove_overhead()  # Accelerate's per-step package probe, gc over torch's objects (kd_accel/overhead.py)
     if cfg.run.report_to == "all":
         accelerator.print(f"--report-to all: {', '.join(trackers) or 'no tracker installed, nothing logged'}")
     return accelerator

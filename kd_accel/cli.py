@@ -66,6 +66,8 @@ def validate(cfg, groups=ALL):
         check_bounds(cfg, groups)  # finite, within each setting's declared range
     except ValueError as e:
         raise KDError(str(e)) from None
+    if cfg.kd.views and cfg.student.augment == "none":
+        raise KDError(f"--views {cfg.kd.views} needs --augment: the views of an un-augmented image are all the same")
     parse_every(cfg.run.checkpoint_every)
     tracking.resolve(cfg.run.report_to)  # a tracker that is not installed: one line, before any work
     resume, teacher, data_dir = cfg.run.resume, cfg.run.teacher, cfg.data.data_dir

@@ -83,6 +83,7 @@ def test_train_teacher_flags_are_the_teachers_recipe():
     (["--teacher-epochs", "0"], "--teacher-epochs must be >= 1, got 0"),
     (["--views", "0"], "--views must be >= 1, got 0"),
     (["--hint-beta", "nan"], "--hint-beta must be a finite number, got nan"),
+    (["--views", "5"], "--views 5 needs --augment: the views of an un-augmented image are all the same"),
 ])
 def test_bounds_are_declared_with_the_setting(argv, words):
     with pytest.raises(KDError) as e:

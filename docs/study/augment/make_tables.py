@@ -13,13 +13,17 @@ import sys
 
 def table(path):
     res = json.loads(open(path).read())
-    ref, summary, teacher = res["reference"], res["summary"], res["teacher"]["test_accuracy"]
+    summary, teacher = res["summary"], res["teacher"]["test_accuracy"]
+    # the reference is the variant without a gain (results.json of code before a4e0b81's successor
+    # has no "reference" key and a flat config)
+    ref = res.get("reference") or next(name for name, row in summary.items() if "gain" not in row)
     cfg = res["config"]
-    n_test = 10000 if cfg["data"]["limit_test"] is None else cfg["data"]["limit_test"]
+    data, student = cfg.get("data", cfg), cfg.get("student", cfg)
+    n_test = 10000 if data["limit_test"] is None else data["limit_test"]
     errors = lambda acc: (100 - acc) / 100 * n_test  # noqa: E731
     ref_err, teacher_err = errors(summary[ref]["mean"]), errors(teacher)
-    epochs = cfg["student"]["epochs"]
-    lines = [f"{cfg['data']['dataset']}, {epochs} epochs, teacher {teacher:.2f}% ({teacher_err:.0f} errors), "
+    epochs = student["epochs"]
+    lines = [f"{data['dataset']}, {epochs} epochs, teacher {teacher:.2f}% ({teacher_err:.0f} errors), "
              f"reference: {ref}", "",
              "| variant | test acc (mean ± std) | errors | gain over reference [95% CI] | p | gap closed | s / epoch |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -89,7 +89,7 @@ def _check_dtype(dtype):
         raise KDError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
-def _check_k(k, num_classes):
+def check_topk(k, num_classes):
     """The top-k size as an int: 1 <= k < C (k = C would store as much as the full logits)."""
     try:
         if isinstance(k, bool):
@@ -130,7 +130,7 @@ def _as_params(params, views, n, path, one_view):
 def compress_topk(logits, k):
     """logits [..., C] -> (logp [..., k] float32, index [..., k] int64): the k largest
     log-probabilities at T=1 (log_softmax), sorted descending, and their classes."""
-    k = _check_k(k, logits.shape[-1])
+    k = check_topk(k, logits.shape[-1])
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.topk(logp, k, dim=-1, sorted=True)
 
@@ -190,7 +190,7 @@ def save_cache(path, logits, labels, key, dtype="fp32", params=None, topk=None):
         _check_finite(stored, path, "logits", dtype)  # after the cast: fp16 turns logits beyond 65504 into inf
         tensors["logits"], storage = stored, "full"
     else:
-        k = _check_k(topk, c)
+        k = check_topk(topk, c)
         _check_finite(logits, path, "logits", "given")  # NaN or inf has no log-probability
         logp, index = _compress_views(logits, k)
         logp = logp.to(DTYPES[dtype])

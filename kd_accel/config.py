@@ -275,6 +275,12 @@ def layered_defaults(dataset, preset):
     return {**DATASET_DEFAULTS.get(dataset, {}), **PRESETS[preset]}
 
 
+def setting_choices(group, name):
+    """The choices a setting declares (e.g. Distillation.teacher_mode), for code that checks the
+    same values outside argparse (compare's variants)."""
+    return {f.name: f for f in dataclasses.fields(GROUPS[group][0])}[name].metadata["choices"]
+
+
 def check_setting(group, name, value, flag=None):
     """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
     f = {f.name: f for f in dataclasses.fields(GROUPS[group][0])}[name]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .augment import SPECS as AUGMENTS
-from .config import check_setting
+from .config import check_setting, setting_choices
 from .errors import KDError
 from .io import atomic_path, write_json
 from .losses import loss_name
@@ -85,7 +85,7 @@ _KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a"
          "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int),
          "topk": ("topk", int)}
 _HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("beta", float)}
-_TEACHER_MODES = ("cache", "fixed", "online")
+_TEACHER_MODES = setting_choices("kd", "teacher_mode")  # declared once, with --teacher-mode
 
 
 def parse_variant(spec, cfg):

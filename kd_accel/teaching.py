@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .augment import SPECS, draw_params, get_spec, make_inputs, stream_seed
-from .cache import DTYPES, CacheKey, CacheMismatch, load_cache, load_part, remove_parts, save_cache, save_part
+from .cache import DTYPES, CacheKey, CacheMismatch, check_topk, load_cache, load_part, remove_parts, save_cache, save_part
 from .errors import KDError
 from .evaluation import predict_logits
 from .models import load_model, state_fingerprint
@@ -84,6 +84,8 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
     view, or K augmented views (cache_views) each from its own counter-based parameters. Each
     finished view of a K-view precompute is saved as a part first, so a killed precompute
     resumes at the first missing view; the parts go once the cache is written."""
+    if cfg.kd.cache_topk is not None:  # before K teacher passes, not after them
+        check_topk(cfg.kd.cache_topk, train.num_classes)
     model = frozen_teacher(accelerator, cfg, teacher_path)
     spec, views = cache_views(cfg)
     dtype = cache_dtype(cfg, spec)
@@ -142,10 +144,14 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     if path.exists():
         try:
             soft = load_cache(path, key, views=views)
-            storage = f"top{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full"
-            if soft.storage != storage:  # full logits are not a top-k run's soft targets, nor the reverse
-                raise CacheMismatch(f"stale logits cache {path}: storage differs (storage: cache {soft.storage!r}, "
-                                    f"run {storage!r})")
+            # what the run asks to be stored: full logits are not a top-k run's soft targets, nor
+            # fp32 an fp16 run's (the key stamps what produced the logits, not how they are kept)
+            want = {"storage": f"top{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full",
+                    "dtype": cache_dtype(cfg, spec)}
+            diffs = [f"{name} differs ({name}: cache {getattr(soft, name)!r}, run {value!r})"
+                     for name, value in want.items() if getattr(soft, name) != value]
+            if diffs:
+                raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
             accelerator.print(f"cache: hit {path} (no teacher forward pass)")
             return soft, True, path
         except KDError as e:

@@ -218,3 +218,26 @@ def test_inspect_reads_any_stored_view(accelerator, tiny_teacher, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         run_cli(inspect_main, [str(out), "--view", "3"])
     assert e.value.code == 2 and "view 3 is out of range" in capsys.readouterr().err
+
+
+def test_a_bad_top_k_is_refused_before_the_teacher_runs(accelerator, tiny_teacher, tmp_path, monkeypatch):
+    def ran(*a, **k):
+        raise AssertionError("the teacher ran before --cache-topk was checked")
+
+    monkeypatch.setattr(teaching, "predict_logits", ran)
+    for k in (10, 0):  # k = C stores as much as full logits; 0 stores nothing
+        with pytest.raises(KDError, match="top-k must be between 1 and 9"):
+            teaching.precompute(accelerator, from_flags(augment="shift", views=3, cache_topk=k), tiny_teacher,
+                                tiny_split(20), tmp_path / "c.safetensors")
+
+
+def test_a_cache_kept_in_another_dtype_is_refused_by_name(accelerator, tiny_teacher, tmp_path):
+    train, fp = tiny_split(30), fingerprint(tiny_teacher)
+    made = from_flags(output_dir=str(tmp_path))  # one clean view: fp32 by default
+    teaching.resolve_cache(accelerator, made, tiny_teacher, fp, train)
+    asked = with_flags(made, logits=str(teaching.cache_path(made)), cache_dtype="fp16")
+    with pytest.raises(KDError, match="dtype differs \\(dtype: cache 'fp32', run 'fp16'\\)"):
+        teaching.resolve_cache(accelerator, asked, tiny_teacher, fp, train)
+    # the run folder's own cache is recomputed in the dtype asked for
+    soft, hit, _ = teaching.resolve_cache(accelerator, with_flags(made, cache_dtype="fp16"), tiny_teacher, fp, train)
+    assert (hit, soft.dtype) == (False, "fp16")

@@ -185,6 +185,6 @@ def cached_views(soft):
     and the teacher's logits on it, so the student sees exactly what the teacher saw."""
     def cols(epoch):
         view = epoch % soft.views
-        return {"teacher_logits": soft.logits(view), "aug_params": soft.params(view)}
+        return {**soft.columns(view), "aug_params": soft.params(view)}
 
     return cols

@@ -150,7 +150,7 @@ def expand_topk(logp, index, num_classes):
         rest = (-torch.expm1(torch.logsumexp(logp, dim=-1, keepdim=True))).clamp_min(_TINY)
         out = (rest.log() - math.log(num_classes - k)).expand(shape).clone()
     else:
-        out = torch.zeros(shape)
+        out = logp.new_zeros(shape)
     out.scatter_(-1, index, logp)
     return torch.log_softmax(out, dim=-1)  # renormalise: a no-op unless the mass was clamped
 
@@ -380,6 +380,17 @@ class SoftTargets:
         if self.topk is None:
             return self._tensors["logits"][v]
         return expand_topk(self._tensors["topk_logp"][v], self._tensors["topk_index"][v], self.num_classes)
+
+    def columns(self, view):
+        """The columns a student's loader carries for `view`, gathered per batch with its samples:
+        full storage, "teacher_logits" [N, C] (the stored slice, no copy); top-k, the stored
+        "teacher_topk_logp" and "teacher_topk_index" [N, k], which the step expands per batch
+        (training.topk_objective), so [N, C] is never in memory: at C = 1000 that is the point."""
+        v = self._view(view)
+        t = self._tensors
+        if self.topk is None:
+            return {"teacher_logits": t["logits"][v]}
+        return {"teacher_topk_logp": t["topk_logp"][v], "teacher_topk_index": t["topk_index"][v]}
 
     def params(self, view):
         """[N, P] float32 augmentation parameters of `view`, or None when the cache has none."""

@@ -29,8 +29,8 @@ from .models import (build_model, count_params, load_model, meta_input_shape, me
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .threads import set_cpu_threads
-from .teaching import cache_views
-from .training import fit, make_objective, online_objective
+from .teaching import cache_views, default_cache_dtype
+from .training import fit, make_objective, online_objective, topk_objective
 
 TEACHER_FILE = "teacher.safetensors"
 
@@ -158,6 +158,10 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
             s.update(views=views, augment_seed=k.augment_seed)
         if k.cache_topk:
             s["cache_topk"] = k.cache_topk
+        # fp16 and fp32 logits round differently, so a student resumed on the other storage would
+        # not be the same run; stamped only when not the default, so default runs keep their stamps
+        if k.teacher_mode != "online" and k.cache_dtype and k.cache_dtype != default_cache_dtype(spec):
+            s["cache_dtype"] = k.cache_dtype
     if hints:
         two_stage = k.hint_mode == "two-stage"  # hint_epochs is used only there, hint_beta only in joint
         s.update(hint_mode=k.hint_mode, **({"hint_epochs": k.hint_epochs} if two_stage else {"hint_beta": k.hint_beta}))
@@ -269,11 +273,13 @@ def student_data(cfg, train, soft=None, online=None):
     if isinstance(soft, SoftTargets) and soft.params(0) is not None:
         per_epoch = cached_views(soft)  # consistent: the teacher's own views
     elif soft is not None:  # one clean view: with --augment, the student's views are not the teacher's
-        extra["teacher_logits"] = soft.logits(0) if isinstance(soft, SoftTargets) else soft
+        extra = soft.columns(0) if isinstance(soft, SoftTargets) else {"teacher_logits": soft}
     distilled = soft is not None or online is not None
     objective = make_objective(k.kd_loss, k.temperature, k.alpha) if distilled else make_objective("ce")
     if online is not None:
         objective = online_objective(online, objective)
+    if isinstance(soft, SoftTargets) and soft.topk:
+        objective = topk_objective(soft.num_classes, objective)
     cols = columns(train, **extra)
     if not cfg.data.train_subset:
         return cols, objective, per_epoch

@@ -43,8 +43,13 @@ def cache_path(cfg):
     return cfg.run_dir / ".".join(["teacher_logits", *parts, "safetensors"])
 
 
+def default_cache_dtype(spec):
+    """fp32 for the one clean view (small, exact); fp16 for K views (K times the size)."""
+    return "fp32" if spec.name == "none" else "fp16"
+
+
 def cache_dtype(cfg, spec):
-    return cfg.kd.cache_dtype or ("fp32" if spec.name == "none" else "fp16")
+    return cfg.kd.cache_dtype or default_cache_dtype(spec)
 
 
 def cache_key(train, teacher_fingerprint, spec=SPECS["none"], augment_seed=0):

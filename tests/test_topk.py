@@ -175,3 +175,61 @@ def test_top_k_storage_size_per_view(tmp_path, c):
     assert abs(topk - n * k * (2 + 2)) <= 16  # fp16 log-probabilities + int16 indices
     if c == 1000:
         assert topk < full / 50
+
+
+# --- training from a top-k cache ---------------------------------------------------------------------
+
+def _fit_student(accelerator, cfg, cols, test, objective, epoch_columns, inputs):
+    from kd_accel.models import Student
+    from kd_accel.training import fit
+
+    torch.manual_seed(0)
+    model = Student()
+    fit(accelerator, model, cols, test, cfg.student, cfg.run, objective, "s", inputs=inputs, epoch_columns=epoch_columns)
+    return {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+
+
+@pytest.mark.parametrize("augment", ["none", "shift"])
+def test_a_student_trains_from_top_k_rows_expanded_per_batch(accelerator, tmp_path, augment):
+    """The loader carries the stored [N, k] columns, never an expanded [N, C] copy, and the student
+    trains to the weights the whole expanded cache gives (the earlier, per-epoch expansion)."""
+    from conftest import tiny_split
+    from kd_accel.augment import get_spec, make_inputs
+    from kd_accel.config import from_flags
+    from kd_accel.models import Student
+    from kd_accel.pipeline import student_data
+    from kd_accel.training import make_objective
+
+    views = 1 if augment == "none" else 2
+    train, test = tiny_split(40), tiny_split(20, seed=1)
+    spec = get_spec(augment)
+    key = CacheKey("mnist", "train", 40, 10, "teacherfp", "datafp", spec.describe(), 0 if views == 1 else 3)
+    torch.manual_seed(0)
+    params = None if views == 1 else torch.randint(-2, 3, (views, 40, 5)).float()
+    path = tmp_path / "c.safetensors"
+    save_cache(path, torch.randn(views, 40, 10) * 4, train.labels, key, "fp16", params=params, topk=3)
+    soft = load_cache(path, key, views=views)
+    cfg = from_flags(epochs=3, batch_size=10, augment=augment, cache_topk=3, **({"views": 2} if views > 1 else {}))
+    inputs = None if views == 1 else make_inputs(spec, train.norm)
+
+    cols, objective, per_epoch = student_data(cfg, train, soft)
+    carried = {**cols, **(per_epoch(0) if views > 1 else {})}
+    assert "teacher_logits" not in carried and carried["teacher_topk_logp"].shape == (40, 3)
+    new = _fit_student(accelerator, cfg, cols, test, objective, per_epoch if views > 1 else None, inputs)
+
+    def without_topk(columns):
+        return {k: v for k, v in columns.items() if not k.startswith("teacher_topk")}
+
+    def expanded(epoch):  # the earlier path: each epoch's whole view expanded to [N, C]
+        return {**without_topk(per_epoch(epoch)), "teacher_logits": soft.logits(epoch % views)}
+
+    plain = make_objective("hinton", cfg.kd.temperature, cfg.kd.alpha)
+    if views == 1:
+        old = _fit_student(accelerator, cfg, {**without_topk(cols), "teacher_logits": soft.logits(0)}, test, plain,
+                           None, None)
+    else:
+        old = _fit_student(accelerator, cfg, without_topk(cols), test, plain, expanded, inputs)
+    for name in old:
+        assert torch.equal(new[name], old[name]), name
+    torch.manual_seed(0)
+    assert not torch.equal(Student().state_dict()["head.1.weight"], new["head.1.weight"])  # it trained

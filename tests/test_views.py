@@ -241,3 +241,21 @@ def test_a_cache_kept_in_another_dtype_is_refused_by_name(accelerator, tiny_teac
     # the run folder's own cache is recomputed in the dtype asked for
     soft, hit, _ = teaching.resolve_cache(accelerator, with_flags(made, cache_dtype="fp16"), tiny_teacher, fp, train)
     assert (hit, soft.dtype) == (False, "fp16")
+
+
+def test_cache_storage_dtype_shapes_the_students_stamp(accelerator):
+    """fp16 and fp32 logits round differently: a student resumed on the other storage is not the
+    same run, so a non-default --cache-dtype is stamped; the default, or naming it, is not."""
+    train = tiny_split(40)
+
+    def stamp(**flags):
+        return pipeline.phase_settings(accelerator, from_flags(epochs=2, **flags), train, kd=True, teacher_fp="t")
+
+    clean, shifted = stamp(), stamp(augment="shift")
+    assert "cache_dtype" not in clean and "cache_dtype" not in shifted
+    assert stamp(cache_dtype="fp32") == clean  # the clean view's default, named
+    assert stamp(augment="shift", cache_dtype="fp16") == shifted  # the K views' default, named
+    assert stamp(cache_dtype="fp16")["cache_dtype"] == "fp16" and stamp(cache_dtype="fp16") != clean
+    assert stamp(augment="shift", cache_dtype="fp32") != shifted
+    # no cache is read online: its storage cannot matter
+    assert stamp(augment="shift", teacher_mode="online", cache_dtype="fp32") == stamp(augment="shift", teacher_mode="online")

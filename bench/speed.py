@@ -8,8 +8,7 @@ changes the arithmetic: opt-in), contiguous (--no-channels-last), mmap (the logi
 real cache file, memory-mapped, instead of a tensor in memory), b1000 (bare_forward and
 kd_precompute at the old inference batch of 1000 instead of inference_batch's), nokeep
 (KD_ACCEL_KEEP_FREED_MEMORY=0: glibc's default malloc thresholds), nborder (the models with the
-notebook's conv-BN-ReLU-pool order instead of kd_accel's conv-BN-pool-ReLU: same math), adam1
-(torch's per-tensor Adam, its CPU default, instead of make_optimizer's foreach Adam: same math), and for
+notebook's conv-BN-ReLU-pool order instead of kd_accel's conv-BN-pool-ReLU: same math), and for
 the notebook's cases keep (kd_accel's malloc setting applied to the notebook too); ratios are printed for every
 variant present. Every table is printed with the machine (bench/machine.py).
 
@@ -52,7 +51,7 @@ RATIOS = [
      "<= 1.2"),
 ]
 VIEWS = 4  # K of the augmented precompute cases
-OPTIONS = ("compile", "bf16", "contiguous", "mmap", "b1000", "nokeep", "keep", "nborder", "adam1")
+OPTIONS = ("compile", "bf16", "contiguous", "mmap", "b1000", "nokeep", "keep", "nborder")
 
 
 # ---------------------------------------------------------------- the notebook's side
@@ -142,10 +141,6 @@ def run_case(case, data_dir, device_name, workdir):
         import kd_accel.models as models
 
         models.conv_bn_relu_pool = lambda cin, cout, k: [*models.conv_bn_relu(cin, cout, k), torch.nn.MaxPool2d(2)]
-    if "adam1" in opts:  # torch's default Adam on CPU (one kernel per parameter), as before make_optimizer
-        import kd_accel.training as training
-
-        training.make_optimizer = lambda params, lr: torch.optim.Adam(params, lr=lr)
     if case.startswith("nb_"):
         loader = notebook_loader(data_dir, device)
         teacher = Teacher().to(device)

@@ -117,14 +117,6 @@ def check_finite_weights(model, label, step):
                       "stopped, nothing saved")
 
 
-def make_optimizer(params, lr):
-    """Adam, in its multi-tensor ("foreach") implementation on every device: the same updates bit
-    for bit as the per-tensor loop torch picks by default on CPU (tests/test_training.py), one
-    kernel per operation over all parameters instead of one per parameter: 4-6% off a teacher
-    step on a 2-core CPU (docs/performance.md). On CUDA foreach is already torch's default."""
-    return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
 def fit(accelerator, model, train_columns, test_split, recipe, run, objective, label, ckpt_dir=None, settings=None,
         inputs=None, epoch_columns=None):
     """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
@@ -155,7 +147,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
         model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # same math, faster conv/BN kernels on CPU
-    optimizer = make_optimizer(model.parameters(), recipe.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
     # per process on each optimizer step and not at all on accumulation micro-steps.
     total_steps = recipe.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)

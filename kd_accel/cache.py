@@ -155,6 +155,12 @@ def expand_topk(logp, index, num_classes):
     return torch.log_softmax(out, dim=-1)  # renormalise: a no-op unless the mass was clamped
 
 
+def topk_logits(cols, num_classes):
+    """[B, C] float32 log-probabilities from a top-k cache's columns (SoftTargets.columns, or a
+    batch of their rows): "teacher_topk_logp" and "teacher_topk_index" [B, k], expanded."""
+    return expand_topk(cols["teacher_topk_logp"], cols["teacher_topk_index"], num_classes)
+
+
 def _compress_views(logits, k):
     """compress_topk over [K, N, C] in pieces of _PART_ROWS rows (a whole ImageNet-sized cache
     as float32 log-probabilities would be tens of GB): ([K, N, k] float32, [K, N, k] int16)."""
@@ -373,37 +379,32 @@ class SoftTargets:
             raise KDError(f"view {view} is out of range: the cache holds views 0..{self.views - 1}")
         return view
 
-    def logits(self, view):
-        """[N, C] teacher logits of `view`: full storage, the stored slice (no copy, stored dtype);
-        top-k, the expanded float32 log-probabilities of every row."""
-        v = self._view(view)
-        if self.topk is None:
-            return self._tensors["logits"][v]
-        return expand_topk(self._tensors["topk_logp"][v], self._tensors["topk_index"][v], self.num_classes)
-
     def columns(self, view):
         """The columns a student's loader carries for `view`, gathered per batch with its samples:
         full storage, "teacher_logits" [N, C] (the stored slice, no copy); top-k, the stored
         "teacher_topk_logp" and "teacher_topk_index" [N, k], which the step expands per batch
-        (training.topk_objective), so [N, C] is never in memory: at C = 1000 that is the point."""
+        (topk_logits, via training.topk_objective), so [N, C] is never in memory: at C = 1000
+        that is the point."""
         v = self._view(view)
         t = self._tensors
         if self.topk is None:
             return {"teacher_logits": t["logits"][v]}
         return {"teacher_topk_logp": t["topk_logp"][v], "teacher_topk_index": t["topk_index"][v]}
 
+    def gather(self, view, idx):
+        """[B, C] rows `idx` of view `view`'s teacher logits: full storage, in the stored dtype (a
+        slice is no copy); top-k, the float32 log-probabilities of only those rows, expanded."""
+        cols = {name: t[idx] for name, t in self.columns(view).items()}
+        return cols["teacher_logits"] if self.topk is None else topk_logits(cols, self.num_classes)
+
+    def logits(self, view):
+        """[N, C] teacher logits of `view` (every row of gather)."""
+        return self.gather(view, slice(None))
+
     def params(self, view):
         """[N, P] float32 augmentation parameters of `view`, or None when the cache has none."""
         v = self._view(view)
         return self._tensors["params"][v] if "params" in self._tensors else None
-
-    def gather(self, view, idx):
-        """[B, C] rows `idx` of logits(view); top-k storage expands only those rows."""
-        v = self._view(view)
-        if self.topk is None:
-            return self._tensors["logits"][v][idx]
-        t = self._tensors
-        return expand_topk(t["topk_logp"][v][idx], t["topk_index"][v][idx], self.num_classes)
 
 
 def open_cache(path, key=None, verify=True, views=1):

@@ -22,7 +22,7 @@ from .pipeline import (
     train_teacher, write_config,
 )
 from .reporting import experiment_metrics, print_summary
-from .teaching import cache_path, precompute, resolve_soft_targets
+from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
 
 # which groups of settings each script takes ({Config field: flag prefix, None: the group's own})
 ALL = ALL_GROUPS
@@ -66,8 +66,8 @@ def validate(cfg, groups=ALL):
         check_bounds(cfg, groups)  # finite, within each setting's declared range
     except ValueError as e:
         raise KDError(str(e)) from None
-    if cfg.kd.views and cfg.student.augment == "none":
-        raise KDError(f"--views {cfg.kd.views} needs --augment: the views of an un-augmented image are all the same")
+    for line in ignored_cache_settings(cfg).values():  # e.g. --views without --augment
+        raise KDError(line)
     parse_every(cfg.run.checkpoint_every)
     tracking.resolve(cfg.run.report_to)  # a tracker that is not installed: one line, before any work
     resume, teacher, data_dir = cfg.run.resume, cfg.run.teacher, cfg.data.data_dir

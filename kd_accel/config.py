@@ -275,17 +275,21 @@ def layered_defaults(dataset, preset):
     return {**DATASET_DEFAULTS.get(dataset, {}), **PRESETS[preset]}
 
 
+def _declared(group, name):
+    """The metadata one setting was declared with (help, choices, bounds)."""
+    return next(f for f in dataclasses.fields(GROUPS[group][0]) if f.name == name).metadata
+
+
 def setting_choices(group, name):
     """The choices a setting declares (e.g. Distillation.teacher_mode), for code that checks the
     same values outside argparse (compare's variants)."""
-    return {f.name: f for f in dataclasses.fields(GROUPS[group][0])}[name].metadata["choices"]
+    return _declared(group, name)["choices"]
 
 
 def check_setting(group, name, value, flag=None):
     """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
-    f = {f.name: f for f in dataclasses.fields(GROUPS[group][0])}[name]
+    meta = _declared(group, name)
     flag = flag or "--" + (GROUPS[group][1] + name).replace("_", "-")
-    meta = f.metadata
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, float) and not math.isfinite(value):  # inf and nan slip through every comparison

@@ -14,7 +14,7 @@ from .io import atomic_path, write_json
 from .losses import loss_name
 from .pipeline import train_fitnet_student, train_student
 from .stats import mean, paired_ci, std
-from .teaching import cache_views, resolve_soft_targets
+from .teaching import cache_views, ignored_cache_settings, resolve_soft_targets
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,15 @@ def parse_variant(spec, cfg):
         check_setting("kd", "hint_beta", hints["beta"], f"bad variant {spec!r}: beta")
     except ValueError as e:
         raise KDError(str(e)) from None
-    if kind != "fitnets":
-        return Variant(kind, **values)
-    if hints["mode"] not in ("two-stage", "joint") or hints["epochs"] < 1:
+    if kind == "fitnets" and (hints["mode"] not in ("two-stage", "joint") or hints["epochs"] < 1):
         raise KDError(f"bad variant {spec!r}: mode is two-stage or joint, hint_epochs >= 1")
-    return Variant(kind, hints=Hints(**hints), **values)
+    variant = Variant(kind, hints=Hints(**hints) if kind == "fitnets" else None, **values)
+    # K= and topk= where this variant reads no K-view cache or no cache at all (K is --views)
+    ignored = ignored_cache_settings(variant.apply(cfg))
+    for key, name in (("views", "views"), ("topk", "cache_topk")):
+        if key in values and name in ignored:
+            raise KDError(f"bad variant {spec!r}: {ignored[name]}")
+    return variant
 
 
 def summarize(runs, baseline="baseline"):

@@ -31,6 +31,24 @@ def cache_views(cfg):
     return SPECS["none"], 1
 
 
+def ignored_cache_settings(cfg):
+    """{setting: one line} for the cache settings this run would otherwise ignore in silence:
+    K views without augmentation or outside mode 'cache' (which reads K views; 'fixed' reads one
+    clean view), and top-k or a storage dtype in mode 'online' (which reads no cache)."""
+    k, mode, lines = cfg.kd, cfg.kd.teacher_mode, {}
+    if k.views and cfg.student.augment == "none":
+        lines["views"] = f"--views {k.views} needs --augment: the views of an un-augmented image are all the same"
+    elif k.views and mode != "cache":
+        reads = "one clean view" if mode == "fixed" else "no cache"
+        lines["views"] = f"--views {k.views} is the K of --teacher-mode cache; --teacher-mode {mode} reads {reads}"
+    if mode == "online":
+        for name in ("cache_topk", "cache_dtype"):
+            if getattr(k, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                lines[name] = f"{flag} {getattr(k, name)} shapes a cache; --teacher-mode online reads none"
+    return lines
+
+
 def cache_path(cfg):
     """--logits, else the run folder's cache for this augmentation, K and storage, so that the
     clean-view cache and each K-view or top-k cache of a study live side by side instead of

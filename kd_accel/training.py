@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 
-from .cache import expand_topk
+from .cache import topk_logits
 from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, parse_every, save_checkpoint
 from .data import make_loader, to_float
 from .distributed import sync_batchnorm
@@ -60,12 +60,11 @@ def online_objective(teacher, objective):
 
 
 def topk_objective(num_classes, objective):
-    """Soft targets from a top-k cache: the batch's stored top-k log-probabilities
-    batch["teacher_topk_logp"] and class indices batch["teacher_topk_index"] [B, k] expanded to
-    [B, num_classes] (cache.expand_topk, row by row: the rows the whole-cache expansion would
+    """Soft targets from a top-k cache: the batch's stored top-k columns [B, k] expanded to
+    [B, num_classes] (cache.topk_logits, row by row: the rows the whole-cache expansion would
     give, bit for bit) just before the loss, so only [N, k] lives in memory."""
     def run(logits, batch):
-        batch["teacher_logits"] = expand_topk(batch["teacher_topk_logp"], batch["teacher_topk_index"], num_classes)
+        batch["teacher_logits"] = topk_logits(batch, num_classes)
         return objective(logits, batch)
 
     return run

@@ -84,6 +84,14 @@ def test_train_teacher_flags_are_the_teachers_recipe():
     (["--views", "0"], "--views must be >= 1, got 0"),
     (["--hint-beta", "nan"], "--hint-beta must be a finite number, got nan"),
     (["--views", "5"], "--views 5 needs --augment: the views of an un-augmented image are all the same"),
+    # cache settings a run would otherwise ignore in silence
+    (["--augment", "shift", "--teacher-mode", "online", "--views", "5"],
+     "--views 5 is the K of --teacher-mode cache; --teacher-mode online reads no cache"),
+    (["--augment", "shift", "--teacher-mode", "fixed", "--views", "5"],
+     "--views 5 is the K of --teacher-mode cache; --teacher-mode fixed reads one clean view"),
+    (["--teacher-mode", "online", "--cache-topk", "3"], "--cache-topk 3 shapes a cache; --teacher-mode online reads none"),
+    (["--teacher-mode", "online", "--cache-dtype", "fp16"],
+     "--cache-dtype fp16 shapes a cache; --teacher-mode online reads none"),
 ])
 def test_bounds_are_declared_with_the_setting(argv, words):
     with pytest.raises(KDError) as e:

@@ -1,5 +1,6 @@
 """Multi-seed comparison, temperature inspection, limited labels."""
 import json
+import re
 
 import pytest
 import torch
@@ -26,6 +27,24 @@ def test_variant_parsing():
     for bad in ("hinton:T=0", "hinton:beta=1", "fitnet", "hinton:alpha=2"):
         with pytest.raises(KDError):
             parse_variant(bad, cfg)
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("hinton:K=20", "K=20': --views 20 needs --augment"),
+    ("hinton:augment=shift,teacher=online,K=20", "--teacher-mode online reads no cache"),
+    ("hinton:augment=shift,teacher=fixed,K=20", "--teacher-mode fixed reads one clean view"),
+    ("hinton:teacher=online,topk=3", "--cache-topk 3 shapes a cache; --teacher-mode online reads none"),
+])
+def test_a_variant_setting_it_would_ignore_is_refused(spec, words):
+    """K= and topk= are refused where the variant reads no K-view cache or no cache at all, as
+    --views and --cache-topk are on the command line; where they apply they are kept."""
+    cfg = from_flags()
+    with pytest.raises(KDError, match=re.escape(words)):
+        parse_variant(spec, cfg)
+    assert parse_variant("hinton:augment=shift,teacher=cache,K=20", cfg).views == 20
+    assert parse_variant("hinton:topk=3", cfg).topk == 3
+    # the run's own --augment makes K= apply to a variant that does not name one
+    assert parse_variant("hinton:K=4", from_flags(augment="shift")).views == 4
 
 
 def test_summarize_pairs_by_seed():

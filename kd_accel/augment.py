@@ -180,11 +180,15 @@ def drawn_views(spec, stream, n):
     return lambda epoch: {"aug_params": draw_params(spec, stream, epoch, index)}
 
 
-def cached_views(soft):
-    """epoch -> view e mod K of a K-view cache: the parameters the teacher's view was made with
-    and the teacher's logits on it, so the student sees exactly what the teacher saw."""
+def cached_views(soft, views):
+    """epoch -> view e mod K of a K-view cache (K = `views`, the run's: a cache may hold more,
+    of which the run uses the first K): the parameters the teacher's view was made with and the
+    teacher's logits on it, so the student sees exactly what the teacher saw."""
+    if not 1 <= views <= soft.views:
+        raise ValueError(f"the run reads {views} views, the cache holds {soft.views}")
+
     def cols(epoch):
-        view = epoch % soft.views
+        view = epoch % views
         return {**soft.columns(view), "aug_params": soft.params(view)}
 
     return cols

@@ -216,27 +216,11 @@ def save_cache(path, logits, labels, key, dtype="fp32", params=None, topk=None):
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def check_cache_target(out, teacher=None):
-    """Refuse to write a cache at `out` over anything but a kd_accel cache (a checkpoint, any
-    other file, a folder), and over the teacher that the cache is computed from."""
-    out = Path(out)
-    if teacher is not None and out.exists() and os.path.samefile(out, teacher):
-        raise KDError(f"--out {out} is the teacher checkpoint itself; refusing to overwrite it with a cache")
-    if out.is_dir():
-        raise KDError(f"--out {out} is a folder; give the cache file's path")
-    if out.exists():
-        try:
-            meta = read_metadata(out)
-        except KDError:
-            meta = {}
-        if "format_version" not in meta or "teacher_fingerprint" not in meta:
-            raise KDError(f"--out {out} exists and is not a kd_accel logits cache; refusing to overwrite it "
-                          "(remove it or choose another path)")
-
-
 # --- reading --------------------------------------------------------------------------------------
 
 def read_metadata(path):
+    if Path(path).is_dir():  # safetensors would say only "No such device (os error 19)"
+        raise KDError(f"logits cache {path} is a folder, not a cache file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -247,10 +231,25 @@ def read_metadata(path):
 
 
 def _check_version(meta, path):
+    if "arch" in meta and "format_version" not in meta:  # what models.save_model stamps
+        raise CacheMismatch(f"{path} holds a {meta['arch']!r} model, not a teacher-logits cache")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CacheMismatch(
             f"{path}: format version {meta.get('format_version')!r}, this kd_accel reads {FORMAT_VERSION!r}"
         )
+
+
+def check_cache_file(path, flag):
+    """An existing file given as a cache (`flag`, e.g. --logits) is a kd_accel cache of this
+    format, checked before any work (a teacher trained first would be wasted); a missing one is
+    where the run writes its cache."""
+    if Path(path).is_dir():
+        raise KDError(f"{flag} {path} is a folder; give the logits cache file (.safetensors)")
+    if Path(path).exists():
+        try:
+            _check_version(read_metadata(path), path)
+        except KDError as e:
+            raise KDError(f"{flag}: {e}") from None
 
 
 def check_metadata(meta, key, path="cache"):

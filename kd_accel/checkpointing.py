@@ -22,6 +22,9 @@ PROGRESS = "progress.json"
 _STEP = re.compile(r"^step_(\d+)$")
 PROGRESS_KEYS = ("epoch", "position", "global_step", "history", "elapsed_s", "sums")
 RESUME_HINT = "rerun with the old values or use a new --output-dir"
+# Version of the settings stamp (pipeline.phase_settings). Stamps before 2 left settings out
+# (e.g. --augment-seed with one view), so what they were made with is not fully known.
+STAMP_VERSION = 2
 
 
 def parse_every(value):
@@ -124,6 +127,9 @@ def check_stamp(what, stamp, settings, hint):
     changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown."""
     if stamp is None:
         raise KDError(f"{what} predates settings stamps, so the settings it was made with are unknown; {hint}")
+    if stamp.get("stamp") != settings.get("stamp"):
+        raise KDError(f"{what} was stamped by an older kd_accel whose stamps left some settings out, so the "
+                      f"settings it was made with are not fully known; {hint}")
     if stamp.get("kd_loss"):  # stamped under an old name ('seed-mse'): the same loss, not a change
         stamp = {**stamp, "kd_loss": loss_name(stamp["kd_loss"])}
     changed = [f"{k} {stamp.get(k)} -> {settings.get(k)}" for k in {**stamp, **settings}

@@ -7,19 +7,23 @@ import argparse
 import functools
 import math
 import os
+from pathlib import Path
 
-from . import study, tracking
+from . import outputs, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
-from .cache import DTYPES, check_cache_target, open_cache
+from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
-from .config import ALL_GROUPS, PRESETS, Recipe, add_flags, check_bounds, from_args, layered_defaults
-from .data import DATA_DIR_ENV, DATASETS
+from .config import (
+    ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args,
+    layered_defaults,
+)
+from .data import DATA_DIR_ENV, DATASETS, data_files
 from .errors import KDError
 from .io import write_json
 from .losses import KD_LOSSES, loss_name
 from .pipeline import (
-    TEACHER_FILE, check_resume_target, load_data, resolve_teacher, set_aside_previous_result, setup, train_student,
-    train_teacher, write_config,
+    RESULT_FILES, TEACHER_FILE, check_against_data, check_resume_target, load_data, resolve_teacher, set_aside_previous_result, setup,
+    train_student, train_teacher, write_config,
 )
 from .reporting import experiment_metrics, print_summary
 from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
@@ -38,7 +42,8 @@ def registries():
 
 def build_parser(description, groups, extra=None, defaults=None, only=None):
     """An argparse parser for the settings of `groups` (all their flags, or those named in `only`)."""
-    parser = argparse.ArgumentParser(description=description)
+    # no abbreviations: distill.py's --out would silently mean --output-dir
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="recipe defaults: 'notebook' reproduces the notebook (default: %(default)s)")
     choices, types = registries()
@@ -66,6 +71,7 @@ def validate(cfg, groups=ALL):
         check_bounds(cfg, groups)  # finite, within each setting's declared range
     except ValueError as e:
         raise KDError(str(e)) from None
+    check_path_names(cfg, groups)  # before any path is used: a teacher trained, then unreadable
     for line in ignored_cache_settings(cfg).values():  # e.g. --views without --augment
         raise KDError(line)
     parse_every(cfg.run.checkpoint_every)
@@ -79,17 +85,46 @@ def validate(cfg, groups=ALL):
         raise KDError(f"teacher checkpoint not found: {teacher}")
     if data_dir and not os.path.isdir(data_dir):
         raise KDError(f"data dir not found: {data_dir} (the data sets' folder, or set ${DATA_DIR_ENV})")
+    if cfg.run.logits:
+        check_cache_file(cfg.run.logits, "--logits")
+
+
+def check_path_names(cfg, groups=ALL):
+    """Refuse, before any work, a path setting (declared path=True) whose name is not valid UTF-8.
+    On Linux such bytes arrive as lone surrogates ('bad\\udcff'); the run would train and save a
+    teacher, then fail where the path goes into JSON or safetensors metadata (UTF-8 only)."""
+    for group, prefix in groups.items():
+        own = GROUPS[group][1] if prefix is None else prefix
+        for _, f, _ in flag_fields(group):
+            value = getattr(getattr(cfg, group), f.name)
+            if f.metadata.get("path") and isinstance(value, str) and not is_utf8(value):
+                raise KDError(f"--{(own + f.name).replace('_', '-')} {value!r} is not valid UTF-8; kd_accel writes its "
+                              "paths into JSON and safetensors metadata, which need UTF-8: rename it")
+
+
+def is_utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def ends_training(main):
     """accelerator.end_training() on every way out of a script (done, KDError, Ctrl-C, a crash):
-    the trackers --report-to opened in pipeline.setup finish and keep what was logged."""
+    the trackers --report-to opened in pipeline.setup finish and keep what was logged, and the run
+    folder's lock taken there is released (in-process callers run again, or another script, at once)."""
     @functools.wraps(main)
     def wrapped(argv=None):
+        failed = True
         try:
-            return main(argv)
+            result, failed = main(argv), False
+            return result
         finally:
-            tracking.end()
+            try:
+                tracking.end(after_error=failed)  # the error that stopped the script is the one to report
+            finally:
+                runlock.release()
     return wrapped
 
 
@@ -97,15 +132,85 @@ def ends_training(main):
 TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 
 
+def teacher_parser():
+    return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
+                              "schedule", "augment", "output_dir", "run_name", "seed", "mixed_precision",
+                              "grad_accum", "checkpoint_every", "keep_checkpoints", "resume", "channels_last",
+                              "compile", "report_to"],
+                        defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
+
+
+def precompute_parser():
+    return build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "batch_size", "augment", "epochs",
+                              "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
+                              "mixed_precision", "channels_last", "compile"])
+
+
+# distill.py and compare.py write their caches in the run folder (or at --logits): --out is
+# precompute_logits.py's alone, not a flag they would take and ignore
+RUN_FLAGS = [dest for group in GROUPS for dest, _, _ in flag_fields(group) if dest != "out"]
+
+
+def distill_parser():
+    return build_parser("The whole experiment: teacher (train or reuse) -> logits cache (reuse or precompute) -> "
+                        "distilled student -> baseline student -> summary.", ALL, only=RUN_FLAGS)
+
+
+def compare_parser():
+    return build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?", ALL,
+                        extra=study.add_comparison_flags, only=RUN_FLAGS)
+
+
+# What each script reads and writes, for outputs.check before any work: no output over an input,
+# over another output, or over a file of another kind.
+CHECKPOINTS = {"checkpoints": "folder"}
+
+
+def run_inputs(cfg):
+    r = cfg.run
+    resume = r.resume if r.resume not in (None, "latest") else None
+    return [*(outputs.Input("--data-dir", p) for p in data_files(cfg.data.dataset, cfg.data.data_dir)),
+            outputs.Input("--teacher", r.teacher and Path(r.teacher)), outputs.Input("--resume", resume and Path(resume))]
+
+
+def run_outputs(cfg, files):
+    """{name: kind} of the files a script writes in the run folder, as outputs."""
+    return [outputs.Output("--output-dir", cfg.run_dir / name, kind) for name, kind in files.items()]
+
+
+def cache_output(cfg):
+    """The cache a run reads, or precomputes when it is missing or its own and stale (none online)."""
+    if cfg.kd.teacher_mode == "online":
+        return []
+    return [outputs.Output("--logits" if cfg.run.logits else "--output-dir", cache_path(cfg), "cache")]
+
+
+def teacher_output(cfg):
+    return {} if cfg.run.teacher else {TEACHER_FILE: "model"}
+
+
+def distill_outputs(cfg):
+    results = {name: ("json" if name.endswith(".json") else "model") for name in RESULT_FILES}
+    files = {**teacher_output(cfg), **results, "previous": "cleared folder", **CHECKPOINTS,
+             **{f"previous/{name}": kind for name, kind in results.items()}}  # the last result, set aside
+    return [*run_outputs(cfg, files), *cache_output(cfg)]
+
+
+def compare_outputs(cfg, variants, seeds):
+    files = {**teacher_output(cfg), "results.json": "json", "results.md": "results table", "results.png": "png",
+             "config.compare.json": "json", "compare": "folder", **CHECKPOINTS,
+             **{f"{study.comparison_label(v, seed)}.safetensors": "model" for v in variants for seed in seeds}}
+    caches = {o.path: o for v in variants if v.distilled for o in cache_output(v.apply(cfg))}
+    return [*run_outputs(cfg, files), *caches.values()]
+
+
 @ends_training
 def train_teacher_main(argv=None):
-    parser = build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
-                          only=["dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
-                                "schedule", "augment", "output_dir", "run_name", "seed", "mixed_precision",
-                                "grad_accum", "checkpoint_every", "keep_checkpoints", "resume", "channels_last",
-                                "compile", "report_to"],
-                          defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
-    cfg, _ = parse(parser, TEACHER_GROUPS, argv)
+    cfg, _ = parse(teacher_parser(), TEACHER_GROUPS, argv)
+    outputs.check(run_outputs(cfg, {TEACHER_FILE: "model", "config.train_teacher.json": "json", **CHECKPOINTS}),
+                  run_inputs(cfg))
     check_resume_target(cfg, "train_teacher.py", ["teacher"])
     accelerator = setup(cfg, "train_teacher")
     train, test = load_data(accelerator, cfg)
@@ -116,15 +221,13 @@ def train_teacher_main(argv=None):
 
 @ends_training
 def precompute_main(argv=None):
-    parser = build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
-                          only=["dataset", "data_dir", "limit_train", "limit_test", "batch_size", "augment", "epochs",
-                                "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
-                                "mixed_precision", "channels_last", "compile"])
-    cfg, _ = parse(parser, ALL, argv)
+    cfg, _ = parse(precompute_parser(), ALL, argv)
     if not cfg.run.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
-    out = cfg.run.out or cache_path(cfg)
-    check_cache_target(out, cfg.run.teacher)  # before the teacher runs: nothing written on refusal
+    out = Path(cfg.run.out) if cfg.run.out else cache_path(cfg)
+    # before the teacher runs: nothing written on refusal
+    outputs.check([outputs.Output("--out" if cfg.run.out else "--output-dir", out, "cache"),
+                   *run_outputs(cfg, {"config.precompute_logits.json": "json"})], run_inputs(cfg))
     accelerator = setup(cfg, "precompute_logits")
     train, _ = load_data(accelerator, cfg)
     precompute(accelerator, cfg, cfg.run.teacher, train, out)
@@ -133,10 +236,8 @@ def precompute_main(argv=None):
 
 @ends_training
 def distill_main(argv=None):
-    parser = build_parser(
-        "The whole experiment: teacher (train or reuse) -> logits cache (reuse or precompute) -> "
-        "distilled student -> baseline student -> summary.", ALL)
-    cfg, _ = parse(parser, ALL, argv)
+    cfg, _ = parse(distill_parser(), ALL, argv)
+    outputs.check(distill_outputs(cfg), run_inputs(cfg))
     phases = ["teacher"] * (not cfg.run.teacher) + ["student"] + ["baseline"] * cfg.kd.baseline
     check_resume_target(cfg, "distill.py", phases)
     accelerator = setup(cfg, "distill")
@@ -160,29 +261,43 @@ def distill_main(argv=None):
 @ends_training
 def compare_main(argv=None):
     """Baseline and distilled students over several seeds, one shared teacher and cache."""
-    parser = build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?", ALL,
-                          extra=study.add_comparison_flags)
-    cfg, args = parse(parser, ALL, argv)
+    cfg, args = parse(compare_parser(), ALL, argv)
     variants, reference = study.variants_from_flags(args["variants"], args["reference"], cfg)
+    study.check_seeds(args["seeds"])
+    outputs.check(compare_outputs(cfg, variants, args["seeds"]), run_inputs(cfg))
     check_resume_target(cfg, "compare.py", study.comparison_phases(cfg, variants, args["seeds"]))
     accelerator = setup(cfg, "compare")
     train, test = load_data(accelerator, cfg)
+    for v in variants:  # every variant's settings before the teacher and the first variant run
+        try:
+            check_against_data(v.apply(cfg), train)
+        except KDError as e:
+            raise KDError(f"variant {v.name!r}: {e}") from None
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
     runs = study.run_comparison(accelerator, cfg, variants, args["seeds"], train, test, teacher_path, teacher)
     write_config(accelerator, cfg, "compare")
     study.write_comparison(accelerator, cfg, variants, reference, runs, teacher)
 
 
-def inspect_main(argv=None):
-    """Does a higher temperature flatten the teacher's outputs? Read from the cache alone."""
-    p = argparse.ArgumentParser(description="Entropy and max-probability of the cached teacher outputs softened by T.")
+def inspect_parser():
+    p = argparse.ArgumentParser(description="Entropy and max-probability of the cached teacher outputs softened by T.",
+                                allow_abbrev=False)
     p.add_argument("cache", help="a teacher-logits cache (safetensors)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 1, 1.5, 2, 4, 8, 16])
-    p.add_argument("--plot", help="write a PNG here (needs matplotlib)")
+    p.add_argument("--plot", help="write a PNG here (needs matplotlib)").output = "png"
     p.add_argument("--view", type=int, default=0, help="which stored view of a K-view cache (default: %(default)s)")
-    a = p.parse_args(argv)
-    if any(not t > 0 for t in a.temperatures):
-        raise KDError("--temperatures must all be > 0")
+    return p
+
+
+def inspect_main(argv=None):
+    """Does a higher temperature flatten the teacher's outputs? Read from the cache alone."""
+    a = inspect_parser().parse_args(argv)
+    outputs.check([outputs.Output("--plot", a.plot and Path(a.plot), "png")], [outputs.Input("CACHE", Path(a.cache))])
+    try:  # the bounds --temperature has: beyond them softmax(x / T) is nan or uniform
+        for t in a.temperatures:
+            check_setting("kd", "temperature", t, "--temperatures")
+    except ValueError as e:
+        raise KDError(str(e)) from None
     soft = open_cache(a.cache)
     logits, meta = soft.logits(a.view), soft.meta
     rows = study.temperature_stats(logits, sorted(a.temperatures))
@@ -197,3 +312,8 @@ def inspect_main(argv=None):
             print(f"wrote {a.plot}")
         else:
             raise KDError("--plot needs matplotlib: pip install -e '.[plots]'")
+
+
+# Each launch/ script's parser (the tests read every script's flags here).
+PARSERS = {"train_teacher.py": teacher_parser, "precompute_logits.py": precompute_parser, "distill.py": distill_parser,
+           "compare.py": compare_parser, "inspect_logits.py": inspect_parser}

@@ -22,9 +22,19 @@ from typing import Optional
 
 def setting(default, help, **flag):
     """A field that is also a flag. `flag`: argparse keywords (choices, metavar), plus
-    low/high (inclusive bounds), positive (> 0) and default_text (what --help says when the
-    default is None or depends on something)."""
+    low/high (inclusive bounds), positive (> 0), default_text (what --help says when the
+    default is None or depends on something) and path=True (a file or folder name, checked
+    before any work: cli.check_path_names)."""
     return field(default=default, metadata={"help": help, **flag})
+
+
+# A setting is stamped on every phase that reads its group (pipeline.PHASE_GROUPS) unless its
+# declaration says why it cannot shape a result: `unstamped=REASON`; or names the only phases
+# that read it: `phases=(...)` (of "teacher", "baseline", "student", "fitnets"). So a new
+# setting is stamped by default, and tests/test_stamps.py checks every exemption against the
+# weights it leaves unchanged.
+PATH = "a path: what it names is stamped by content (data fingerprint, teacher weights, cache key)"
+
 
 
 SCHEDULES = ("cosine", "constant")
@@ -34,13 +44,13 @@ SCHEDULES = ("cosine", "constant")
 class Data:
     dataset: str = setting("mnist", "data set")
     data_dir: Optional[str] = setting(None, "folder with the data set's files", default_text="$KD_ACCEL_DATA_DIR or "
-                                      "./data, downloaded there if online")
+                                      "./data, downloaded there if online", unstamped=PATH, path=True)
     limit_train: Optional[int] = setting(None, "use only the first N training samples (smoke tests)", low=1)
     limit_test: Optional[int] = setting(None, "use only the first N test samples (smoke tests)", low=1)
     # limited labels: students see the hard labels of a fixed class-balanced subset only (the
     # teacher always trains on the whole set)
     train_subset: Optional[int] = setting(None, "students see hard labels of a fixed class-balanced subset of N "
-                                          "samples only", low=1)
+                                          "samples only", low=1, phases=("baseline", "student", "fitnets"))
 
 
 @dataclass
@@ -87,31 +97,39 @@ class Distillation:
                                         "the mass spread evenly (large label spaces)", low=1, default_text="full logits")
     # FitNets hints
     hint_mode: str = setting("two-stage", "FitNets: hint stage then KD, or both at once",
-                             choices=("two-stage", "joint"))
-    hint_epochs: int = setting(2, "FitNets two-stage: epochs of hint regression", low=1)
-    hint_beta: float = setting(1.0, "FitNets joint: weight of the hint loss", low=0.0)
-    baseline: bool = setting(True, "also train the baseline student (same recipe, hard labels only)")
+                             choices=("two-stage", "joint"), phases=("fitnets",))
+    hint_epochs: int = setting(2, "FitNets two-stage: epochs of hint regression", low=1, phases=("fitnets",))
+    hint_beta: float = setting(1.0, "FitNets joint: weight of the hint loss", low=0.0, phases=("fitnets",))
+    baseline: bool = setting(True, "also train the baseline student (same recipe, hard labels only)",
+                             unstamped="which phases run, not how one trains")
 
 
 @dataclass
 class Run:
-    output_dir: Optional[str] = setting(None, "run folder", default_text="runs/<run-name>")
-    run_name: Optional[str] = setting(None, "name of the run folder under runs/", default_text="the data set")
-    seed: int = setting(0, "random seed: initial weights, data order, augmented views")
-    teacher: Optional[str] = setting(None, "teacher checkpoint (safetensors)")
-    logits: Optional[str] = setting(None, "teacher-logits cache (safetensors)")
-    out: Optional[str] = setting(None, "where to write the cache", default_text="<output-dir>/teacher_logits*.safetensors")
+    output_dir: Optional[str] = setting(None, "run folder", default_text="runs/<run-name>", unstamped=PATH,
+                                        path=True, output="folder")
+    run_name: Optional[str] = setting(None, "name of the run folder under runs/", default_text="the data set",
+                                      unstamped=PATH, path=True, output="folder")
+    # numpy's seeding (accelerate's set_seed) takes 0..2**32-1 and crashes outside it
+    seed: int = setting(0, "random seed: initial weights, data order, augmented views; 0 to 2**32-1", low=0,
+                        high=2**32 - 1)
+    teacher: Optional[str] = setting(None, "teacher checkpoint (safetensors)", unstamped=PATH, path=True)
+    logits: Optional[str] = setting(None, "teacher-logits cache (safetensors)", unstamped=PATH, path=True)
+    out: Optional[str] = setting(None, "where to write the cache", default_text="<output-dir>/teacher_logits*.safetensors",
+                                 unstamped=PATH, path=True, output="cache")
     mixed_precision: Optional[str] = setting(None, "override Accelerate's mixed precision", choices=("no", "fp16", "bf16"))
     grad_accum: int = setting(1, "micro-batches per optimizer step, via accelerator.accumulate", low=1)
     checkpoint_every: Optional[str] = setting(None, "save resumable state every N optimizer steps, or 'epoch'",
-                                              default_text="off")
-    keep_checkpoints: int = setting(3, "how many checkpoints to keep per phase", low=1)
+                                              default_text="off", unstamped="when state is saved, not what")
+    keep_checkpoints: int = setting(3, "how many checkpoints to keep per phase", low=1,
+                                    unstamped="how many saved states are kept")
     resume: Optional[str] = setting(None, "'latest' (the run folder's newest checkpoint, or a fresh start) or a "
-                                    "checkpoint folder")
-    channels_last: bool = setting(True, "channels-last memory format for conv/BN (same math)")
+                                    "checkpoint folder", unstamped="continues the same run", path=True)
+    # other conv/BN kernels: the weights differ in the last bits (tests/test_stamps.py), so stamped
+    channels_last: bool = setting(True, "channels-last memory format for conv/BN (faster kernels on CPU)")
     compile: bool = setting(False, "torch.compile the models (Accelerate's dynamo backend 'inductor')")
     report_to: str = setting("none", "log losses, lr and accuracy per phase to Accelerate trackers; 'all': every one "
-                             "installed")
+                             "installed", unstamped="what is logged, not what is trained")
 
     @property
     def run_dir(self):
@@ -225,8 +243,9 @@ def add_flags(parser, groups, choices=None, types=None, defaults=None, only=None
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw["type"] = types.get(dest, kind)
-            parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=default,
-                                help=_help(f, default, dest, per_dataset, own), **kw)
+            action = parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=default,
+                                         help=_help(f, default, dest, per_dataset, own), **kw)
+            action.output = f.metadata.get("output")  # the kind of file or folder it names, for outputs flags
     return parser
 
 
@@ -286,6 +305,11 @@ def setting_choices(group, name):
     return _declared(group, name)["choices"]
 
 
+def _number(value):
+    # integers in full: :g shows 2**32 as 4.29497e+09, which reads as inside the seed's bounds
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def check_setting(group, name, value, flag=None):
     """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
     meta = _declared(group, name)
@@ -294,15 +318,22 @@ def check_setting(group, name, value, flag=None):
         return
     if isinstance(value, float) and not math.isfinite(value):  # inf and nan slip through every comparison
         raise ValueError(f"{flag} must be a finite number, got {value}")
-    low, high = meta.get("low"), meta.get("high")
+    low, high, shown = meta.get("low"), meta.get("high"), _number(value)
     if meta.get("positive") and not value > 0:
-        raise ValueError(f"{flag} must be > 0, got {value:g}")
+        raise ValueError(f"{flag} must be > 0, got {shown}")
     if low is not None and high is not None and not low <= value <= high:
-        raise ValueError(f"{flag} must be between {low:g} and {high:g}, got {value:g}")
+        raise ValueError(f"{flag} must be between {_number(low)} and {_number(high)}, got {shown}")
     if low is not None and not value >= low:
-        raise ValueError(f"{flag} must be >= {low:g}, got {value:g}")
+        raise ValueError(f"{flag} must be >= {_number(low)}, got {shown}")
     if high is not None and not value <= high:
-        raise ValueError(f"{flag} must be at most {high:g}, got {value:g}")
+        raise ValueError(f"{flag} must be at most {_number(high)}, got {shown}")
+
+
+def stamped_fields(group, phase):
+    """The names of the settings of `group` that a `phase` stamps: all but the unstamped ones
+    and those declared for other phases only."""
+    return [f.name for f in dataclasses.fields(GROUPS[group][0])
+            if not f.metadata.get("unstamped") and phase in f.metadata.get("phases", (phase,))]
 
 
 def check_bounds(cfg, groups=ALL_GROUPS):

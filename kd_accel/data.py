@@ -180,6 +180,20 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+def _plain_frombuffer(buf, dtype, *layout):
+    # protocol 5 pickles a contiguous array as numpy._core.numeric._frombuffer(its bytes, dtype,
+    # shape, order), which only reshapes the bytes; checked first so that nothing but raw bytes
+    # becomes an array, and never one of Python objects (an object array's items are pickled
+    # objects, not bytes)
+    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _Refused(f"numpy _frombuffer of a {type(buf).__name__} as {dtype!r}")
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy 1.x
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer(buf, dtype, *layout)  # shape, order (and numpy 2's axis_order): a reshape
+
+
 def _latin1_encode(text, encoding):
     # Python 3 pickles bytes at protocol 2 as _codecs.encode(text, "latin1"); no other codec
     if encoding != "latin1":
@@ -192,11 +206,14 @@ def _empty_bytes():
 
 
 # Every global a CIFAR-10 batch names: numpy's array reconstruction (Python 2's cPickle wrote
-# numpy.core.*, numpy 2 writes numpy._core.*) and, in protocol-2 pickles written by Python 3, the
-# pixel bytes. dicts, lists, str and int are pickle opcodes, not globals.
+# numpy.core.*, numpy 2 writes numpy._core.*; protocol 5 rebuilds from the raw bytes) and, in
+# protocol-2 pickles written by Python 3, the pixel bytes. dicts, lists, str and int are pickle
+# opcodes, not globals.
 _PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): lambda: _plain_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): lambda: _plain_frombuffer,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
@@ -297,6 +314,13 @@ def raw_dir(spec, data_dir):
         if not _missing_in(cand, spec):
             return cand
     return None
+
+
+def data_files(dataset, data_dir=None):
+    """The files a data set is read from, those that exist (the inputs no output may replace)."""
+    spec = get_spec(dataset)
+    raw = raw_dir(spec, resolve_data_dir(data_dir)[0])
+    return [] if raw is None else [_find(raw, f) for names in spec.files.values() for f in names]
 
 
 def _missing_files(spec, data_dir):

@@ -16,8 +16,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from . import tracking
 from .augment import cached_views, drawn_views, get_spec, make_inputs, stream_seed
-from .cache import SoftTargets
-from .checkpointing import RESUME_HINT, check_stamp, resume_progress
+from .cache import SoftTargets, check_topk
+from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
 from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate
@@ -28,8 +28,10 @@ from .models import (build_model, count_params, load_model, meta_input_shape, me
                      state_fingerprint)
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
+from .runlock import hold_run_folder
 from .threads import set_cpu_threads
-from .teaching import cache_views, default_cache_dtype
+from .config import stamped_fields
+from .teaching import cache_dtype, cache_views
 from .training import fit, make_objective, online_objective, topk_objective
 
 TEACHER_FILE = "teacher.safetensors"
@@ -43,8 +45,10 @@ def make_accelerator(cfg, script=None, **kwargs):
     <run>/tensorboard/<script>/."""
     trackers = tracking.resolve(cfg.run.report_to)
     if trackers:
+        logging_dir = cfg.run_dir / "tensorboard" / (script or "run")
+        tracking.check_logging_dir(trackers, logging_dir)  # before the run folder exists, so nothing is left
         kwargs.update(log_with=trackers, project_config=ProjectConfiguration(
-            project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir / "tensorboard" / (script or "run"))))
+            project_dir=str(cfg.run_dir), logging_dir=str(logging_dir)))
     accelerator = Accelerator(
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.run.grad_accum,
@@ -72,6 +76,9 @@ def setup(cfg, script):
     set_seed(cfg.run.seed)
     if accelerator.is_main_process:
         make_dir(cfg.run_dir)
+        # before anything is written or removed here; the other ranks write under rank 0's lock.
+        # Refused, rank 0 exits 2 and the launcher stops the others (waiting in the next barrier).
+        hold_run_folder(cfg.run_dir, script)
     # trackers get the resolved configuration (what config.json will say) as hyper-parameters
     tracking.start(accelerator, resolved_config(accelerator, cfg, script), f"{cfg.run_dir.name}-{script}")
     return accelerator
@@ -117,7 +124,21 @@ def load_data(accelerator, cfg):
         ensure_downloaded(cfg.data.dataset, cfg.data.data_dir)
     train = load_split(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.limit_train)
     test = load_split(cfg.data.dataset, "test", cfg.data.data_dir).subset(cfg.data.limit_test)
+    check_against_data(cfg, train)
     return train, test
+
+
+def check_against_data(cfg, train):
+    """The settings whose bounds are the data's (class count, labels per class), checked as soon
+    as the data are read, before any model runs: found later, they would stop a run after its
+    teacher trained (compare.py: after earlier variants ran; it checks each variant's here)."""
+    if cfg.kd.cache_topk is not None:
+        try:
+            check_topk(cfg.kd.cache_topk, train.num_classes)
+        except KDError as e:
+            raise KDError(f"--cache-topk {cfg.kd.cache_topk}: {e}") from None
+    if cfg.data.train_subset:
+        balanced_subset(train.labels, cfg.data.train_subset)
 
 
 def columns(split, **extra):
@@ -130,41 +151,46 @@ def run_info(model, hist, **extra):
             "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
 
 
+# The groups of settings each kind of phase reads (config.py: a setting of these groups is stamped
+# unless declared `unstamped`, or declared for other phases only).
+PHASE_GROUPS = {"teacher": ("data", "teacher", "run"), "baseline": ("data", "student", "run"),
+                "student": ("data", "student", "kd", "run"), "fitnets": ("data", "student", "kd", "run")}
+
+
+def phase_kind(student=True, kd=False, hints=False):
+    return "teacher" if not student else "fitnets" if hints else "student" if kd else "baseline"
+
+
+def resolved_settings(accelerator, cfg, recipe):
+    """Settings whose flag value is not yet what the phase uses: resolved, so that naming a
+    default (or an old loss name) is not a change, and a default that depends on other settings
+    (K, the cache's dtype) is stamped as used."""
+    spec, views = cache_views(cfg)
+    online = cfg.kd.teacher_mode == "online"
+    return {"augment": get_spec(recipe.augment).describe(), "mixed_precision": accelerator.mixed_precision,
+            "kd_loss": loss_name(cfg.kd.kd_loss), "views": views, "cache_dtype": None if online else cache_dtype(cfg, spec)}
+
+
 def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=False, hints=False):
-    """The settings that shape a phase's weights and reported numbers: the recipe the phase uses
-    (cfg.teacher for the teacher, cfg.student for a student, of a compare variant and seed), and
-    for a distilled student where its soft targets come from. Stamped on its checkpoints and its
-    finished model file, and compared on resume or reuse, so that no run continues or reuses
-    another recipe's work under its own labels. Left out: paths, checkpoint cadence,
-    channels-last and --compile (same math). The baseline has no KD settings: changing T leaves
-    it valid."""
-    recipe, k = (cfg.student if student else cfg.teacher), cfg.kd
-    s = {"dataset": cfg.data.dataset, "data": train.fingerprint(), "limit_train": cfg.data.limit_train,
-         "limit_test": cfg.data.limit_test, "seed": cfg.run.seed, "epochs": recipe.epochs, "lr": recipe.lr,
-         "schedule": recipe.schedule, "batch_size": recipe.batch_size, "processes": accelerator.num_processes,
-         "grad_accum": cfg.run.grad_accum, "mixed_precision": accelerator.mixed_precision}
-    if recipe.augment != "none":  # stamped only when on: runs without augmentation keep their old stamps
-        s["augment"] = get_spec(recipe.augment).describe()
-    if not student:  # the teacher always trains on the whole (limited) training set
-        return s
-    s["train_subset"] = cfg.data.train_subset
-    if kd:
-        s.update(kd_loss=loss_name(k.kd_loss), temperature=k.temperature, alpha=k.alpha, teacher=teacher_fp,
-                 soft_targets=k.soft_targets if cfg.data.train_subset else None)
-        if k.teacher_mode != "cache" or recipe.augment != "none":
-            s["teacher_mode"] = k.teacher_mode
-        spec, views = cache_views(cfg)
-        if views > 1:
-            s.update(views=views, augment_seed=k.augment_seed)
-        if k.cache_topk:
-            s["cache_topk"] = k.cache_topk
-        # fp16 and fp32 logits round differently, so a student resumed on the other storage would
-        # not be the same run; stamped only when not the default, so default runs keep their stamps
-        if k.teacher_mode != "online" and k.cache_dtype and k.cache_dtype != default_cache_dtype(spec):
-            s["cache_dtype"] = k.cache_dtype
-    if hints:
-        two_stage = k.hint_mode == "two-stage"  # hint_epochs is used only there, hint_beta only in joint
-        s.update(hint_mode=k.hint_mode, **({"hint_epochs": k.hint_epochs} if two_stage else {"hint_beta": k.hint_beta}))
+    """The settings that shape a phase's weights and reported numbers, stamped on its checkpoints
+    and its finished model file and compared on resume or reuse, so that no run continues or
+    reuses another recipe's work under its own labels.
+
+    Derived from the declarations, not listed here: every setting of the groups the phase reads
+    (PHASE_GROUPS; the teacher's recipe for the teacher), by name, resolved where its flag is not
+    yet the value used; plus what no flag says: the data's fingerprint, the processes and, for a
+    distilled student, the teacher's weights. So a new setting cannot be left out by accident."""
+    phase = phase_kind(student, kd, hints)
+    recipe = cfg.student if student else cfg.teacher
+    resolved = resolved_settings(accelerator, cfg, recipe)
+    s = {"stamp": STAMP_VERSION, "phase_kind": phase, "data": train.fingerprint(),
+         "processes": accelerator.num_processes}
+    for group in PHASE_GROUPS[phase]:
+        values = recipe if group in ("student", "teacher") else getattr(cfg, group)
+        for name in stamped_fields(group, phase):
+            s[name] = resolved.get(name, getattr(values, name))
+    if phase in ("student", "fitnets"):
+        s["teacher_weights"] = teacher_fp
     return s
 
 
@@ -271,7 +297,7 @@ def student_data(cfg, train, soft=None, online=None):
     per_epoch = drawn_views(spec, stream_seed("student", cfg.run.seed), len(train))
     extra = {}
     if isinstance(soft, SoftTargets) and soft.params(0) is not None:
-        per_epoch = cached_views(soft)  # consistent: the teacher's own views
+        per_epoch = cached_views(soft, cache_views(cfg)[1])  # consistent: the teacher's own views, the run's K
     elif soft is not None:  # one clean view: with --augment, the student's views are not the teacher's
         extra = soft.columns(0) if isinstance(soft, SoftTargets) else {"teacher_logits": soft}
     distilled = soft is not None or online is not None

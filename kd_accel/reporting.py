@@ -47,12 +47,20 @@ def summary_table(metrics):
         name = {"student": "distilled student"}.get(role, role)
         table.add_row(name, fmt_pct(m["test_accuracy"]), f"{m['params']:,}", fmt_secs(m.get("train_time_s")), m.get("note", ""))
     gain = metrics.get("gain_over_baseline")
-    cache = metrics["cache"]
     table.caption = (
         (f"gain over baseline: {gain:+.2f} points; " if gain is not None else "")
-        + f"teacher logits cache: {'hit' if cache['hit'] else 'miss'} ({cache['path']})"
+        + soft_targets_source(metrics["cache"])
     )
     return table
+
+
+def soft_targets_source(cache):
+    """The caption's word on where the soft targets came from. A mode that reads no cache (online:
+    the teacher on every batch) records only its name (teaching.resolve_soft_targets), so there
+    is no hit or path to show."""
+    if "hit" not in cache:
+        return f"teacher: {cache['mode']}, no cache"
+    return f"teacher logits cache: {'hit' if cache['hit'] else 'miss'} ({cache['path']})"
 
 
 def print_summary(accelerator, metrics):

@@ -286,6 +286,7 @@ def variants_from_flags(specs, reference, cfg):
     """(variants, reference name): a plain baseline is added when none is listed and no other
     reference is named (e.g. full logits as the reference of top-k ones)."""
     variants = [parse_variant(v, cfg) for v in specs]
+    _check_distinct_names(specs, variants)
     if not any(not v.distilled for v in variants) and not reference:
         variants.insert(0, Variant("baseline"))
     names = [v.name for v in variants]
@@ -293,6 +294,34 @@ def variants_from_flags(specs, reference, cfg):
     if reference not in names:
         raise KDError(f"--reference {reference!r} is not one of the variants: {', '.join(names)}")
     return variants, reference
+
+
+def _check_distinct_names(specs, variants):
+    """Results are keyed by Variant.name: two specs with one name would share a row and a
+    checkpoint folder, the second overwriting the first."""
+    seen = {}
+    for spec, v in zip(specs, variants):
+        if v.name in seen:
+            first, other = seen[v.name]
+            if other == v:
+                raise KDError(f"--variants {first!r} and {spec!r} are the same variant, {v.name!r}; list it once")
+            raise KDError(f"--variants {first!r} and {spec!r} would share one row, {v.name!r} (names show T and "
+                          "alpha to 6 significant digits, a FitNets variant only its mode's hint setting); "
+                          "make them differ there")
+        seen[v.name] = spec, v
+
+
+def check_seeds(seeds):
+    """Each seed once (a repeat overwrites its own run: fewer seeds than listed, and one seed
+    leaves NaN p-values), each within --seed's declared bounds."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise KDError(f"--seeds lists {', '.join(map(str, repeated))} more than once; give distinct seeds")
+    try:
+        for seed in seeds:
+            check_setting("run", "seed", seed, "--seeds")
+    except ValueError as e:
+        raise KDError(str(e)) from None
 
 
 def comparison_label(variant, seed):

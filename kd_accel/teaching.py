@@ -195,5 +195,6 @@ def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_fp, train):
         accelerator.print("teacher: online, run on every student batch (no cache)")
         return None, frozen_teacher(accelerator, cfg, teacher_path), {"mode": "online"}
     soft, hit, path = resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train)
+    # views: the K the students replay (the first K of the file's); cache_views: what the file holds
     return soft, None, {"mode": cfg.kd.teacher_mode, "hit": hit, "path": str(path), "dtype": soft.meta.get("dtype"),
-                        "views": soft.views, "storage": soft.storage}
+                        "views": cache_views(cfg)[1], "cache_views": soft.views, "storage": soft.storage}

@@ -5,7 +5,11 @@ and closed on every way out (`end_training`, see cli.ends_training).
 Each phase (teacher, student, baseline, compare.py's variants and seeds) logs under its own
 prefix with its own step count, e.g. `student/loss`, `student/soft`, `student/lr` per optimizer
 step and `student/test_accuracy`, `student/epoch_time_s`, `student/samples_per_s` per epoch."""
+import os
+from pathlib import Path
+
 import torch
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
 from .errors import KDError
@@ -36,6 +40,20 @@ def resolve(report_to):
     return [report_to]
 
 
+def check_logging_dir(trackers, logging_dir):
+    """Refuse, before any work, a logging folder that the trackers writing files (TensorBoard)
+    could not create: a file in the way, or a folder the user cannot write in. Found only in
+    init_trackers, it would stop the run after its folder exists."""
+    if not any(LOGGER_TYPE_TO_CLASS[t].requires_logging_directory for t in trackers):
+        return
+    path = Path(logging_dir) / PROJECT  # where TensorBoard writes: <logging_dir>/<project>
+    nearest = next(p for p in (path, *path.parents) if p.exists())  # "." and "/" always exist
+    why = (f"{nearest} is not a folder" if not nearest.is_dir()
+           else f"{nearest} is not writable" if not os.access(nearest, os.W_OK | os.X_OK) else None)
+    if why:
+        raise KDError(f"--report-to {','.join(trackers)}: cannot create the logging folder {path}: {why}")
+
+
 def hyperparameters(values, prefix=""):
     """The resolved configuration as trackers take it: flat ('student.epochs'), scalars and
     strings only (None -> 'none')."""
@@ -54,16 +72,42 @@ _OPEN = []  # the script's Accelerator, until end() closes it
 def start(accelerator, config, run_name):
     """init_trackers once per script run (a no-op without trackers); end() ends it."""
     _OPEN.append(accelerator)
-    if accelerator.log_with:
+    if not accelerator.log_with:
+        return
+    try:
         accelerator.init_trackers(PROJECT, config=hyperparameters(config),
                                   init_kwargs={"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}})
+    except Exception as e:  # a folder refused, a server unreachable: one line, not a traceback
+        _abandon_trackers(accelerator)
+        names = ",".join(str(t) for t in accelerator.log_with)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KDError(f"--report-to {names}: cannot start the tracker: {reason}") from None
 
 
-def end():
+def _abandon_trackers(accelerator):
+    """Finish the trackers that did start, as far as they can, and leave the Accelerator with
+    none: a tracker whose start failed has nothing to finish, and end_training on it would
+    raise a second error over the first."""
+    for tracker in accelerator.trackers:
+        try:
+            tracker.finish()
+        except Exception:
+            pass
+    accelerator.trackers.clear()
+
+
+def end(after_error=False):
     """accelerator.end_training() for the script's Accelerator: its trackers finish (TensorBoard
-    closes its event file, W&B and MLflow end their run). cli.ends_training calls it on every way out."""
+    closes its event file, W&B and MLflow end their run). cli.ends_training calls it on every way
+    out; `after_error`: the script already failed, and that error is the one to report, so a
+    tracker that cannot finish is passed over rather than raised over it."""
     while _OPEN:
-        _OPEN.pop().end_training()
+        accelerator = _OPEN.pop()
+        try:
+            accelerator.end_training()
+        except Exception as e:
+            if not after_error:
+                raise KDError(f"cannot close the trackers: {e}") from None
 
 
 class PhaseLog:

@@ -145,7 +145,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # same math, faster conv/BN kernels on CPU
+    model = model.to(memory_format=memory_format)  # faster conv/BN kernels on CPU (other float rounding)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
     # per process on each optimizer step and not at all on accumulation micro-steps.

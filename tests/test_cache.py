@@ -10,9 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kd_accel.cache import (
-    FORMAT_VERSION, CacheKey, CacheMismatch, SoftTargets, check_cache_target, load_cache, load_part, open_cache,
+    FORMAT_VERSION, CacheKey, CacheMismatch, SoftTargets, load_cache, load_part, open_cache,
     parts_dir, read_metadata, remove_parts, save_cache, save_part,
 )
+from kd_accel import outputs
 from kd_accel.errors import KDError
 
 KEY = CacheKey("mnist", "train", 50, 10, "teacherfp", "datafp", "shift(pad=2)", 7)
@@ -179,12 +180,16 @@ def test_a_version_2_cache_is_refused_by_name(tmp_path):
     check_cache_target(path)  # still a kd_accel cache: precompute may overwrite it
 
 
+def check_cache_target(path):
+    outputs.check([outputs.Output("--out", path, "cache")], [])
+
+
 def test_check_cache_target_accepts_a_cache_refuses_other_files(tmp_path):
     path, _, _ = make(tmp_path, views=2, topk=3)
     check_cache_target(path)
     other = tmp_path / "x.safetensors"
     save_file({"w": torch.zeros(3)}, str(other))
-    with pytest.raises(KDError, match="is not a kd_accel logits cache"):
+    with pytest.raises(KDError, match="exists and is not a kd_accel teacher-logits cache"):
         check_cache_target(other)
 
 

@@ -20,7 +20,7 @@ SCRIPTS = {  # launch script -> (its main, a bad flag, the words of its one erro
     "train_teacher.py": (cli.train_teacher_main, ["--epochs", "0"], "--epochs must be >= 1"),
     "precompute_logits.py": (cli.precompute_main, [], "needs --teacher PATH"),
     "compare.py": (cli.compare_main, ["--variants", "mse"], "bad variant 'mse'"),
-    "inspect_logits.py": (cli.inspect_main, ["x.safetensors", "--temperatures", "0"], "--temperatures must all be > 0"),
+    "inspect_logits.py": (cli.inspect_main, ["x.safetensors", "--temperatures", "0"], "--temperatures must be"),
 }
 
 

@@ -102,7 +102,7 @@ def test_out_equal_to_teacher_is_refused(tmp_path, mnist_dir):
     before = teacher.read_bytes()
     (tmp_path / "link.safetensors").symlink_to(teacher)
     for out in (teacher, tmp_path / "link.safetensors", tmp_path / "." / "t.safetensors"):
-        with pytest.raises(KDError, match="is the teacher checkpoint itself"):
+        with pytest.raises(KDError, match="is --teacher .*, which this run reads"):
             precompute(mnist_dir, teacher, out)
     assert teacher.read_bytes() == before
 
@@ -119,7 +119,7 @@ def test_out_over_a_non_cache_is_refused(tmp_path, mnist_dir, what):
         out.mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     content = out.read_bytes() if out.is_file() else None
-    with pytest.raises(KDError, match="is a folder" if what == "folder" else "is not a kd_accel logits cache"):
+    with pytest.raises(KDError, match="is a folder" if what == "folder" else "is not a kd_accel teacher-logits cache"):
         precompute(mnist_dir, teacher, out, "--output-dir", str(tmp_path / "run"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, nothing else written
     if content is not None:

@@ -172,10 +172,10 @@ def test_settings_cover_each_recipe_flag():
     ref = phase_settings(Acc, base, train, teacher_fp="t", kd=True)
     for name, value in [("lr", 2e-3), ("temperature", 1.0), ("alpha", 0.5), ("epochs", 5), ("batch_size", 64),
                         ("kd_loss", "seed-mse"), ("limit_train", 10000), ("grad_accum", 2), ("seed", 3),
-                        ("schedule", "constant"), ("train_subset", 100)]:
+                        ("schedule", "constant"), ("train_subset", 100), ("channels_last", False)]:
         assert phase_settings(Acc, with_flags(base, **{name: value}), train, teacher_fp="t", kd=True) != ref, name
     for name, value in [("checkpoint_every", "epoch"), ("output_dir", "elsewhere"), ("keep_checkpoints", 1),
-                        ("channels_last", False), ("resume", "latest")]:
+                        ("resume", "latest")]:
         assert phase_settings(Acc, with_flags(base, **{name: value}), train, teacher_fp="t", kd=True) == ref, name
     assert phase_settings(Acc, base, train, teacher_fp="other", kd=True) != ref
 

@@ -34,8 +34,8 @@ def paired_ci(diffs, level=0.95):
 
     n = len(diffs)
     m = mean(diffs)
-    if n < 2:
-        return {"mean": m, "low": float("nan"), "high": float("nan"), "p": float("nan"), "n": n}
+    if n < 2:  # no interval and no test from one seed: None (JSON null), never NaN (not JSON)
+        return {"mean": m, "low": None, "high": None, "p": None, "n": n}
     se = std(diffs) / math.sqrt(n)
     if se == 0:  # every seed moved by the same amount: scipy says nan, the answer is certain
         return {"mean": m, "low": m, "high": m, "p": 0.0 if m != 0 else 1.0, "n": n}

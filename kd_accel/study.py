@@ -160,8 +160,8 @@ def markdown_table(summary, title=""):
               "| --- | --- | --- | --- | --- | --- |"]
     for name, r in summary.items():
         g = r.get("gain")
-        gain = f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "-"
-        p = ("< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}") if g else "-"
+        gain = "-" if not g else f"{g['mean']:+.3f}" + (f" [{g['low']:+.3f}, {g['high']:+.3f}]" if g["p"] is not None else "")
+        p = "-" if not g or g["p"] is None else "< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}"
         lines.append(f"| {name} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} | {gain} | {p} | {r['train_time_s']:.1f}s |")
     return "\n".join(lines) + "\n"
 
@@ -184,8 +184,9 @@ def grid_matrix(summary, variants):
         row = []
         for a in alphas:
             g = cells.get((t, a))
-            txt = f"{g['mean']:+.3f} ({'<0.001' if g['p'] < 0.001 else format(g['p'], '.3f')})" if g else "-"
-            row.append(f"**{txt}**" if g and g["p"] < 0.05 else txt)
+            p = "-" if not g or g["p"] is None else "<0.001" if g["p"] < 0.001 else format(g["p"], ".3f")
+            txt = f"{g['mean']:+.3f} ({p})" if g else "-"
+            row.append(f"**{txt}**" if g and g["p"] is not None and g["p"] < 0.05 else txt)
         lines.append(f"| {t:g} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from conftest import launch_cmd, run_script, reset_accelerate_state
-from kd_accel import models
+from kd_accel.models import notebook as models  # save_model looks save_file up there
 from kd_accel.config import from_flags
 from kd_accel.data import load_split
 from kd_accel.errors import KDError, run_cli

@@ -31,7 +31,7 @@ def test_paired_p_values_match_tables():
 def test_identical_differences_are_certain():
     assert paired_ci([0.3, 0.3, 0.3]) == pytest.approx({"mean": 0.3, "low": 0.3, "high": 0.3, "p": 0.0, "n": 3})
     assert paired_ci([0.0, 0.0])["p"] == 1.0
-    assert math.isnan(paired_ci([0.5])["low"])
+    assert paired_ci([0.5])["low"] is None and paired_ci([0.5])["p"] is None  # JSON null, not NaN
 
 
 def test_paired_ci_by_hand():

@@ -11,9 +11,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import KDError
-from .hashing import tensor_digest
-from .io import atomic_path
+from ..errors import KDError
+from ..hashing import tensor_digest
+from ..io import atomic_path
 
 
 def conv_bn_relu(cin, cout, k):

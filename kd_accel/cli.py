@@ -15,15 +15,15 @@ from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
 from .config import (
     ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args,
-    layered_defaults,
+    layered_defaults, settings_with_flags,
 )
 from .data import DATA_DIR_ENV, DATASETS, data_files
 from .errors import KDError
 from .io import write_json
 from .losses import KD_LOSSES, loss_name
 from .pipeline import (
-    RESULT_FILES, TEACHER_FILE, check_against_data, check_resume_target, load_data, resolve_teacher, set_aside_previous_result, setup,
-    train_student, train_teacher, write_config,
+    RESULT_FILES, TEACHER_FILE, check_against_data, check_resume_target, load_data, resolve_teacher,
+    set_aside_previous_result, setup, train_student, train_teacher, write_config,
 )
 from .reporting import experiment_metrics, print_summary
 from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
@@ -93,13 +93,10 @@ def check_path_names(cfg, groups=ALL):
     """Refuse, before any work, a path setting (declared path=True) whose name is not valid UTF-8.
     On Linux such bytes arrive as lone surrogates ('bad\\udcff'); the run would train and save a
     teacher, then fail where the path goes into JSON or safetensors metadata (UTF-8 only)."""
-    for group, prefix in groups.items():
-        own = GROUPS[group][1] if prefix is None else prefix
-        for _, f, _ in flag_fields(group):
-            value = getattr(getattr(cfg, group), f.name)
-            if f.metadata.get("path") and isinstance(value, str) and not is_utf8(value):
-                raise KDError(f"--{(own + f.name).replace('_', '-')} {value!r} is not valid UTF-8; kd_accel writes its "
-                              "paths into JSON and safetensors metadata, which need UTF-8: rename it")
+    for _, flag, f, value in settings_with_flags(cfg, groups):
+        if f.metadata.get("path") and isinstance(value, str) and not is_utf8(value):
+            raise KDError(f"{flag} {value!r} is not valid UTF-8; kd_accel writes its paths into JSON and safetensors "
+                          "metadata, which need UTF-8: rename it")
 
 
 def is_utf8(text):
@@ -176,7 +173,9 @@ def run_inputs(cfg):
 
 
 def run_outputs(cfg, files):
-    """{name: kind} of the files a script writes in the run folder, as outputs."""
+    """{name: kind} of the files a script writes in the run folder, as outputs; and the lock it
+    holds there while it runs (pipeline.setup)."""
+    files = {runlock.LOCK_NAME: "lock", **files}
     return [outputs.Output("--output-dir", cfg.run_dir / name, kind) for name, kind in files.items()]
 
 

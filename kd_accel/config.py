@@ -336,10 +336,16 @@ def stamped_fields(group, phase):
             if not f.metadata.get("unstamped") and phase in f.metadata.get("phases", (phase,))]
 
 
-def check_bounds(cfg, groups=ALL_GROUPS):
-    """Every setting of `cfg` within its declared bounds (ValueError, one line, naming the flag
-    as `groups` spells it: train_teacher.py's --epochs is the teacher's)."""
+def settings_with_flags(cfg, groups=ALL_GROUPS):
+    """(group, flag, declared field, value) of every setting of `cfg` in `groups`, each flag
+    spelled as `groups` gives it (train_teacher.py's --epochs is the teacher's)."""
     for group, prefix in groups.items():
         own = GROUPS[group][1] if prefix is None else prefix
         for f in dataclasses.fields(GROUPS[group][0]):
-            check_setting(group, f.name, getattr(getattr(cfg, group), f.name), "--" + (own + f.name).replace("_", "-"))
+            yield group, "--" + (own + f.name).replace("_", "-"), f, getattr(getattr(cfg, group), f.name)
+
+
+def check_bounds(cfg, groups=ALL_GROUPS):
+    """Every setting of `cfg` within its declared bounds (ValueError, one line, naming the flag)."""
+    for group, flag, f, value in settings_with_flags(cfg, groups):
+        check_setting(group, f.name, value, flag)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import KDError
+from .errors import KDError, first_line
 from .hashing import tensor_digest
 
 DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
@@ -240,7 +240,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _first_line(e):
-    return f"{type(e).__name__}: {e}".splitlines()[0].strip()
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _read_batch(path):

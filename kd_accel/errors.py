@@ -12,6 +12,12 @@ class KDError(Exception):
     """A problem the user can fix (bad flag, missing file, stale cache). Printed as one line."""
 
 
+def first_line(e):
+    """The first line of another library's error message, or its type when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def close_process_group():
     """Tear down torch.distributed before the interpreter exits. Left to interpreter shutdown,
     gloo's worker threads can be destroyed while still joinable, and a rank then dies with

@@ -54,6 +54,15 @@ def _is_json(path):
         return False
 
 
+def _is_lock(path):
+    """A run lock: empty, or the holder's details a run left there (runlock.py)."""
+    try:
+        text = Path(path).read_text()
+        return not text.strip() or {"script", "pid"} <= set(json.loads(text))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _starts_with(path, *prefixes):
     try:
         with open(path, "rb") as f:
@@ -70,6 +79,7 @@ KINDS = {
     "json": ("a JSON object", _is_json),
     "results table": ("a kd_accel results table", lambda p: _starts_with(p, b"### ", b"| variant |")),
     "png": ("a PNG image", lambda p: _starts_with(p, b"\x89PNG\r\n\x1a\n")),
+    "lock": ("a kd_accel run lock", _is_lock),
     "folder": ("a folder", os.path.isdir),
     # deleted and made anew by the run (<run>/previous): no input may lie inside it
     "cleared folder": ("a folder", os.path.isdir),

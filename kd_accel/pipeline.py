@@ -18,6 +18,7 @@ from . import tracking
 from .augment import cached_views, drawn_views, get_spec, make_inputs, stream_seed
 from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
+from .config import stamped_fields
 from .data import balanced_subset, ensure_downloaded, load_split
 from .errors import KDError
 from .evaluation import evaluate
@@ -30,7 +31,6 @@ from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .runlock import hold_run_folder
 from .threads import set_cpu_threads
-from .config import stamped_fields
 from .teaching import cache_dtype, cache_views
 from .training import fit, make_objective, online_objective, topk_objective
 

@@ -12,7 +12,7 @@ import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-from .errors import KDError
+from .errors import KDError, first_line
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 REPORT_TO = ("none", *TRACKERS, "all")
@@ -80,8 +80,7 @@ def start(accelerator, config, run_name):
     except Exception as e:  # a folder refused, a server unreachable: one line, not a traceback
         _abandon_trackers(accelerator)
         names = ",".join(str(t) for t in accelerator.log_with)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KDError(f"--report-to {names}: cannot start the tracker: {reason}") from None
+        raise KDError(f"--report-to {names}: cannot start the tracker: {first_line(e)}") from None
 
 
 def _abandon_trackers(accelerator):

@@ -29,6 +29,15 @@ def reset_accelerate_state():
     GradientState._reset_state()
 
 
+def run_main(main, args):
+    """A CLI main in-process (paths and numbers as they come), Accelerate's state clean around it."""
+    reset_accelerate_state()
+    try:
+        return main([str(a) for a in args])
+    finally:
+        reset_accelerate_state()
+
+
 @pytest.fixture
 def reset_accelerate():
     reset_accelerate_state()

@@ -115,6 +115,7 @@ def test_seed_outside_numpys_range_refused(main, seed, tmp_path, mnist_dir, caps
     assert not out.exists()
 
 
+@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
 def test_negative_seed_refused_by_the_script(tmp_path, mnist_dir):
     out = tmp_path / "run"
     err = one_process_script_error("train_teacher.py", "--data-dir", mnist_dir, "--output-dir", out, "--seed", -1)
@@ -181,6 +182,7 @@ def test_inspect_names_a_folder(tmp_path, capsys):
     assert f"logits cache {tmp_path} is a folder, not a cache file" in err, err
 
 
+@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
 def test_inspect_script_names_a_folder(tmp_path):
     err = one_process_script_error("inspect_logits.py", tmp_path)
     assert "is a folder, not a cache file" in err, err
@@ -197,6 +199,7 @@ def test_distill_refuses_a_non_cache_logits_before_training(given, words, tiny_t
     assert not out.exists()
 
 
+@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
 def test_distill_script_refuses_a_model_as_logits(tiny_teacher, tmp_path, mnist_dir):
     out = tmp_path / "run"
     err = one_process_script_error("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", 100,

@@ -118,6 +118,7 @@ def test_every_path_setting_not_utf8_is_refused_before_any_work(flag, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
 def test_output_dir_not_utf8_on_the_command_line(mnist_dir, tmp_path):
     bad = os.fsencode(tmp_path / "runs") + b"/bad\xff"
     cmd = [sys.executable, str(ROOT / "launch" / "distill.py"), "--data-dir", str(mnist_dir), "--output-dir", bad,

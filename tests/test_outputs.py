@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import reset_accelerate_state
+from conftest import run_main as run
 from kd_accel import cli
 from kd_accel.errors import KDError
 
@@ -51,14 +51,6 @@ def world(tmp_path, mnist_dir, tiny_teacher):
     run(cli.precompute_main, ["--data-dir", data, "--teacher", teacher, "--out", cache, *TINY,
                               "--output-dir", tmp_path / "made"])
     return {"data": data, "teacher": teacher, "cache": cache, "tmp": tmp_path}
-
-
-def run(main, args):
-    reset_accelerate_state()
-    try:
-        main([str(a) for a in args])
-    finally:
-        reset_accelerate_state()
 
 
 def script_args(script, w, out_dir):

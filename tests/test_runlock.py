@@ -235,3 +235,21 @@ def test_two_process_runs_hold_and_are_refused_as_one(tmp_path, mnist_dir, tiny_
     assert first.returncode == 0, (tmp_path / "paused_run.log").read_text()
     assert json.loads((out / "metrics.json").read_text())["environment"]["processes"] == 2
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_foreign_file_named_like_the_lock_is_kept(tmp_path, mnist_dir, tiny_teacher):
+    """The lock is an output like the others (outputs.check): a user's file under its name is
+    refused and left byte for byte; the details a killed run left there are taken over."""
+    from kd_accel.cli import distill_main
+
+    from conftest import run_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("my notes\n")
+    with pytest.raises(KDError, match=r"\.kd_accel\.lock \(in --output-dir\) exists and is not a kd_accel run lock"):
+        run_main(distill_main, distill_args(mnist_dir, tiny_teacher, out))
+    assert (out / LOCK_NAME).read_text() == "my notes\n"
+    (out / LOCK_NAME).write_text(json.dumps({"script": "distill.py", "pid": 1, "host": "h", "started": "t"}) + "\n")
+    run_main(distill_main, distill_args(mnist_dir, tiny_teacher, out))
+    assert (out / "metrics.json").exists() and not (out / LOCK_NAME).exists()

@@ -5,7 +5,6 @@ or is refused on resume. The stamps are derived from the declarations (pipeline.
 so these tests sweep the declarations, not a list of flags: a new setting without an entry in
 ALTERNATIVES fails the first test, and one that shapes weights without being stamped fails the
 sweep."""
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import reset_accelerate_state, tiny_split
+from conftest import run_main, tiny_split
 from kd_accel import cli
 from kd_accel.config import GROUPS, flag_fields, from_flags, stamped_fields, with_flags
 from kd_accel.errors import KDError
@@ -112,11 +111,7 @@ def flag(dest, value):
 
 
 def distill(args):
-    reset_accelerate_state()
-    try:
-        cli.distill_main([str(a) for a in args])
-    finally:
-        reset_accelerate_state()
+    run_main(cli.distill_main, args)
 
 
 def weights(folder):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import reset_accelerate_state, tiny_split
+from conftest import run_main as run, tiny_split
 from kd_accel import cli, pipeline, teaching, training
 from kd_accel.config import from_flags
 from kd_accel.errors import KDError
@@ -36,14 +36,6 @@ def test_a_run_reads_its_own_k_of_a_cache_holding_more(accelerator, tiny_teacher
     assert len(seen) == 4 * 3
     for step, (idx, params) in enumerate(seen):
         assert torch.equal(params, stored["params"][(step // 3) % 2][idx]), step
-
-
-def run(main, args):
-    reset_accelerate_state()
-    try:
-        main([str(a) for a in args])
-    finally:
-        reset_accelerate_state()
 
 
 def test_metrics_and_config_record_the_runs_k(tmp_path, mnist_dir, tiny_teacher):

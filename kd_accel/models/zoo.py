@@ -18,7 +18,7 @@ from pickle import UnpicklingError
 import torch
 from torch import nn
 
-from ..errors import KDError
+from ..errors import KDError, first_line as _first_line
 from . import notebook
 
 SOURCES = ("torchvision", "timm", "notebook")
@@ -159,10 +159,6 @@ def build_zoo_model(spec, num_classes, in_chans=3, image_size=None):
 
 
 # --- weights from a file -------------------------------------------------------------------
-
-def _first_line(e):
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
 
 def _is_safetensors(path):
     # a safetensors file: an 8-byte little-endian header length, then its JSON header "{...";

@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+# the tree's own package first: a bare copy of the tree runs without `pip install -e .`
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from machine import machine_info  # noqa: E402
 
 from kd_accel.data import EpochPermutation, load_split, to_float  # noqa: E402
@@ -260,7 +261,8 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (use --device cpu to test the script)")
     modes = args.modes or (["eager", "graph", "compile"] if device.type == "cuda" else ["eager", "compile"])
-    info = machine_info(device)
+    # which tree's kd_accel ran (a bare copy's own, not an installed one)
+    info = {**machine_info(device), "kd_accel_from": str(Path(sys.modules["kd_accel"].__file__).parent)}
     print(json.dumps(info), flush=True)
     torch.manual_seed(0)
     t_start = time.perf_counter()
@@ -280,6 +282,16 @@ def main(argv=None):
                 else (lambda: kd_fit_epoch(args, images, labels, logits, device)) for name, r in runners.items()}
 
     results = {name: [] for name in epoch_of}
+
+    def save(final=False):  # after every case: a kill or the timeout keeps what was measured before it
+        out = report(info, args, results, errors, time.perf_counter() - t_start, final)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(args.json).with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(out, indent=2))
+            os.replace(tmp, args.json)
+        return out
+
     for name, fn in list(epoch_of.items()):  # warm-up epoch: compilation, graph capture, cuDNN autotune
         try:
             s, _ = timed(fn, device)
@@ -289,6 +301,7 @@ def main(argv=None):
             errors[name] = f"{type(e).__name__}: {e}"
             print(f"{name} failed: {errors[name]}", flush=True)
             del epoch_of[name], results[name]
+        save()
     for rep in range(args.reps):
         if time.perf_counter() - t_start > args.budget_s:
             errors["reps"] = f"stopped after {rep} reps: --budget-s {args.budget_s:.0f} reached"
@@ -298,6 +311,7 @@ def main(argv=None):
             s, _ = timed(epoch_of[name], device)
             results[name].append(s)
             print(f"rep {rep + 1}/{args.reps} {name}: {s:.3f}s", flush=True)
+            save()
     for r in runners.values():
         if isinstance(r, ResidentKDStep):
             r.check()
@@ -310,33 +324,38 @@ def main(argv=None):
         for rep in range(args.reps):
             results["bare_forward"].append(timed(lambda: bare_forward(teacher, xf), device)[0])
             results["kd_precompute"].append(timed(lambda: kd_precompute(teacher, images, labels, device, workdir), device)[0])
+            save()
+    return save(final=True)
+
+
+def report(info, args, results, errors, total, final):
+    """What the JSON holds: each case measured so far (median, min, max) and the ratios of those
+    present; `final` False while the script is still running (partial)."""
 
     summary = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
                for k, v in results.items() if v}
-    print(f"\n{'case':<26}{'median s':>10}{'min':>9}{'max':>9}")
-    for k, s in summary.items():
-        print(f"{k:<26}{s['median_s']:>10.3f}{s['min_s']:>9.3f}{s['max_s']:>9.3f}")
     ratios = []
     nb = summary.get("nb_distill_epoch")
     for k in summary:
         if nb and (k.startswith("kd_step_") or k == "kd_fit_epoch") and not k.endswith("_warmup"):
             ratios.append({"ratio": f"distillation epoch: notebook / {k}", "value": nb["median_s"] / summary[k]["median_s"],
                            "target": ">= 10 (aim 30) on a GPU"})
-    ratios.append({"ratio": "precompute / bare teacher forward",
-                   "value": summary["kd_precompute"]["median_s"] / summary["bare_forward"]["median_s"], "target": "<= 1.2"})
-    print()
-    for r in ratios:
-        print(f"{r['ratio']:<58}{r['value']:>8.2f}x  target {r['target']}")
-    for k, e in errors.items():
-        print(f"not measured: {k}: {e}")
-    total = time.perf_counter() - t_start
-    print(f"total {total:.0f}s", flush=True)
-    out = {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
-           "cases": summary, "ratios": ratios, "errors": errors, "total_s": total}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-    return out
+    if "kd_precompute" in summary and "bare_forward" in summary:
+        ratios.append({"ratio": "precompute / bare teacher forward",
+                       "value": summary["kd_precompute"]["median_s"] / summary["bare_forward"]["median_s"],
+                       "target": "<= 1.2"})
+    if final:
+        print(f"\n{'case':<26}{'median s':>10}{'min':>9}{'max':>9}")
+        for k, s in summary.items():
+            print(f"{k:<26}{s['median_s']:>10.3f}{s['min_s']:>9.3f}{s['max_s']:>9.3f}")
+        print()
+        for r in ratios:
+            print(f"{r['ratio']:<58}{r['value']:>8.2f}x  target {r['target']}")
+        for k, e in errors.items():
+            print(f"not measured: {k}: {e}")
+        print(f"total {total:.0f}s", flush=True)
+    return {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
+            "cases": summary, "ratios": ratios, "errors": errors, "total_s": total, "partial": not final}
 
 
 if __name__ == "__main__":

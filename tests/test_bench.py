@@ -106,3 +106,39 @@ def test_cpu_inference_batch_gives_the_same_logits_and_accuracy(accelerator, mni
     new = predict_logits(accelerator, teacher, split)
     assert torch.equal(old, new)
     assert evaluate(accelerator, teacher, split) == evaluate(accelerator, teacher, split, batch_size=1000)
+
+
+def test_gpu_script_keeps_what_it_measured_when_a_later_case_fails(tmp_path, monkeypatch):
+    """The JSON is written after every case: a case that raises (or a kill, or the timeout)
+    leaves the earlier ones on disk, marked partial."""
+    out = tmp_path / "gpu.json"
+
+    def broken(*_):
+        raise RuntimeError("the precompute case breaks")
+
+    monkeypatch.setattr(gpu, "kd_precompute", broken)
+    with pytest.raises(RuntimeError, match="precompute case breaks"):
+        gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager", "--no-fit",
+                  "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["partial"] is True
+    assert saved["cases"]["nb_distill_epoch"]["n"] == 1 and saved["cases"]["kd_step_eager"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
+    """No editable install needed: bench/gpu.py imports the package of the tree it sits in."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    for part in ("kd_accel", "bench"):
+        shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(tree / "bench" / "gpu.py"), "--device", "cpu", "--steps", "2", "--reps", "1",
+                    "--synthetic", "--modes", "eager", "--no-fit", "--json", str(out)], check=True, cwd=tmp_path,
+                   capture_output=True, timeout=300)
+    saved = json.loads(out.read_text())
+    assert saved["machine"]["kd_accel_from"] == str(tree / "kd_accel") and saved["partial"] is False

@@ -54,6 +54,17 @@ def test_every_teacher_mode_runs_distill_end_to_end(extra, mode, mnist_dir, tiny
 
 # ---- item 9: a tracker that cannot start -------------------------------------------------------
 
+def test_tracker_folder_blocked_by_a_file_is_refused_in_process(mnist_dir, tiny_teacher, tmp_path, reset_accelerate):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("a file where TensorBoard's folder goes")
+    with pytest.raises(KDError, match=re.escape(f"{out}/tensorboard is not a folder")):
+        cli.distill_main(["--data-dir", str(mnist_dir), "--teacher", str(tiny_teacher), "--output-dir", str(out), *TINY,
+                          "--report-to", "tensorboard"])
+    assert [p.name for p in out.iterdir()] == ["tensorboard"]  # nothing else written
+
+
+@pytest.mark.slow  # a real process (startup ~3 s); the in-process test above covers the check
 def test_tracker_folder_blocked_by_a_file_is_refused_before_any_work(mnist_dir, tiny_teacher, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

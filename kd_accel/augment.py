@@ -158,14 +158,23 @@ def augment(spec, images, seed, view, index):
 # turn an epoch into its per-sample parameters and a batch into the model's input.
 
 
-def make_inputs(spec, norm=None):
+def make_inputs(spec, norm=None, size=None, interpolation="bilinear"):
     """batch -> the model's float input: each sample's view built from the batch's "aug_params"
-    (when the phase augments), then scaled (and normalised per channel where the data set says)."""
+    (when the phase augments), then scaled (and normalised per channel: `norm`), then resized to
+    `size` (H, W) where the model expects another size than the data's (its preprocessing,
+    models/preprocessing.py). Resizing after normalising gives what resizing first would: both
+    interpolations are linear, and normalising is per channel."""
     def inputs(batch):
         images = batch["images"]
         if "aug_params" in batch:
             images = apply(spec, images, batch["aug_params"])
-        return to_float(images, norm)
+        x = to_float(images, norm)
+        if size is None or tuple(x.shape[-2:]) == tuple(size):
+            return x
+        smooth = interpolation in ("bilinear", "bicubic")
+        # antialias only where it shrinks (as torchvision's Resize on tensors)
+        return F.interpolate(x, size=tuple(size), mode=interpolation, align_corners=False if smooth else None,
+                             antialias=smooth and x.shape[-1] > size[-1])
 
     return inputs
 

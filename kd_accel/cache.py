@@ -74,6 +74,8 @@ class CacheKey:
     data_fingerprint: str
     augment: str = "none"  # canonical spec, e.g. "shift(pad=2)"; compared exactly
     augment_seed: int = 0
+    # the teacher's input: size, interpolation, mean/std (models/preprocessing.describe)
+    teacher_input: str = None
 
     def as_metadata(self):
         return {k: str(v) for k, v in self.__dict__.items()}
@@ -232,7 +234,7 @@ def read_metadata(path):
 
 def _check_version(meta, path):
     if "arch" in meta and "format_version" not in meta:  # what models.save_model stamps
-        raise CacheMismatch(f"{path} holds a {meta['arch']!r} model, not a teacher-logits cache")
+        raise CacheMismatch(f"{path} holds a {meta.get('role', meta['arch'])!r} model, not a teacher-logits cache")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CacheMismatch(
             f"{path}: format version {meta.get('format_version')!r}, this kd_accel reads {FORMAT_VERSION!r}"
@@ -264,6 +266,7 @@ def check_metadata(meta, key, path="cache"):
         "num_classes": "class count differs",
         "augment": "augmentation differs",
         "augment_seed": "augmentation seed differs",
+        "teacher_input": "teacher preprocessing differs",
     }
     diffs = [
         f"{why} ({name}: cache {meta.get(name)!r}, run {want!r})"

@@ -24,7 +24,7 @@ PROGRESS_KEYS = ("epoch", "position", "global_step", "history", "elapsed_s", "su
 RESUME_HINT = "rerun with the old values or use a new --output-dir"
 # Version of the settings stamp (pipeline.phase_settings). Stamps before 2 left settings out
 # (e.g. --augment-seed with one view), so what they were made with is not fully known.
-STAMP_VERSION = 2
+STAMP_VERSION = 3  # 3: the models (arch, weights, preprocessing) and the teacher's input
 
 
 def parse_every(value):

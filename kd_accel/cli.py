@@ -14,18 +14,20 @@ from .augment import SPECS as AUGMENTS
 from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
 from .config import (
-    ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args,
+    ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args, group_default,
     layered_defaults, settings_with_flags,
 )
+from .models import parse_arch
 from .data import DATA_DIR_ENV, DATASETS, data_files
 from .errors import KDError
 from .io import write_json
 from .losses import KD_LOSSES, loss_name
 from .pipeline import (
-    RESULT_FILES, TEACHER_FILE, check_against_data, check_resume_target, load_data, resolve_teacher,
+    RESULT_FILES, TEACHER_FILE, check_against_data, teacher_arch, check_resume_target, load_data, resolve_teacher,
     set_aside_previous_result, setup, train_student, train_teacher, write_config,
 )
 from .reporting import experiment_metrics, print_summary
+from .roles import TeacherId, check_fitnets
 from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
 
 # which groups of settings each script takes ({Config field: flag prefix, None: the group's own})
@@ -44,6 +46,10 @@ def build_parser(description, groups, extra=None, defaults=None, only=None):
     """An argparse parser for the settings of `groups` (all their flags, or those named in `only`)."""
     # no abbreviations: distill.py's --out would silently mean --output-dir
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    if only is None or "arch" in only or "teacher_arch" in only:
+        parser.add_argument("--list-models", metavar="PATTERN", nargs="?", const="*", action=ListModels,
+                            help="list the architectures --arch/--teacher-arch take whose name matches the glob "
+                                 "PATTERN (e.g. 'resnet*', 'timm:*mobile*'), and exit")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="recipe defaults: 'notebook' reproduces the notebook (default: %(default)s)")
     choices, types = registries()
@@ -51,6 +57,17 @@ def build_parser(description, groups, extra=None, defaults=None, only=None):
     if extra:
         extra(parser)
     return parser
+
+
+class ListModels(argparse.Action):
+    """--list-models [PATTERN]: print the matching "SOURCE:NAME" specs, one a line, and exit."""
+
+    def __call__(self, parser, namespace, pattern, option_string=None):
+        from .models import list_models
+
+        names = list_models(pattern)
+        print("\n".join(names) if names else f"no architecture matches {pattern!r}")
+        parser.exit(0 if names else 1)
 
 
 def parse(parser, groups, argv=None):
@@ -74,6 +91,7 @@ def validate(cfg, groups=ALL):
     check_path_names(cfg, groups)  # before any path is used: a teacher trained, then unreadable
     for line in ignored_cache_settings(cfg).values():  # e.g. --views without --augment
         raise KDError(line)
+    check_models(cfg, groups)
     parse_every(cfg.run.checkpoint_every)
     tracking.resolve(cfg.run.report_to)  # a tracker that is not installed: one line, before any work
     resume, teacher, data_dir = cfg.run.resume, cfg.run.teacher, cfg.data.data_dir
@@ -87,6 +105,33 @@ def validate(cfg, groups=ALL):
         raise KDError(f"data dir not found: {data_dir} (the data sets' folder, or set ${DATA_DIR_ENV})")
     if cfg.run.logits:
         check_cache_file(cfg.run.logits, "--logits")
+
+
+def check_models(cfg, groups=ALL):
+    """The architectures by name, their weights files and epochs, before any work (the weights'
+    fit to the architecture and the preprocessing are checked once the data are read:
+    pipeline.check_against_data)."""
+    for group in ("student", "teacher"):
+        if group not in groups:
+            continue
+        recipe, prefix = getattr(cfg, group), groups[group] if groups[group] is not None else GROUPS[group][1]
+        def flag(name):
+            return "--" + (prefix + name).replace("_", "-")
+        parse_arch(recipe.arch)
+        if recipe.weights and not os.path.isfile(recipe.weights):
+            what = "is a folder" if os.path.isdir(recipe.weights) else "not found"
+            raise KDError(f"{flag('weights')} {recipe.weights}: {what}; give a weights file (.pth, .bin, .safetensors)")
+        if recipe.epochs == 0 and group == "student":
+            raise KDError(f"{flag('epochs')} must be >= 1 for a student, got 0")
+        if recipe.epochs == 0 and not recipe.weights:
+            raise KDError(f"{flag('epochs')} 0 uses the teacher as {flag('weights')} give it, untrained: give "
+                          f"{flag('weights')} FILE, or epochs >= 1")
+    if "teacher" in groups and groups["teacher"] != "" and cfg.run.teacher:
+        given = [f"--teacher-{name.replace('_', '-')}" for name in ("arch", "weights", "image_size", "normalize")
+                 if getattr(cfg.teacher, name) != getattr(group_default("teacher"), name)]
+        if given:
+            raise KDError(f"--teacher {cfg.run.teacher} is a trained teacher file, which says its architecture and "
+                          f"preprocessing; {', '.join(given)} would be ignored: give one or the other")
 
 
 def check_path_names(cfg, groups=ALL):
@@ -132,7 +177,7 @@ TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 def teacher_parser():
     return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
                         only=["dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
-                              "schedule", "augment", "output_dir", "run_name", "seed", "mixed_precision",
+                              "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir", "run_name", "seed", "mixed_precision",
                               "grad_accum", "checkpoint_every", "keep_checkpoints", "resume", "channels_last",
                               "compile", "report_to"],
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
@@ -169,7 +214,9 @@ def run_inputs(cfg):
     r = cfg.run
     resume = r.resume if r.resume not in (None, "latest") else None
     return [*(outputs.Input("--data-dir", p) for p in data_files(cfg.data.dataset, cfg.data.data_dir)),
-            outputs.Input("--teacher", r.teacher and Path(r.teacher)), outputs.Input("--resume", resume and Path(resume))]
+            outputs.Input("--teacher", r.teacher and Path(r.teacher)), outputs.Input("--resume", resume and Path(resume)),
+            outputs.Input("--weights", cfg.student.weights and Path(cfg.student.weights)),
+            outputs.Input("--teacher-weights", cfg.teacher.weights and Path(cfg.teacher.weights))]
 
 
 def run_outputs(cfg, files):
@@ -243,10 +290,10 @@ def distill_main(argv=None):
     train, test = load_data(accelerator, cfg)
 
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
-    soft, online, cache = resolve_soft_targets(accelerator, cfg, teacher_path, teacher["fingerprint"], train)
+    soft, online, cache = resolve_soft_targets(accelerator, cfg, teacher_path, TeacherId.of(teacher), train)
 
     set_aside_previous_result(accelerator, cfg)  # once the teacher and cache are settled, before new students
-    student = train_student(accelerator, cfg, train, test, soft, "student", teacher["fingerprint"], online)
+    student = train_student(accelerator, cfg, train, test, soft, "student", TeacherId.of(teacher), online)
     baseline = train_student(accelerator, cfg, train, test, None, "baseline") if cfg.kd.baseline else None
 
     metrics = experiment_metrics(accelerator, cfg, train, test, {**teacher, "path": str(teacher_path)}, student,
@@ -270,6 +317,8 @@ def compare_main(argv=None):
     for v in variants:  # every variant's settings before the teacher and the first variant run
         try:
             check_against_data(v.apply(cfg), train)
+            if v.hints:
+                check_fitnets(v.apply(cfg).student.arch, teacher_arch(cfg))
         except KDError as e:
             raise KDError(f"variant {v.name!r}: {e}") from None
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)

@@ -58,18 +58,33 @@ class Recipe:
     """How one model is trained. The student's defaults: 20 epochs, the best student of the study
     (docs/study.md, "How the defaults were chosen"); the teacher's are TEACHER below."""
 
-    epochs: int = setting(20, "training epochs", low=1)
+    epochs: int = setting(20, "training epochs; a teacher's 0 takes its --teacher-weights as they are", low=0)
     batch_size: int = setting(100, "per-process batch size", low=1)
     # beyond 10 a run only fails later as "non-finite loss" (lr=1e3 blows Adam's weights up)
     lr: float = setting(1e-3, "Adam learning rate", positive=True, high=10.0)
     schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
     # kd_accel/augment.py; the teacher's None means: the student's --augment
     augment: Optional[str] = setting("none", "augmentation of the training images")
+    # kd_accel/models: the spec is checked where the command line is built (cli.py). These four
+    # are the teacher's too (--teacher-arch ...), and the student's under --student-arch as well
+    arch: str = setting("notebook:student", "architecture: torchvision:NAME, timm:NAME[.TAG] or notebook:teacher|"
+                        "student (list them with --list-models PATTERN)", role_flag=True)
+    # stamped by content: pipeline.resolved_settings puts the file's digest in its place
+    weights: Optional[str] = setting(None, "initial weights from a local file: .pth/.pt/.bin (torch.save) or "
+                                     ".safetensors; a state dict, or one under 'state_dict' or 'model'",
+                                     path=True, role_flag=True)
+    image_size: Optional[int] = setting(None, "input side in pixels: each view is resized to it",
+                                        default_text="the weights' known size, else the data's", low=4, role_flag=True)
+    normalize: Optional[str] = setting(None, "input normalisation: the data set's mean/std, or the weights' known ones",
+                                       choices=("data", "weights"), default_text="the weights' where known, else the "
+                                       "data's", role_flag=True)
 
 
-# The teacher's recipe in distill.py and compare.py (--teacher-*): 5 epochs; a None follows the
-# students' flag (the same batch size and augmentation unless told otherwise).
-TEACHER = Recipe(epochs=5, batch_size=None, augment=None)
+# The teacher's recipe in distill.py and compare.py (--teacher-*): 5 epochs of the notebook's
+# teacher; FOLLOWS None follows the students' flag (the same batch size and augmentation unless
+# told otherwise). --teacher-epochs 0 takes the teacher as --teacher-weights give it.
+TEACHER = Recipe(epochs=5, batch_size=None, augment=None, arch="notebook:teacher")
+FOLLOWS = ("batch_size", "augment")
 
 
 @dataclass
@@ -147,8 +162,7 @@ class Config:
 
     def __post_init__(self):
         # the teacher's unset settings follow the students' (TEACHER: batch size, augmentation)
-        unset = {f.name: getattr(self.student, f.name) for f in dataclasses.fields(Recipe)
-                 if getattr(self.teacher, f.name) is None}
+        unset = {name: getattr(self.student, name) for name in FOLLOWS if getattr(self.teacher, name) is None}
         if unset:
             self.teacher = dataclasses.replace(self.teacher, **unset)
         if self.run.output_dir is None and self.run.run_name is None:
@@ -211,7 +225,7 @@ def _help(f, default, dest, per_dataset, prefix):
     shown = meta.get("default_text") or (None if default is None else "%(default)s")
     if prefix == "teacher_":  # the teacher's recipe: say so, and that None follows the students' flag
         text = "the teacher's " + text
-        shown = shown if default is not None else f"--{f.name.replace('_', '-')}"
+        shown = f"--{f.name.replace('_', '-')}" if default is None and f.name in FOLLOWS else shown
     extra = "; ".join(f"{v} for {ds}" for ds, v in per_dataset.get(dest, {}).items())
     if shown:
         text += f" (default: {shown}{'; ' + extra if extra else ''})"
@@ -243,7 +257,10 @@ def add_flags(parser, groups, choices=None, types=None, defaults=None, only=None
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw["type"] = types.get(dest, kind)
-            action = parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=default,
+            flags = ["--" + dest.replace("_", "-")]
+            if f.metadata.get("role_flag") and not own:  # the group's own spelling too: --student-arch
+                flags.append(f"--{group}-{f.name}".replace("_", "-"))
+            action = parser.add_argument(*flags, dest=dest, default=default,
                                          help=_help(f, default, dest, per_dataset, own), **kw)
             action.output = f.metadata.get("output")  # the kind of file or folder it names, for outputs flags
     return parser

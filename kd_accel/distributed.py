@@ -4,45 +4,80 @@ like one process with batch B.
 torch.nn.SyncBatchNorm only runs on GPUs; this one works on any backend (gloo on CPU too).
 It is swapped in by the training code, never by the models, and keeps BatchNorm2d's parameter
 and buffer names, so checkpoints are interchangeable."""
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from .errors import KDError
+
+
+def _syncing(bn):
+    return bn.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sync_normalise(bn, x):
+    """BatchNorm's training-mode output for x [B, C, H, W] with the statistics of the whole global
+    batch, updating the running statistics as BatchNorm does."""
+    c = x.shape[1]
+    xf = x.float()
+    # per-channel sum, sum of squares and count on this rank: [2C+1], then summed over ranks.
+    # The autograd-aware all_reduce sends the gradients of the global statistics back.
+    local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), xf.new_tensor([xf.numel() // c])])
+    total = dist_fn.all_reduce(local)
+    n = total[-1]
+    mean = total[:c] / n
+    var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalizes with
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+    y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + bn.eps)[None, :, None, None]
+    if bn.affine:
+        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    return y.to(x.dtype)
+
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        c = x.shape[1]
-        xf = x.float()
-        # per-channel sum, sum of squares and count on this rank: [2C+1], then summed over ranks.
-        # The autograd-aware all_reduce sends the gradients of the global statistics back.
-        local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)),
-                           xf.new_tensor([xf.numel() // c])])
-        total = dist_fn.all_reduce(local)
-        n = total[-1]
-        mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalizes with
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
-                self.num_batches_tracked.add_(1)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y.to(x.dtype)
+        return _sync_normalise(self, x) if _syncing(self) else super().forward(x)
+
+
+@functools.lru_cache(maxsize=None)  # one synced class: a model synced twice is still recognised
+def _timm_bn_act():
+    """timm's BatchNormAct2d (BN, then dropout and activation in one module) and its synced
+    kind; (None, None) without timm."""
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:
+        return None, None
+
+    class SyncBatchNormAct2d(BatchNormAct2d):
+        def forward(self, x):
+            if not _syncing(self):
+                return super().forward(x)
+            return self.act(self.drop(_sync_normalise(self, x)))
+
+    return BatchNormAct2d, SyncBatchNormAct2d
 
 
 def sync_batchnorm(model):
-    """Replace every BatchNorm2d in `model` by SyncBatchNorm2d (same weights and buffers)."""
-    for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            setattr(model, name, new.to(child.weight.device if child.affine else "cpu"))
-        else:
-            sync_batchnorm(child)
+    """Every batch norm of `model` synchronised across processes, in place: BatchNorm2d and
+    timm's BatchNormAct2d take their synced class (same parameters, buffers and names, so
+    checkpoints are interchangeable). Any other batch norm is refused in one line: left alone,
+    it would train differently with every process count."""
+    bn_act, sync_bn_act = _timm_bn_act()
+    for name, m in model.named_modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = SyncBatchNorm2d
+        elif bn_act is not None and type(m) is bn_act:
+            m.__class__ = sync_bn_act
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (SyncBatchNorm2d,) + (
+                (sync_bn_act,) if sync_bn_act else ())):
+            raise KDError(f"{type(m).__name__} at {name or 'the model'} has no batch norm synchronised across processes "
+                          "here (BatchNorm2d and timm's BatchNormAct2d do); train this model in one process")
     return model

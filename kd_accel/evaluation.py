@@ -20,15 +20,16 @@ def inference_batch(device):
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, split, batch_size=None):
-    """Top-1 accuracy in percent of `model` (prepared or not) on `split`."""
+def evaluate(accelerator, model, split, batch_size=None, inputs=None):
+    """Top-1 accuracy in percent of `model` (prepared or not) on `split`. inputs(batch) -> the
+    model's input (default: the images as the split normalises them)."""
     batch_size = batch_size or inference_batch(accelerator.device)
     loader = accelerator.prepare(make_loader({"images": split.images, "labels": split.labels}, batch_size, shuffle=False))
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
     for batch in loader:
-        preds = model(to_float(batch["images"], split.norm)).argmax(dim=-1)
+        preds = model(inputs(batch) if inputs else to_float(batch["images"], split.norm)).argmax(dim=-1)
         preds, labels = accelerator.gather_for_metrics((preds, batch["labels"]))
         correct += (preds == labels).sum()
         total += len(labels)

@@ -6,6 +6,7 @@ distilled student (reads the cache, never the teacher) -> baseline student (hard
 import json
 import os
 import shutil
+import time
 from dataclasses import replace
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from . import tracking
-from .augment import cached_views, drawn_views, get_spec, make_inputs, stream_seed
+from .augment import cached_views, drawn_views, get_spec, stream_seed
 from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
 from .config import stamped_fields
@@ -25,8 +26,9 @@ from .evaluation import evaluate
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import make_dir, write_json
 from .losses import loss_name
-from .models import (build_model, count_params, load_model, meta_input_shape, meta_number, read_checkpoint, save_model,
-                     state_fingerprint)
+from .models import count_params, load_model, meta_number, meta_role, read_checkpoint, save_model, state_fingerprint
+from .models.preprocessing import describe
+from .roles import build, recipe_record, check_fitnets, file_preprocessing, inputs_for, resolved_recipe
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .runlock import hold_run_folder
@@ -139,6 +141,18 @@ def check_against_data(cfg, train):
             raise KDError(f"--cache-topk {cfg.kd.cache_topk}: {e}") from None
     if cfg.data.train_subset:
         balanced_subset(train.labels, cfg.data.train_subset)
+    # each model's preprocessing for these data (e.g. --normalize weights where none is known),
+    # and a student's --weights against its architecture: before the teacher trains
+    recipes = [cfg.student] + [cfg.teacher] * (not cfg.run.teacher)
+    for recipe in recipes:
+        recipe_record(recipe, train)
+    if cfg.student.weights:
+        build(cfg.student, train, "student", log=lambda line: None)
+
+
+def teacher_arch(cfg):
+    """The teacher's architecture spec: --teacher's file says it, else --teacher-arch."""
+    return read_checkpoint(cfg.run.teacher)[1].get("arch") if cfg.run.teacher else cfg.teacher.arch
 
 
 def columns(split, **extra):
@@ -161,14 +175,15 @@ def phase_kind(student=True, kd=False, hints=False):
     return "teacher" if not student else "fitnets" if hints else "student" if kd else "baseline"
 
 
-def resolved_settings(accelerator, cfg, recipe):
+def resolved_settings(accelerator, cfg, recipe, train):
     """Settings whose flag value is not yet what the phase uses: resolved, so that naming a
     default (or an old loss name) is not a change, and a default that depends on other settings
-    (K, the cache's dtype) is stamped as used."""
+    (K, the cache's dtype, the model's preprocessing) is stamped as used; --weights by content."""
     spec, views = cache_views(cfg)
     online = cfg.kd.teacher_mode == "online"
     return {"augment": get_spec(recipe.augment).describe(), "mixed_precision": accelerator.mixed_precision,
-            "kd_loss": loss_name(cfg.kd.kd_loss), "views": views, "cache_dtype": None if online else cache_dtype(cfg, spec)}
+            "kd_loss": loss_name(cfg.kd.kd_loss), "views": views, "cache_dtype": None if online else cache_dtype(cfg, spec),
+            **resolved_recipe(recipe, train)}
 
 
 def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=False, hints=False):
@@ -179,10 +194,11 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
     Derived from the declarations, not listed here: every setting of the groups the phase reads
     (PHASE_GROUPS; the teacher's recipe for the teacher), by name, resolved where its flag is not
     yet the value used; plus what no flag says: the data's fingerprint, the processes and, for a
-    distilled student, the teacher's weights. So a new setting cannot be left out by accident."""
+    distilled student, the teacher's weights and input (`teacher_fp`: roles.TeacherId, or the
+    weights' fingerprint alone). So a new setting cannot be left out by accident."""
     phase = phase_kind(student, kd, hints)
     recipe = cfg.student if student else cfg.teacher
-    resolved = resolved_settings(accelerator, cfg, recipe)
+    resolved = resolved_settings(accelerator, cfg, recipe, train)
     s = {"stamp": STAMP_VERSION, "phase_kind": phase, "data": train.fingerprint(),
          "processes": accelerator.num_processes}
     for group in PHASE_GROUPS[phase]:
@@ -190,7 +206,8 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
         for name in stamped_fields(group, phase):
             s[name] = resolved.get(name, getattr(values, name))
     if phase in ("student", "fitnets"):
-        s["teacher_weights"] = teacher_fp
+        s["teacher_weights"] = getattr(teacher_fp, "weights", teacher_fp)
+        s["teacher_input"] = getattr(teacher_fp, "input", None)
     return s
 
 
@@ -225,14 +242,22 @@ def train_teacher(accelerator, cfg, train, test, path):
     to `path`."""
     set_seed(cfg.run.seed)
     settings = phase_settings(accelerator, cfg, train, student=False)
-    model = build_model("teacher", train.num_classes, train.input_shape)
+    model, record = build(cfg.teacher, train, "teacher", accelerator.print)
     spec = get_spec(cfg.teacher.augment)
-    model, hist = fit(accelerator, model, columns(train), test, cfg.teacher, cfg.run, make_objective("ce"), "teacher",
-                      cfg.run_dir / "checkpoints" / "teacher", settings, inputs=make_inputs(spec, train.norm),
-                      epoch_columns=drawn_views(spec, stream_seed("teacher", cfg.run.seed), len(train)))
+    inputs = inputs_for(spec, record["preprocessing"])
+    if cfg.teacher.epochs == 0:  # --teacher-weights as they are: evaluated, recorded, stamped
+        start = time.perf_counter()
+        acc = evaluate(accelerator, model.to(accelerator.device), test, inputs=inputs)
+        hist = {"epochs": [{"epoch": 0, "test_accuracy": acc}], "train_time_s": 0.0}
+        accelerator.print(f"teacher: {cfg.teacher.weights} used as it is (--teacher-epochs 0): {acc:.2f}% test "
+                          f"accuracy, evaluated in {time.perf_counter() - start:.1f}s")
+    else:
+        model, hist = fit(accelerator, model, columns(train), test, cfg.teacher, cfg.run, make_objective("ce"),
+                          "teacher", cfg.run_dir / "checkpoints" / "teacher", settings, inputs=inputs,
+                          epoch_columns=drawn_views(spec, stream_seed("teacher", cfg.run.seed), len(train)))
     info = run_info(model, hist)
     if accelerator.is_main_process:
-        save_model(model, path, "teacher", train.num_classes, dataset=cfg.data.dataset,
+        save_model(model, path, "teacher", train.num_classes, record=record, dataset=cfg.data.dataset,
                    test_accuracy=info["test_accuracy"], test_fingerprint=test.fingerprint(),
                    params=info["params"], train_time_s=info["train_time_s"], seed=cfg.run.seed,
                    phase="teacher", settings=json.dumps(settings))
@@ -244,23 +269,20 @@ def teacher_info_from_checkpoint(accelerator, path, test):
     """Teacher metrics without running it, when its checkpoint recorded them for this test set;
     otherwise (a checkpoint from elsewhere) evaluate it once."""
     state, meta = read_checkpoint(path)
-    if meta.get("arch") != "teacher":
-        raise KDError(f"{path} holds a {meta.get('arch')!r} model, not a teacher")
-    if meta_input_shape(meta, path) != test.input_shape:  # an MNIST teacher given for CIFAR-10
-        raise KDError(f"{path} holds a teacher for {'x'.join(map(str, meta_input_shape(meta, path)))} inputs, "
-                      f"the data are {'x'.join(map(str, test.input_shape))}")
+    if meta_role(meta) != "teacher":
+        raise KDError(f"{path} holds a {meta_role(meta)!r} model, not a teacher")
+    model, _ = load_model(path, "teacher", test.input_shape)  # e.g. an MNIST teacher given for CIFAR-10: refused
+    prep = file_preprocessing(meta, path, test)
     if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
         acc = meta_number(meta, "test_accuracy", path)
-        params = meta_number(meta, "params", path, int)
         note = "reused"
     else:
-        model, _ = load_model(path, "teacher")
-        acc = evaluate(accelerator, model.to(accelerator.device), test)
-        params = count_params(model)
+        acc = evaluate(accelerator, model.to(accelerator.device), test, inputs=inputs_for(get_spec("none"), prep))
         note = "reused, evaluated"
     train_time = meta_number(meta, "train_time_s", path) if "train_time_s" in meta else None
-    return {"test_accuracy": acc, "params": params, "train_time_s": train_time, "note": note,
-            "fingerprint": state_fingerprint(state)}
+    fp = state_fingerprint(state)
+    return {"test_accuracy": acc, "params": count_params(model), "train_time_s": train_time, "note": note,
+            "arch": meta.get("arch"), "fingerprint": fp, "input": describe(prep)}
 
 
 def resolve_teacher(accelerator, cfg, train, test):
@@ -278,8 +300,10 @@ def resolve_teacher(accelerator, cfg, train, test):
         return path, teacher_info_from_checkpoint(accelerator, path, test)
     accelerator.print(f"teacher: {path} not found, training it")
     info = train_teacher(accelerator, cfg, train, test, path)
-    info["note"] = "trained"
-    info["fingerprint"] = state_fingerprint(read_checkpoint(path)[0])
+    state, meta = read_checkpoint(path)
+    fp = state_fingerprint(state)
+    info.update(note="trained" if cfg.teacher.epochs else "used as given (--teacher-epochs 0)", arch=meta.get("arch"),
+                fingerprint=fp, input=describe(file_preprocessing(meta, path, train)))
     return path, info
 
 
@@ -288,7 +312,7 @@ def student_data(cfg, train, soft=None, online=None):
 
     Baseline (soft and online None): hard labels. Distilled: soft targets gathered by sample
     index, from `soft` (cache.SoftTargets, or a [N, C] tensor: one clean view) or from the frozen
-    teacher `online` run on the student's own batch. With --augment the student sees a fresh view
+    teacher run on the student's own view (`online`: pipeline.online_view's (teacher, inputs)). With --augment the student sees a fresh view
     per epoch, except from a K-view cache, whose view e mod K (parameters and logits) it replays.
     With --train-subset N only a class-balanced subset keeps its labels: the baseline trains on it
     alone; a distilled student uses soft targets on the subset (--soft-targets subset) or on the
@@ -303,7 +327,7 @@ def student_data(cfg, train, soft=None, online=None):
     distilled = soft is not None or online is not None
     objective = make_objective(k.kd_loss, k.temperature, k.alpha) if distilled else make_objective("ce")
     if online is not None:
-        objective = online_objective(online, objective)
+        objective = online_objective(online[0], objective, online[1])
     if isinstance(soft, SoftTargets) and soft.topk:
         objective = topk_objective(soft.num_classes, objective)
     cols = columns(train, **extra)
@@ -331,11 +355,11 @@ def _finished(accelerator, cfg, label, settings):
     return None
 
 
-def _save_student(accelerator, cfg, model, info, label, num_classes, settings):
+def _save_student(accelerator, cfg, model, record, info, label, settings):
     path = cfg.run_dir / f"{label}.safetensors"
     if accelerator.is_main_process:
-        save_model(model, path, "student", num_classes, info=json.dumps(info), seed=cfg.run.seed,
-                   phase=label, settings=json.dumps(settings))
+        save_model(model, path, "student", record["num_classes"], record=record, info=json.dumps(info),
+                   seed=cfg.run.seed, phase=label, settings=json.dumps(settings))
     accelerator.wait_for_everyone()
     return info
 
@@ -352,12 +376,23 @@ def train_student(accelerator, cfg, train, test, soft, label, teacher_fp=None, o
     if done:
         return done
     set_seed(cfg.run.seed)
-    model = build_model("student", train.num_classes, train.input_shape)
-    cols, objective, per_epoch = student_data(cfg, train, soft, online)
+    model, record = build(cfg.student, train, label, accelerator.print)
+    spec = get_spec(cfg.student.augment)
+    cols, objective, per_epoch = student_data(cfg, train, soft, online_view(online, spec, record))
     model, hist = fit(accelerator, model, cols, test, cfg.student, cfg.run, objective, label,
-                      cfg.run_dir / "checkpoints" / label, settings,
-                      inputs=make_inputs(get_spec(cfg.student.augment), train.norm), epoch_columns=per_epoch)
-    return _save_student(accelerator, cfg, model, run_info(model, hist), label, train.num_classes, settings)
+                      cfg.run_dir / "checkpoints" / label, settings, inputs=inputs_for(spec, record["preprocessing"]),
+                      epoch_columns=per_epoch)
+    return _save_student(accelerator, cfg, model, record, run_info(model, hist, arch=record["spec"]), label, settings)
+
+
+def online_view(online, spec, record):
+    """(teacher, inputs) for training.online_objective: the online teacher (teaching.
+    frozen_teacher) and the input function of its own preprocessing, None where it expects the
+    student's input (the student's batch["x"] is reused). None without an online teacher."""
+    if online is None:
+        return None
+    same = describe(online.preprocessing) == describe(record["preprocessing"])
+    return online, None if same else inputs_for(spec, online.preprocessing)
 
 
 def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, label, teacher_fp=None, online=None):
@@ -368,12 +403,16 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     done = _finished(accelerator, cfg, label, settings)
     if done:
         return done
-    teacher, _ = load_model(teacher_path, "teacher")
+    teacher, meta = load_model(teacher_path, "teacher")
+    check_fitnets(cfg.student.arch, meta.get("arch"))
     hint = teacher_hint(teacher.to(accelerator.device))
     set_seed(cfg.run.seed)
-    wrapped = FitNetStudent(build_model("student", train.num_classes, train.input_shape))
+    model, record = build(cfg.student, train, label, accelerator.print)
+    wrapped = FitNetStudent(model)
+    spec = get_spec(cfg.student.augment)
+    online = online_view(online, spec, record)
     cols, kd, per_epoch = student_data(cfg, train, soft, online)
-    views = dict(inputs=make_inputs(get_spec(cfg.student.augment), train.norm), epoch_columns=per_epoch)
+    views = dict(inputs=inputs_for(spec, record["preprocessing"]), epoch_columns=per_epoch)
     ckpt, k = cfg.run_dir / "checkpoints" / label, cfg.kd
     if k.hint_mode == "two-stage":
         stage = replace(cfg.student, epochs=k.hint_epochs)
@@ -386,8 +425,8 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     else:
         obj = joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta)
         if online is not None:
-            obj = online_objective(online, obj)
+            obj = online_objective(online[0], obj, online[1])
         wrapped, hist = fit(accelerator, wrapped, cols, test, cfg.student, cfg.run, obj, label, ckpt, settings, **views)
         student, extra = wrapped.student, {}
-    info = run_info(student, hist, hint_mode=k.hint_mode, **extra)
-    return _save_student(accelerator, cfg, student, info, label, train.num_classes, settings)
+    info = run_info(student, hist, arch=record["spec"], hint_mode=k.hint_mode, **extra)
+    return _save_student(accelerator, cfg, student, record, info, label, settings)

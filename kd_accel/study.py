@@ -12,7 +12,9 @@ from .config import check_setting, setting_choices
 from .errors import KDError
 from .io import atomic_path, write_json
 from .losses import loss_name
+from .models import parse_arch
 from .pipeline import train_fitnet_student, train_student
+from .roles import TeacherId
 from .stats import mean, paired_ci, std
 from .teaching import cache_views, ignored_cache_settings, resolve_soft_targets
 
@@ -42,6 +44,7 @@ class Variant:
     teacher_mode: str = None
     views: int = None
     topk: int = None  # soft targets from a top-k cache (cache.compress_topk)
+    arch: str = None  # the student's architecture (models/zoo.py spec); None: the run's --student-arch
 
     @property
     def distilled(self):
@@ -55,7 +58,8 @@ class Variant:
     def name(self):
         """The name tables, plots and checkpoint folders use (stable: published results use it)."""
         suffix = "".join(f" {key}={value}" for key, value in (("augment", self.augment),
-                         ("teacher", self.teacher_mode), ("K", self.views), ("topk", self.topk)) if value is not None)
+                         ("teacher", self.teacher_mode), ("K", self.views), ("topk", self.topk), ("arch", self.arch))
+                         if value is not None)
         if not self.distilled:
             return "baseline" + suffix
         kd = f"T={self.temperature:g} a={self.alpha:g}{suffix}"
@@ -66,7 +70,8 @@ class Variant:
 
     def apply(self, cfg):
         """The run's Config with this variant's settings."""
-        student = cfg.student if self.augment is None else dataclasses.replace(cfg.student, augment=self.augment)
+        student = dataclasses.replace(cfg.student, **{k: v for k, v in (("augment", self.augment), ("arch", self.arch))
+                                                      if v is not None})
         kd = cfg.kd
         if self.distilled:
             kd = dataclasses.replace(kd, kd_loss=self.kd_loss, temperature=self.temperature, alpha=self.alpha,
@@ -83,7 +88,8 @@ _SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$
 # spec key -> (Variant field or Hints field, type, kinds that take it)
 _KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a": ("alpha", float),
          "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int),
-         "topk": ("topk", int)}
+         "topk": ("topk", int), "arch": ("arch", str)}
+_STUDENT_KEYS = ("augment", "arch")  # what a baseline takes too
 _HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("beta", float)}
 _TEACHER_MODES = setting_choices("kd", "teacher_mode")  # declared once, with --teacher-mode
 
@@ -94,7 +100,9 @@ def parse_variant(spec, cfg):
     given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
     KD). Any may add augment=NAME, a distilled one teacher=cache|fixed|online, K=views and
     topk=k (soft targets stored as the top k log-probabilities), e.g.
-    'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'."""
+    'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'; and any
+    arch=SPEC, the student's architecture ('baseline:arch=torchvision:mobilenet_v3_small'), so one
+    study compares student architectures (their own baselines beside them)."""
     m = _SPEC.match(spec)
     if not m:
         raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], notebook-mse[:...] or fitnets[:...]")
@@ -105,7 +113,7 @@ def parse_variant(spec, cfg):
     for part in filter(None, (args or "").split(",")):
         key, _, val = (x.strip() for x in part.partition("="))
         try:
-            if key in _KEYS and (kind != "baseline" or key == "augment"):
+            if key in _KEYS and (kind != "baseline" or key in _STUDENT_KEYS):
                 field, cast = _KEYS[key]
                 values[field] = cast(val)
             elif key in _HINT_KEYS and kind == "fitnets":
@@ -119,8 +127,13 @@ def parse_variant(spec, cfg):
             or values.get("views", 1) < 1 or values.get("topk", 1) < 1:
         raise KDError(f"bad variant {spec!r}: augment is one of {', '.join(AUGMENTS)}, teacher one of "
                       f"{', '.join(_TEACHER_MODES)}, K >= 1, topk >= 1")
+    if "arch" in values:
+        try:
+            parse_arch(values["arch"])
+        except KDError as e:
+            raise KDError(f"bad variant {spec!r}: {e}") from None
     if kind == "baseline":
-        return Variant("baseline", augment=values.get("augment"))
+        return Variant("baseline", augment=values.get("augment"), arch=values.get("arch"))
     try:  # the bounds --temperature, --alpha and --hint-beta have (config.py)
         check_setting("kd", "temperature", values["temperature"], f"bad variant {spec!r}: T")
         check_setting("kd", "alpha", values["alpha"], f"bad variant {spec!r}: alpha")
@@ -344,7 +357,7 @@ def run_comparison(accelerator, cfg, variants, seeds, train, test, teacher_path,
     """Train every variant for every seed (seeds outer: a stopped comparison has whole seeds).
     The soft targets are resolved once per kind (one cache per augmentation and K, or the online
     teacher) and shared. Returns {variant name: {seed: info}}."""
-    sources, fp = {}, teacher["fingerprint"]
+    sources, fp = {}, TeacherId.of(teacher)
 
     def soft_targets(vcfg):
         spec, views = cache_views(vcfg)

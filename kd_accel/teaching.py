@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
-from .augment import SPECS, draw_params, get_spec, make_inputs, stream_seed
+from .augment import SPECS, draw_params, get_spec, stream_seed
 from .cache import DTYPES, CacheKey, CacheMismatch, check_topk, load_cache, load_part, remove_parts, save_cache, save_part
 from .errors import KDError
 from .evaluation import predict_logits
 from .models import load_model, state_fingerprint
+from .models.preprocessing import describe, of_data
+from .roles import TeacherId, file_preprocessing, inputs_for
 
 CACHE_FILE = "teacher_logits.safetensors"
 # Called as hook(view) after each view of a precompute is computed and saved (the tests
@@ -70,14 +72,19 @@ def cache_dtype(cfg, spec):
     return cfg.kd.cache_dtype or default_cache_dtype(spec)
 
 
-def cache_key(train, teacher_fingerprint, spec=SPECS["none"], augment_seed=0):
-    return CacheKey(train.dataset, train.split, len(train), train.num_classes, teacher_fingerprint, train.fingerprint(),
-                    spec.describe(), augment_seed if spec.name != "none" else 0)
+def cache_key(train, teacher, spec=SPECS["none"], augment_seed=0):
+    """What a cache must be made from. teacher: roles.TeacherId (weights and the input the
+    teacher sees), or its weights' fingerprint for a teacher that takes the data as they are."""
+    teacher_input = teacher.input if isinstance(teacher, TeacherId) else describe(of_data(train.norm, train.input_shape[1:]))
+    return CacheKey(train.dataset, train.split, len(train), train.num_classes, getattr(teacher, "weights", teacher),
+                    train.fingerprint(), spec.describe(), augment_seed if spec.name != "none" else 0, teacher_input)
 
 
-def frozen_teacher(accelerator, cfg, teacher_path):
-    """The teacher for inference: on the device, eval mode, no gradients, never wrapped for DDP."""
-    model, _ = load_model(teacher_path, "teacher")
+def frozen_teacher(accelerator, cfg, teacher_path, train):
+    """The teacher for inference: on the device, eval mode, no gradients, never wrapped for DDP;
+    model.preprocessing says what input it expects (roles.inputs_for)."""
+    model, meta = load_model(teacher_path, "teacher", train.input_shape)
+    model.preprocessing = file_preprocessing(meta, teacher_path, train)
     model.to(accelerator.device).requires_grad_(False).eval()
     if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -109,11 +116,14 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
     resumes at the first missing view; the parts go once the cache is written."""
     if cfg.kd.cache_topk is not None:  # before K teacher passes, not after them
         check_topk(cfg.kd.cache_topk, train.num_classes)
-    model = frozen_teacher(accelerator, cfg, teacher_path)
+    model = frozen_teacher(accelerator, cfg, teacher_path, train)
     spec, views = cache_views(cfg)
     dtype = cache_dtype(cfg, spec)
-    key = cache_key(train, state_fingerprint(model.state_dict()), spec, cfg.kd.augment_seed)
-    stream, index, inputs = stream_seed("cache", cfg.kd.augment_seed), torch.arange(len(train)), make_inputs(spec, train.norm)
+    teacher = TeacherId(state_fingerprint(model.state_dict()), describe(model.preprocessing))
+    key = cache_key(train, teacher, spec, cfg.kd.augment_seed)
+    # the teacher's own version of each view: its size and normalisation (models/preprocessing.py)
+    stream, index, inputs = stream_seed("cache", cfg.kd.augment_seed), torch.arange(len(train)), \
+        inputs_for(spec, model.preprocessing)
     start = time.perf_counter()
     done, done_views = _finished_views(accelerator, out_path, key, dtype, views)
     if done_views:
@@ -153,7 +163,7 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
                       f"in {time.perf_counter() - start:.1f}s")
 
 
-def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
+def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
     """Validated soft targets (cache.SoftTargets) for this teacher, data and augmentation.
     Returns (soft, hit, path).
 
@@ -161,7 +171,7 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     is replaced (and the reason printed)."""
     path = cache_path(cfg)
     spec, views = cache_views(cfg)
-    key = cache_key(train, teacher_fp, spec, cfg.kd.augment_seed)
+    key = cache_key(train, teacher_id, spec, cfg.kd.augment_seed)
     if path.is_dir():
         raise KDError(f"logits cache {path} is a directory, not a file: remove or rename it")
     if path.exists():
@@ -187,14 +197,14 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train):
     return load_cache(path, key, views=views), False, path
 
 
-def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_fp, train):
+def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_id, train):
     """Where the distilled students' soft targets come from: (soft, online, info). The cache
     (modes cache and fixed: cache.SoftTargets, validated or precomputed) or, in online mode, the
     frozen teacher itself, run on every batch. `info` is what metrics.json records."""
     if cfg.kd.teacher_mode == "online":
         accelerator.print("teacher: online, run on every student batch (no cache)")
-        return None, frozen_teacher(accelerator, cfg, teacher_path), {"mode": "online"}
-    soft, hit, path = resolve_cache(accelerator, cfg, teacher_path, teacher_fp, train)
+        return None, frozen_teacher(accelerator, cfg, teacher_path, train), {"mode": "online"}
+    soft, hit, path = resolve_cache(accelerator, cfg, teacher_path, teacher_id, train)
     # views: the K the students replay (the first K of the file's); cache_views: what the file holds
     return soft, None, {"mode": cfg.kd.teacher_mode, "hit": hit, "path": str(path), "dtype": soft.meta.get("dtype"),
                         "views": cache_views(cfg)[1], "cache_views": soft.views, "storage": soft.storage}

@@ -47,13 +47,15 @@ def make_objective(kind, temperature=None, alpha=None):
     return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha)
 
 
-def online_objective(teacher, objective):
+def online_objective(teacher, objective, inputs=None):
     """Consistent teaching without a cache (Beyer et al. 2022): the frozen teacher (eval mode,
-    never DDP-wrapped) runs on the student's own input of this step, batch["x"] [B, C, H, W],
-    and its logits [B, classes] stand in for the cached ones. One teacher forward per step."""
+    never DDP-wrapped) runs on the student's own view of this step, and its logits [B, classes]
+    stand in for the cached ones. One teacher forward per step. The view is batch["x"]
+    [B, C, H, W], the student's input, or, for a teacher that expects another size or
+    normalisation, inputs(batch): the same view made the teacher's way."""
     def run(logits, batch):
         with torch.no_grad():
-            batch["teacher_logits"] = teacher(batch["x"]).float()
+            batch["teacher_logits"] = teacher(inputs(batch) if inputs else batch["x"]).float()
         return objective(logits, batch)
 
     return run
@@ -141,7 +143,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
     train_columns = {k: v.to(accelerator.device) for k, v in train_columns.items()}
     loader = make_loader(train_columns, recipe.batch_size, shuffle=True, seed=run.seed)
     dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
-    inputs = inputs or (lambda batch: to_float(batch["images"]))
+    eval_inputs, inputs = inputs, inputs or (lambda batch: to_float(batch["images"]))
     if accelerator.num_processes > 1:
         model = sync_batchnorm(model)  # R processes x B/R == 1 process x B, BN included
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
@@ -236,7 +238,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
         log.flush()
         entry = {"epoch": epoch + 1, **{f"loss_{k}": v for k, v in means.items()}}
         if test_split is not None:  # None: a model without a classifier (FitNets' hint stage)
-            entry["test_accuracy"] = evaluate(accelerator, model, test_split)
+            entry["test_accuracy"] = evaluate(accelerator, model, test_split, inputs=eval_inputs)
         history.append(entry)
         log.epoch(global_step, **{k: entry[k] for k in ("test_accuracy",) if k in entry}, epoch_time_s=epoch_time,
                   samples_per_s=seen * accelerator.num_processes / max(epoch_time, 1e-9))

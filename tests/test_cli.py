@@ -17,7 +17,7 @@ from kd_accel.errors import KDError, run_cli
 
 SCRIPTS = {  # launch script -> (its main, a bad flag, the words of its one error line)
     "distill.py": (cli.distill_main, ["--temperature", "0"], "--temperature must be between 0.01 and 1000, got 0"),
-    "train_teacher.py": (cli.train_teacher_main, ["--epochs", "0"], "--epochs must be >= 1"),
+    "train_teacher.py": (cli.train_teacher_main, ["--epochs", "0"], "--epochs 0 uses the teacher as --weights give it"),
     "precompute_logits.py": (cli.precompute_main, [], "needs --teacher PATH"),
     "compare.py": (cli.compare_main, ["--variants", "mse"], "bad variant 'mse'"),
     "inspect_logits.py": (cli.inspect_main, ["x.safetensors", "--temperatures", "0"], "--temperatures must be"),

@@ -2,6 +2,7 @@
 traceback. IDX files here are written in the real on-disk format (big-endian header + bytes)."""
 import errno
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -13,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from conftest import launch_cmd, run_script, reset_accelerate_state
-from kd_accel.models import notebook as models  # save_model looks save_file up there
+from kd_accel.models import files as models  # save_model looks save_file up there
 from kd_accel.config import from_flags
 from kd_accel.data import load_split
 from kd_accel.errors import KDError, run_cli
@@ -199,7 +200,7 @@ def test_checkpoint_path_that_is_a_directory(tmp_path):
 
 # ---- checkpoint metadata and shapes -------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["test_accuracy", "params", "train_time_s"])
+@pytest.mark.parametrize("key", ["test_accuracy", "train_time_s"])  # params: counted from the weights
 def test_non_numeric_teacher_metadata_named(tmp_path, accelerator, key):
     from conftest import tiny_split
 
@@ -214,11 +215,19 @@ def test_non_numeric_teacher_metadata_named(tmp_path, accelerator, key):
 
 
 def test_non_numeric_num_classes_named(tmp_path):
-    path = tmp_path / "t.safetensors"
-    save_model(Teacher(), path, "teacher", "ten")
+    path = tmp_path / "t.safetensors"  # a file written before architecture records
+    save_file({k: v.contiguous() for k, v in Teacher().state_dict().items()}, str(path),
+              metadata={"arch": "teacher", "num_classes": "ten"})
     with pytest.raises(KDError) as e:
         load_model(path, "teacher")
     assert one_line(str(e.value)) == f"{path}: metadata num_classes='ten' is not an integer"
+    record = json.dumps({"spec": "notebook:teacher", "num_classes": "ten", "in_chans": 1, "input_shape": [1, 28, 28],
+                         "preprocessing": None})
+    save_file({k: v.contiguous() for k, v in Teacher().state_dict().items()}, str(path),
+              metadata={"role": "teacher", "arch_spec": record})
+    with pytest.raises(KDError) as e:
+        load_model(path, "teacher")
+    assert one_line(str(e.value)) == f"{path}: metadata arch_spec: num_classes must be a positive integer, not 'ten'"
 
 
 def test_wrong_shapes_name_the_tensor_and_both_shapes(tmp_path):
@@ -226,7 +235,7 @@ def test_wrong_shapes_name_the_tensor_and_both_shapes(tmp_path):
     save_model(Teacher(num_classes=7), path, "teacher", 10)  # metadata says 10 classes, weights have 7
     with pytest.raises(KDError) as e:
         load_model(path, "teacher")
-    assert one_line(str(e.value)) == (f"{path}: weights do not fit 'teacher' with 10 classes: tensor head.2.weight "
+    assert one_line(str(e.value)) == (f"{path}: weights do not fit 'notebook:teacher' with 10 classes: tensor head.2.weight "
                                       "is [7, 300] in the checkpoint, [10, 300] in the model")
 
 
@@ -256,7 +265,7 @@ def test_two_processes_print_the_error_once(tmp_path, mnist_dir):
     proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", tmp_path / "run", "--teacher", bad,
                       "--limit-train", "200", "--limit-test", "100", nproc=2, check=False)
     lines = [l for l in proc.stderr.splitlines() if "kd_accel: error:" in l]
-    assert lines == [f"kd_accel: error: {bad}: weights do not fit 'teacher' with 10 classes: tensor head.2.weight "
+    assert lines == [f"kd_accel: error: {bad}: weights do not fit 'notebook:teacher' with 10 classes: tensor head.2.weight "
                      "is [7, 300] in the checkpoint, [10, 300] in the model"], proc.stderr
     assert proc.returncode == 1 and "ChildFailedError" in proc.stderr and "exitcode  : 2" in proc.stderr
 

@@ -5,15 +5,9 @@ Models know nothing of devices, DDP or precision: Accelerate handles those. Weig
 as safetensors with the architecture name and input shape in the metadata, so a checkpoint says
 what it is.
 """
-from pathlib import Path
-
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import KDError
-from ..hashing import tensor_digest
-from ..io import atomic_path
 
 
 def conv_bn_relu(cin, cout, k):
@@ -96,61 +90,6 @@ def build_model(arch, num_classes=10, input_shape=DEFAULT_INPUT_SHAPE):
     return MODELS[arch](num_classes=num_classes, in_channels=c, image_size=(h, w))
 
 
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def state_fingerprint(state_dict):
-    """sha256 over names, shapes, dtypes and values of every tensor (BN buffers included,
-    since they change the teacher's eval outputs)."""
-    parts = []
-    for name in sorted(state_dict):
-        t = state_dict[name]
-        parts += [f"{name}:{tuple(t.shape)}:{t.dtype}", t]
-    return tensor_digest(*parts)
-
-
-def save_model(model, path, arch, num_classes, input_shape=None, **meta):
-    """Atomic safetensors checkpoint; metadata values become strings. input_shape (C, H, W),
-    by default the model's own, is stored as "input_shape": "C,H,W" for load_model."""
-    shape = input_shape or getattr(model, "input_shape", None)
-    if shape is None:
-        raise KDError(f"cannot save {path}: a {type(model).__name__} does not say its input shape; pass input_shape")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"arch": arch, "num_classes": str(num_classes),
-                "input_shape": ",".join(map(str, check_input_shape(shape))), **{k: str(v) for k, v in meta.items()}}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-
-
-def read_checkpoint(path):
-    """(state_dict, metadata) from a safetensors checkpoint, with one-line errors."""
-    from safetensors import safe_open
-
-    if Path(path).is_dir():
-        raise KDError(f"checkpoint {path} is a directory, not a safetensors file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        state = load_file(str(path))
-    except FileNotFoundError:
-        raise KDError(f"checkpoint not found: {path}") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise KDError(f"cannot read checkpoint {path} (truncated or not safetensors?): {e}") from None
-    return state, metadata
-
-
-def meta_number(meta, key, path, kind=float):
-    """A checkpoint's metadata value `key` as `kind` (metadata are strings), or one line saying
-    which file and key hold something else."""
-    if key not in meta:
-        raise KDError(f"{path}: metadata has no {key}")
-    try:
-        return kind(meta[key])
-    except (TypeError, ValueError):
-        raise KDError(f"{path}: metadata {key}={meta[key]!r} is not {'an integer' if kind is int else 'a number'}") from None
-
-
 def _mismatch(state, expected):
     """The first difference between a checkpoint's tensors and a model's, in words (or None)."""
     def names(keys):
@@ -165,42 +104,3 @@ def _mismatch(state, expected):
         if state[name].shape != want.shape:
             return f"tensor {name} is {list(state[name].shape)} in the checkpoint, {list(want.shape)} in the model"
     return None
-
-
-def meta_input_shape(meta, path):
-    """(C, H, W) a checkpoint was built for: its "input_shape" metadata "C,H,W"; files saved
-    before the key existed are MNIST models, 1x28x28."""
-    if "input_shape" not in meta:
-        return DEFAULT_INPUT_SHAPE
-    parts = meta["input_shape"].split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise KDError(f"{path}: metadata input_shape={meta['input_shape']!r} is not C,H,W "
-                      "(three integers, e.g. 3,32,32)")
-    return check_input_shape(parts, f"{path}: metadata input_shape")
-
-
-def _shape_words(shape):
-    return "x".join(map(str, shape))
-
-
-def load_model(path, expect_arch=None, expect_input_shape=None):
-    """Build the model named in the checkpoint, for the input shape it records, and load its
-    weights. Returns (model, metadata). expect_input_shape (C, H, W), e.g. the data's
-    Split.input_shape: a checkpoint built for another shape is refused in one line."""
-    state, meta = read_checkpoint(path)
-    arch = meta.get("arch")
-    if expect_arch and arch != expect_arch:
-        raise KDError(f"{path} holds a {arch!r} model, expected {expect_arch!r}")
-    num_classes = meta_number(meta, "num_classes", path, int) if "num_classes" in meta else 10
-    if num_classes < 1:
-        raise KDError(f"{path}: metadata num_classes={num_classes} must be >= 1")
-    shape = meta_input_shape(meta, path)
-    if expect_input_shape is not None and tuple(expect_input_shape) != shape:
-        raise KDError(f"{path} holds a model for {_shape_words(shape)} inputs, the data are "
-                      f"{_shape_words(expect_input_shape)}")
-    model = build_model(arch, num_classes, shape)
-    problem = _mismatch(state, model.state_dict())
-    if problem:
-        raise KDError(f"{path}: weights do not fit {arch!r} with {num_classes} classes: {problem}")
-    model.load_state_dict(state)
-    return model, meta

@@ -285,53 +285,12 @@ def load_weights(model, path):
     return notes
 
 
-# --- preprocessing and the record of what was built ----------------------------------------
-
-def _torchvision_preprocessing(name, weights_name):
-    import torchvision.models as tvm
-
-    try:
-        enum = tvm.get_model_weights(name)
-        weights = enum.DEFAULT if weights_name is None else enum[weights_name.rpartition(".")[2]]
-    except (KeyError, ValueError):
-        raise KDError(f"torchvision:{name} has no weights {weights_name!r}; "
-                      f"choose from {', '.join(w.name for w in tvm.get_model_weights(name))}") from None
-    t = weights.transforms()  # ImageClassification: resize to resize_size, centre-crop crop_size
-    return {"image_size": t.crop_size[0], "resize_size": t.resize_size[0], "mean": list(t.mean), "std": list(t.std),
-            "interpolation": t.interpolation.value}
-
-
-def _timm_preprocessing(name, weights_name):
-    timm = _timm(f"architecture 'timm:{name}'")
-    from timm.data import resolve_data_config
-
-    tagged = f"{name.split('.')[0]}.{weights_name}" if weights_name else name
-    cfg = timm.models.get_pretrained_cfg(tagged)
-    if cfg is None:
-        raise KDError(f"timm:{name} has no pretrained configuration {weights_name!r}")
-    data = resolve_data_config(pretrained_cfg=cfg.to_dict())
-    size = data["input_size"][-1]  # (C, H, W)
-    return {"image_size": size, "resize_size": math.floor(size / data["crop_pct"]), "mean": list(data["mean"]),
-            "std": list(data["std"]), "interpolation": data["interpolation"]}
-
-
-def preprocessing(spec, weights_name=None):
-    """{image_size, resize_size, mean, std, interpolation} the pretrained weights expect
-    (resize the short side to resize_size, centre-crop image_size, normalise), from
-    torchvision's weight enum (weights_name e.g. "IMAGENET1K_V1"; default: DEFAULT) or timm's
-    pretrained_cfg (weights_name: a tag, e.g. "a1_in1k"); all None where not known (the
-    notebook's models)."""
-    source, name = parse_arch(spec)
-    if source == "torchvision":
-        return _torchvision_preprocessing(name, weights_name)
-    if source == "timm":
-        return _timm_preprocessing(name, weights_name)
-    return dict.fromkeys(("image_size", "resize_size", "mean", "std", "interpolation"))
-
+# --- the record of what was built ----------------------------------------------------------
 
 def arch_spec(spec, num_classes, input_shape, preprocessing=None):
     """A JSON-able record of what was built, for a checkpoint's metadata: build_from_spec
-    rebuilds the same model from it. input_shape (C, H, W) is the data's; in_chans its C."""
+    rebuilds the same model from it. input_shape (C, H, W) is the model's input (the data's
+    channels at the preprocessing's size); in_chans its C; preprocessing: preprocessing.resolve's."""
     source, name = parse_arch(spec)
     c, h, w = notebook.check_input_shape(input_shape)
     _check_counts(num_classes, c)

@@ -1,7 +1,8 @@
 """Helper for the equivalence tests, run under 1, 2 or 3 processes (accelerate launch).
 
-  train_check.py train  OUT --role teacher|student --batch-size B [--grad-accum K]
-      trains on the first 400 MNIST samples for 2 epochs and saves the final weights (rank 0)
+  train_check.py train  OUT --role teacher|student --batch-size B [--grad-accum K] [--arch SPEC]
+      trains on the first 400 MNIST samples for 2 epochs and saves the final weights (rank 0);
+      --arch: a zoo architecture (models/zoo.py) instead of the notebook's model of the role
   train_check.py eval   OUT
       evaluates a fixed seeded student on the first 1001 test samples; writes the accuracy
   train_check.py order  OUT --batch-size B
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 from kd_accel.config import from_flags
 from kd_accel.data import load_split
 from kd_accel.evaluation import evaluate
-from kd_accel.models import build_model
+from kd_accel.models import build_model, build_zoo_model
 from kd_accel.pipeline import columns, make_accelerator
 from kd_accel.training import fit, make_objective
 
@@ -29,6 +30,7 @@ p.add_argument("mode", choices=["train", "eval", "order"])
 p.add_argument("out")
 p.add_argument("--data-dir", required=True)
 p.add_argument("--role", default="student")
+p.add_argument("--arch", help="a models/zoo.py spec, e.g. timm:test_efficientnet")
 p.add_argument("--batch-size", type=int, default=40)
 p.add_argument("--grad-accum", type=int, default=1)
 p.add_argument("--no-bn", action="store_true", help="BatchNorm -> Identity (micro-batch BN statistics differ)")
@@ -53,7 +55,7 @@ if a.mode == "eval":
     accelerator.end_training()  # destroys the process group: see kd_accel.errors.close_process_group
     sys.exit(0)
 
-model = build_model(a.role)
+model = build_zoo_model(a.arch, 10, 1, (28, 28))[0] if a.arch else build_model(a.role)
 if a.no_bn:
     for mod in model.modules():
         for name, child in mod.named_children():

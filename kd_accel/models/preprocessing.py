@@ -1,0 +1,145 @@
+"""Each model's preprocessing: the input size, normalisation and interpolation it expects.
+
+A record, saved with the model (models/files.py) and stamped on the caches its logits fill:
+  {"image_size": [H, W], "mean": [..] or None, "std": [..] or None, "interpolation": "bilinear",
+   "resize_size": int or None, "source": where it came from}
+mean/std None: pixels scaled to [0, 1] only (MNIST's and the notebook's preprocessing).
+
+Where it comes from, first found first: the flags (--image-size, --normalize data); the known
+transforms of the pretrained weights (torchvision's weight enum, the file recognised by its
+published name, e.g. resnet18-f37072fd.pth; timm's pretrained_cfg, by the tag in
+"timm:NAME.TAG" or the architecture's default tag); else the data set's own (its size and
+mean/std). The model input is the data's view resized to image_size and normalised
+(augment.make_inputs): a teacher and a student with different records each see their own
+version of the same view.
+"""
+import math
+from pathlib import Path
+
+from ..errors import KDError
+from .zoo import _timm, parse_arch
+
+KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
+NORMALIZE = ("data", "weights")  # --normalize: the data set's mean/std, or the weights' known ones
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what torch.nn.functional.interpolate does of them
+
+
+def _torchvision_preprocessing(name, weights_name):
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(name)
+        weights = enum.DEFAULT if weights_name is None else enum[weights_name.rpartition(".")[2]]
+    except (KeyError, ValueError):
+        raise KDError(f"torchvision:{name} has no weights {weights_name!r}; "
+                      f"choose from {', '.join(w.name for w in tvm.get_model_weights(name))}") from None
+    t = weights.transforms()  # ImageClassification: resize to resize_size, centre-crop crop_size
+    return {"image_size": t.crop_size[0], "resize_size": t.resize_size[0], "mean": list(t.mean), "std": list(t.std),
+            "interpolation": t.interpolation.value}
+
+
+def _timm_preprocessing(name, weights_name):
+    timm = _timm(f"architecture 'timm:{name}'")
+    from timm.data import resolve_data_config
+
+    tagged = f"{name.split('.')[0]}.{weights_name}" if weights_name else name
+    cfg = timm.models.get_pretrained_cfg(tagged)
+    if cfg is None:
+        raise KDError(f"timm:{name} has no pretrained configuration {weights_name!r}")
+    data = resolve_data_config(pretrained_cfg=cfg.to_dict())
+    size = data["input_size"][-1]  # (C, H, W)
+    return {"image_size": size, "resize_size": math.floor(size / data["crop_pct"]), "mean": list(data["mean"]),
+            "std": list(data["std"]), "interpolation": data["interpolation"]}
+
+
+def preprocessing(spec, weights_name=None):
+    """{image_size, resize_size, mean, std, interpolation} the pretrained weights expect
+    (resize the short side to resize_size, centre-crop image_size, normalise), from
+    torchvision's weight enum (weights_name e.g. "IMAGENET1K_V1"; default: DEFAULT) or timm's
+    pretrained_cfg (weights_name: a tag, e.g. "a1_in1k"); all None where not known (the
+    notebook's models)."""
+    source, name = parse_arch(spec)
+    if source == "torchvision":
+        return _torchvision_preprocessing(name, weights_name)
+    if source == "timm":
+        return _timm_preprocessing(name, weights_name)
+    return dict.fromkeys(KEYS)
+
+
+def known_preprocessing(spec, weights_path=None):
+    """(preprocessing, source) of the weights a model starts from, where known; (None, None)
+    otherwise. torchvision: a file under its published name (the enum's URL's last part);
+    timm: the spec's tag ("timm:resnet50.a1_in1k"), or with a weights file the
+    architecture's default pretrained configuration."""
+    source, name = parse_arch(spec)
+    if source == "torchvision" and weights_path:
+        import torchvision.models as tvm
+
+        for w in tvm.get_model_weights(name):
+            if Path(w.url).name == Path(weights_path).name:
+                return _torchvision_preprocessing(name, w.name), f"torchvision {name} {w.name}"
+    if source == "timm" and ("." in name or weights_path):
+        timm = _timm(f"architecture {spec!r}")
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is not None and cfg.mean is not None:
+            tagged = f"{name.split('.')[0]}.{cfg.tag}" if cfg.tag else name
+            return _timm_preprocessing(name, None), f"timm {tagged}"
+    return None, None
+
+
+def _per_channel(values, channels, what):
+    """Mean/std for `channels` input channels: the weights' RGB values averaged for one grey
+    channel (the first convolution is adapted by summing over RGB, models/zoo.py)."""
+    if values is None:
+        return None
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if channels == 1:
+        return [sum(values) / len(values)]
+    raise KDError(f"{what} has {len(values)} channels of mean/std, the data {channels}")
+
+
+def resolve(spec, weights_path, image_size, normalize, data_norm, data_hw, channels):
+    """The preprocessing record of a model built from `spec` (and `weights_path`) for data of
+    `channels` channels, `data_hw` (H, W) and normalisation `data_norm` ((mean, std) or None),
+    under the flags image_size (int or None) and normalize (None, "data" or "weights")."""
+    known, source = known_preprocessing(spec, weights_path)
+    if normalize == "weights" and known is None:
+        raise KDError(f"--normalize weights: the known preprocessing of {spec}"
+                      f"{' with ' + Path(weights_path).name if weights_path else ''} is not known (torchvision weights "
+                      "under their published file name, or a timm NAME.TAG); use --normalize data")
+    use_known = known is not None and normalize != "data"
+    if use_known:
+        mean, std, interpolation = known["mean"], known["std"], known["interpolation"]
+    else:
+        mean, std = (None, None) if data_norm is None else (list(data_norm[0]), list(data_norm[1]))
+        interpolation, source = "bilinear", "data"
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bilinear"  # e.g. timm's "bicubic"-like names beyond interpolate's modes
+    size = [image_size, image_size] if image_size else [known["image_size"]] * 2 if known else list(data_hw)
+    return {"image_size": [int(v) for v in size], "mean": _per_channel(mean, channels, spec),
+            "std": _per_channel(std, channels, spec), "interpolation": interpolation,
+            "resize_size": known["resize_size"] if known else None,
+            "source": source + (f", {size[0]}x{size[1]} from --image-size" if image_size else "")}
+
+
+def of_data(data_norm, data_hw):
+    """The record of a model that takes the data as they are (a checkpoint saved before records)."""
+    mean, std = (None, None) if data_norm is None else (list(data_norm[0]), list(data_norm[1]))
+    return {"image_size": list(data_hw), "mean": mean, "std": std, "interpolation": "bilinear", "resize_size": None,
+            "source": "data"}
+
+
+def describe(record):
+    """One canonical line of what shapes the input (not where it came from), for cache keys
+    and stamps: "28x28 bilinear mean=None std=None"."""
+    h, w = record["image_size"]
+    def nums(v):
+        return None if v is None else "[" + ",".join(f"{x:.6g}" for x in v) + "]"
+    return f"{h}x{w} {record['interpolation']} mean={nums(record['mean'])} std={nums(record['std'])}"
+
+
+def norm_of(record):
+    """(mean, std) for data.to_float, or None."""
+    return None if record["mean"] is None else (tuple(record["mean"]), tuple(record["std"]))

@@ -45,6 +45,8 @@ def summary_table(metrics):
         if not m:
             continue
         name = {"student": "distilled student"}.get(role, role)
+        if m.get("arch") and not m["arch"].startswith("notebook:"):  # a zoo model: say which
+            name += f"\n{m['arch']}"
         table.add_row(name, fmt_pct(m["test_accuracy"]), f"{m['params']:,}", fmt_secs(m.get("train_time_s")), m.get("note", ""))
     gain = metrics.get("gain_over_baseline")
     table.caption = (

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The worked example of docs/own-models.md, on 10,000 MNIST training images (the full test set):
+#  1. a torchvision ResNet-18 teacher trained here, exported as torchvision's own .pth state dict;
+#  2. that .pth given back as a user's pretrained teacher (--teacher-weights, --teacher-epochs 0),
+#     distilled into the notebook student and into torchvision's mobilenet_v3_small, each beside
+#     its own baseline, two seeds;
+#  3. the notebook's own teacher, the same notebook students and seeds: which teacher teaches better?
+# Usage: bash docs/examples/own_models.sh [OUT]   (DATA: the folder holding MNIST/raw)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-runs/own-models}
+DATA=${DATA:-../shared/data}
+common=(--data-dir "$DATA" --limit-train 10000 --epochs 5)
+mkdir -p "$OUT"
+{ date -u; nproc; grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w 'avx512f' /proc/cpuinfo || echo "no avx512f";
+  python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"; } \
+  > "$OUT/machine.txt"
+
+python launch/train_teacher.py --data-dir "$DATA" --limit-train 10000 --arch torchvision:resnet18 --epochs 3 \
+  --output-dir "$OUT/tv-teacher"
+python -c "import sys, torch, kd_accel; torch.save(kd_accel.load_model(sys.argv[1]).state_dict(), sys.argv[2])" \
+  "$OUT/tv-teacher/teacher.safetensors" "$OUT/resnet18_mnist.pth"
+
+python launch/compare.py "${common[@]}" --teacher-arch torchvision:resnet18 --teacher-weights "$OUT/resnet18_mnist.pth" \
+  --teacher-epochs 0 --seeds 0 1 --output-dir "$OUT/resnet18-teacher" \
+  --variants baseline hinton baseline:arch=torchvision:mobilenet_v3_small hinton:arch=torchvision:mobilenet_v3_small
+python launch/compare.py "${common[@]}" --teacher-epochs 5 --seeds 0 1 --output-dir "$OUT/notebook-teacher" \
+  --variants baseline hinton

@@ -352,6 +352,8 @@ def inspect_main(argv=None):
     views = f", view {a.view} of {soft.views} ({meta.get('augment')})" if soft.views > 1 else ""
     print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes{views}, "
           f"{soft.storage} (uniform entropy {math.log(logits.shape[1]):.3f} nats)")
+    if meta.get("teacher_input"):  # caches since the teacher's preprocessing was stamped
+        print(f"teacher input: {meta['teacher_input']} (teacher weights {meta.get('teacher_fingerprint')})")
     print(f"{'T':>6} {'mean entropy (nats)':>20} {'mean max prob':>14}")
     for r in rows:
         print(f"{r['T']:>6g} {r['mean_entropy']:>20.4f} {r['mean_max_prob']:>14.4f}")

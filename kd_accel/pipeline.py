@@ -26,7 +26,7 @@ from .evaluation import evaluate
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import make_dir, write_json
 from .losses import loss_name
-from .models import count_params, load_model, meta_number, meta_role, read_checkpoint, save_model, state_fingerprint
+from .models import count_params, load_model, meta_number, meta_record, meta_role, read_checkpoint, save_model, state_fingerprint
 from .models.preprocessing import describe
 from .roles import build, recipe_record, check_fitnets, file_preprocessing, inputs_for, resolved_recipe
 from .memory import keep_freed_memory
@@ -152,7 +152,9 @@ def check_against_data(cfg, train):
 
 def teacher_arch(cfg):
     """The teacher's architecture spec: --teacher's file says it, else --teacher-arch."""
-    return read_checkpoint(cfg.run.teacher)[1].get("arch") if cfg.run.teacher else cfg.teacher.arch
+    if not cfg.run.teacher:
+        return cfg.teacher.arch
+    return meta_record(read_checkpoint(cfg.run.teacher)[1], cfg.run.teacher)["spec"]
 
 
 def columns(split, **extra):
@@ -282,7 +284,7 @@ def teacher_info_from_checkpoint(accelerator, path, test):
     train_time = meta_number(meta, "train_time_s", path) if "train_time_s" in meta else None
     fp = state_fingerprint(state)
     return {"test_accuracy": acc, "params": count_params(model), "train_time_s": train_time, "note": note,
-            "arch": meta.get("arch"), "fingerprint": fp, "input": describe(prep)}
+            "arch": meta_record(meta, path)["spec"], "fingerprint": fp, "input": describe(prep)}
 
 
 def resolve_teacher(accelerator, cfg, train, test):
@@ -404,7 +406,7 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     if done:
         return done
     teacher, meta = load_model(teacher_path, "teacher")
-    check_fitnets(cfg.student.arch, meta.get("arch"))
+    check_fitnets(cfg.student.arch, meta_record(meta, teacher_path)["spec"])
     hint = teacher_hint(teacher.to(accelerator.device))
     set_seed(cfg.run.seed)
     model, record = build(cfg.student, train, label, accelerator.print)

@@ -298,3 +298,22 @@ def test_one_study_compares_student_architectures(tmp_path, mnist_dir):
     assert f"baseline arch={TIMM}" in text and f"hinton T=4 a=0.9 arch={TIMM}" in text, names
     model = kd_accel.load_model(next(tmp_path.glob("compare/hinton_T=4_a=0.9_arch=timm_test_efficientnet/seed0*")))
     assert type(model).__name__ == "EfficientNet"
+
+
+def test_a_teacher_file_from_before_records_is_the_notebooks(tmp_path, accelerator):
+    """Files written before architecture records said the role as "arch": they hold the
+    notebook's models, taking the data as they are (FitNets accepts them)."""
+    from kd_accel.models import Teacher
+    from kd_accel.roles import check_fitnets
+
+    path = tmp_path / "old_teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in Teacher().state_dict().items()}, str(path),
+              metadata={"arch": "teacher", "num_classes": "10"})
+    cfg = from_flags(teacher=str(path))
+    assert pipeline.teacher_arch(cfg) == "notebook:teacher"
+    check_fitnets("notebook:student", pipeline.teacher_arch(cfg))
+    model = kd_accel.load_model(path)
+    assert model.preprocessing is None and type(model).__name__ == "Teacher"
+    _, info = pipeline.resolve_teacher(accelerator, cfg, tiny_split(20), tiny_split(10, seed=1))
+    assert info["arch"] == "notebook:teacher" and info["input"] == "28x28 bilinear mean=None std=None"
+

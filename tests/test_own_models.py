@@ -20,7 +20,7 @@ from kd_accel.data import Split, to_float
 from kd_accel.errors import KDError
 from kd_accel.models import read_checkpoint, save_model
 from kd_accel.models.preprocessing import describe
-from kd_accel.roles import TeacherId, inputs_for
+from kd_accel.roles import TeacherId, inputs_for, recipe_preprocessing
 
 TV = "torchvision:mobilenet_v3_small"
 TIMM = "timm:test_efficientnet"  # BatchNormAct2d: timm's fused BN + activation
@@ -88,15 +88,15 @@ def test_a_teacher_given_by_weights_gives_the_logits_of_the_model_loaded_directl
 
 
 def test_a_timm_teacher_brings_its_pretrained_preprocessing(accelerator, tmp_path):
-    """No flags: timm's pretrained_cfg for the architecture (test_efficientnet: 160 px, its
-    mean/std, its interpolation); the cache holds the teacher's logits on the data resized and
-    normalised that way."""
+    """timm:NAME.TAG, no flags: timm's pretrained_cfg for that tag (test_efficientnet.r160_in1k:
+    160 px, its mean/std, bicubic); the cache holds the teacher's logits on the data resized and
+    normalised that way. (Without the tag the file is taken as one's own: the data's way.)"""
     import timm
     from timm.data import resolve_data_config
 
     direct = timm_file(tmp_path / "eff.safetensors")
     train, test = colour_split(24), colour_split(16, seed=1, split="test")
-    cfg = from_flags(dataset="cifar10", teacher_arch=TIMM, teacher_weights=str(tmp_path / "eff.safetensors"),
+    cfg = from_flags(dataset="cifar10", teacher_arch=TIMM + ".r160_in1k", teacher_weights=str(tmp_path / "eff.safetensors"),
                      teacher_epochs=0, output_dir=str(tmp_path / "run"), channels_last=False)
     path, info = pipeline.resolve_teacher(accelerator, cfg, train, test)
     want = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg("test_efficientnet").to_dict())
@@ -104,6 +104,8 @@ def test_a_timm_teacher_brings_its_pretrained_preprocessing(accelerator, tmp_pat
     assert prep["image_size"] == list(want["input_size"][1:]) and prep["mean"] == list(want["mean"])
     assert prep["std"] == list(want["std"]) and prep["interpolation"] == want["interpolation"]
     soft, _, _ = teaching.resolve_soft_targets(accelerator, cfg, path, TeacherId.of(info), train)
+    untagged = recipe_preprocessing(from_flags(dataset="cifar10", arch=TIMM, weights=cfg.teacher.weights).student, train)
+    assert untagged["image_size"] == [32, 32] and untagged["source"] == "data"
     x = torch.nn.functional.interpolate(to_float(train.images), size=want["input_size"][1:], mode=want["interpolation"],
                                         align_corners=False)
     x = (x - torch.tensor(want["mean"])[:, None, None]) / torch.tensor(want["std"])[:, None, None]
@@ -188,7 +190,7 @@ def test_a_cache_made_with_other_teacher_preprocessing_is_refused_by_name(accele
 def test_known_weights_bring_their_preprocessing_and_flags_override_it(tmp_path):
     """torchvision's file under its published name: its transforms (224 px, ImageNet mean/std,
     averaged for one grey channel); --normalize data and --image-size take the data's way."""
-    from kd_accel.roles import recipe_preprocessing, resolved_recipe
+    from kd_accel.roles import resolved_recipe
 
     published = tmp_path / "mobilenet_v3_small-047dcff4.pth"
     torchvision_file(published)
@@ -317,3 +319,11 @@ def test_a_teacher_file_from_before_records_is_the_notebooks(tmp_path, accelerat
     _, info = pipeline.resolve_teacher(accelerator, cfg, tiny_split(20), tiny_split(10, seed=1))
     assert info["arch"] == "notebook:teacher" and info["input"] == "28x28 bilinear mean=None std=None"
 
+
+
+def test_a_kd_accel_model_file_as_weights_brings_its_recorded_preprocessing(big_teacher):
+    """--teacher-weights runs/x/teacher.safetensors (a file kd_accel saved): the preprocessing it
+    records (here 36 px), not the data's."""
+    path, _ = big_teacher
+    prep = recipe_preprocessing(from_flags(arch="notebook:teacher", weights=str(path)).student, tiny_split(8))
+    assert prep["image_size"] == [36, 36] and prep["source"] == f"recorded in {path.name}"

@@ -8,11 +8,12 @@ mean/std None: pixels scaled to [0, 1] only (MNIST's and the notebook's preproce
 Where it comes from, first found first: the flags (--image-size, --normalize data); the known
 transforms of the pretrained weights (torchvision's weight enum, the file recognised by its
 published name, e.g. resnet18-f37072fd.pth; timm's pretrained_cfg, by the tag in
-"timm:NAME.TAG" or the architecture's default tag); else the data set's own (its size and
-mean/std). The model input is the data's view resized to image_size and normalised
+"timm:NAME.TAG"; what a model file kd_accel saved records); else the data set's own (its size
+and mean/std). The model input is the data's view resized to image_size and normalised
 (augment.make_inputs): a teacher and a student with different records each see their own
 version of the same view.
 """
+import json
 import math
 from pathlib import Path
 
@@ -66,24 +67,39 @@ def preprocessing(spec, weights_name=None):
     return dict.fromkeys(KEYS)
 
 
+def _recorded(weights_path):
+    """The preprocessing a kd_accel model file records (models/files.py), or None."""
+    if weights_path is None or Path(weights_path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            record = json.loads((f.metadata() or {}).get("arch_spec", "null"))
+    except Exception:  # not a kd_accel file (or not readable): models/zoo.read_weights says why, later
+        return None
+    return record.get("preprocessing") if isinstance(record, dict) else None
+
+
 def known_preprocessing(spec, weights_path=None):
     """(preprocessing, source) of the weights a model starts from, where known; (None, None)
-    otherwise. torchvision: a file under its published name (the enum's URL's last part);
-    timm: the spec's tag ("timm:resnet50.a1_in1k"), or with a weights file the
-    architecture's default pretrained configuration."""
+    otherwise. torchvision: a file under its published name (the enum's URL's last part, e.g.
+    resnet50-11ad3fa6.pth); timm: the tag in the spec ("timm:resnet50.a1_in1k", its
+    pretrained_cfg), since a timm file's name says nothing; a model file kd_accel saved: the
+    preprocessing it records. A file of one's own, trained on one's own inputs, brings none: the
+    data's own, or the flags, apply."""
     source, name = parse_arch(spec)
+    recorded = _recorded(weights_path)
+    if recorded is not None:
+        return recorded, f"recorded in {Path(weights_path).name}"
     if source == "torchvision" and weights_path:
         import torchvision.models as tvm
 
         for w in tvm.get_model_weights(name):
             if Path(w.url).name == Path(weights_path).name:
                 return _torchvision_preprocessing(name, w.name), f"torchvision {name} {w.name}"
-    if source == "timm" and ("." in name or weights_path):
-        timm = _timm(f"architecture {spec!r}")
-        cfg = timm.models.get_pretrained_cfg(name)
-        if cfg is not None and cfg.mean is not None:
-            tagged = f"{name.split('.')[0]}.{cfg.tag}" if cfg.tag else name
-            return _timm_preprocessing(name, None), f"timm {tagged}"
+    if source == "timm" and "." in name:
+        return _timm_preprocessing(name, None), f"timm {name}"
     return None, None
 
 
@@ -117,7 +133,9 @@ def resolve(spec, weights_path, image_size, normalize, data_norm, data_hw, chann
         interpolation, source = "bilinear", "data"
     if interpolation not in INTERPOLATIONS:
         interpolation = "bilinear"  # e.g. timm's "bicubic"-like names beyond interpolate's modes
-    size = [image_size, image_size] if image_size else [known["image_size"]] * 2 if known else list(data_hw)
+    known_size = known and known["image_size"]  # an int (torchvision, timm) or [H, W] (a kd_accel record)
+    known_size = known_size if isinstance(known_size, list) else known_size and [known_size] * 2
+    size = [image_size, image_size] if image_size else known_size or list(data_hw)
     return {"image_size": [int(v) for v in size], "mean": _per_channel(mean, channels, spec),
             "std": _per_channel(std, channels, spec), "interpolation": interpolation,
             "resize_size": known["resize_size"] if known else None,

@@ -327,3 +327,24 @@ def test_a_kd_accel_model_file_as_weights_brings_its_recorded_preprocessing(big_
     path, _ = big_teacher
     prep = recipe_preprocessing(from_flags(arch="notebook:teacher", weights=str(path)).student, tiny_split(8))
     assert prep["image_size"] == [36, 36] and prep["source"] == f"recorded in {path.name}"
+
+
+def test_a_zoo_student_under_bf16_from_a_top_k_k_view_cache(tmp_path, reset_accelerate):
+    """The rest of the toolkit with another architecture: bf16 autocast, channels-last, a top-k
+    K-view cache replayed with augmentation, the online teacher."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    train, test = tiny_split(40), tiny_split(20, seed=1)
+    cfg = from_flags(arch=TIMM, image_size=32, teacher_epochs=1, epochs=2, batch_size=20, augment="shift", views=2,
+                     cache_topk=3, output_dir=str(tmp_path))
+    path, info = pipeline.resolve_teacher(accelerator, cfg, train, test)
+    soft, online, cache = teaching.resolve_soft_targets(accelerator, cfg, path, TeacherId.of(info), train)
+    assert soft.views == 2 and soft.storage == "top3" and online is None
+    got = pipeline.train_student(accelerator, cfg, train, test, soft, "student", TeacherId.of(info))
+    assert got["arch"] == TIMM and 0 <= got["test_accuracy"] <= 100 and len(got["epochs"]) == 2
+    cfg = from_flags(arch=TIMM, image_size=32, epochs=1, batch_size=20, augment="shift", teacher_mode="online",
+                     output_dir=str(tmp_path / "online"))
+    _, online, _ = teaching.resolve_soft_targets(accelerator, cfg, path, TeacherId.of(info), train)
+    assert pipeline.train_student(accelerator, cfg, train, test, None, "student", TeacherId.of(info),
+                                  online)["test_accuracy"] >= 0

@@ -6,6 +6,7 @@
 #     own baseline, two seeds (torchvision's mobilenet_v3_small evaluates at chance here: its batch
 #     norms' momentum 0.01 leaves the running statistics far behind after a few hundred steps);
 #  3. the notebook's own teacher, the same notebook students and seeds: which teacher teaches better?
+#  4. (below) the ResNet-18 trained for 5 epochs like the notebook's teacher, the same students.
 # Usage: bash docs/examples/own_models.sh [OUT]   (DATA: the folder holding MNIST/raw)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,3 +29,10 @@ python launch/compare.py "${common[@]}" --teacher-arch torchvision:resnet18 --te
   --variants baseline hinton baseline:arch=timm:mobilenetv3_small_100 hinton:arch=timm:mobilenetv3_small_100
 python launch/compare.py "${common[@]}" --teacher-epochs 5 --seeds 0 1 --output-dir "$OUT/notebook-teacher" \
   --variants baseline hinton
+# 4. the ResNet-18 trained as long as the notebook's teacher (5 epochs), given as the kd_accel file
+#    it was saved as (--teacher: its architecture and preprocessing come with it)
+[ -f "$OUT/tv-teacher-5ep/teacher.safetensors" ] ||
+python launch/train_teacher.py --data-dir "$DATA" --limit-train 10000 --arch torchvision:resnet18 --epochs 5 \
+  --output-dir "$OUT/tv-teacher-5ep"
+python launch/compare.py "${common[@]}" --teacher "$OUT/tv-teacher-5ep/teacher.safetensors" --seeds 0 1 \
+  --output-dir "$OUT/resnet18-5ep-teacher" --variants baseline hinton

@@ -177,9 +177,9 @@ TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 def teacher_parser():
     return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
                         only=["dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
-                              "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir", "run_name", "seed", "mixed_precision",
-                              "grad_accum", "checkpoint_every", "keep_checkpoints", "resume", "channels_last",
-                              "compile", "report_to"],
+                              "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir",
+                              "run_name", "seed", "mixed_precision", "grad_accum", "checkpoint_every",
+                              "keep_checkpoints", "resume", "channels_last", "compile", "deterministic", "report_to"],
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
 
 
@@ -187,7 +187,7 @@ def precompute_parser():
     return build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
                         only=["dataset", "data_dir", "limit_train", "limit_test", "batch_size", "augment", "epochs",
                               "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
-                              "mixed_precision", "channels_last", "compile"])
+                              "mixed_precision", "channels_last", "compile", "deterministic"])
 
 
 # distill.py and compare.py write their caches in the run folder (or at --logits): --out is

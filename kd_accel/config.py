@@ -143,6 +143,11 @@ class Run:
     # other conv/BN kernels: the weights differ in the last bits (tests/test_stamps.py), so stamped
     channels_last: bool = setting(True, "channels-last memory format for conv/BN (faster kernels on CPU)")
     compile: bool = setting(False, "torch.compile the models (Accelerate's dynamo backend 'inductor')")
+    # GPUs only change with it (CPU runs are repeatable as they are); stamped all the same: on a
+    # GPU it changes the arithmetic (TF32 convolutions off)
+    deterministic: bool = setting(False, "deterministic kernels (cuDNN deterministic, no TF32, torch."
+                                  "use_deterministic_algorithms): bit-identical resume and process-count equivalence "
+                                  "on GPUs, slower")
     report_to: str = setting("none", "log losses, lr and accuracy per phase to Accelerate trackers; 'all': every one "
                              "installed", unstamped="what is logged, not what is trained")
 

@@ -387,6 +387,11 @@ class IndexedTensors(Dataset):
         self.columns = columns
         self.n = lengths.pop()
 
+    @property
+    def device(self):
+        """Where the columns live (fit moves them all to the training device)."""
+        return next(iter(self.columns.values())).device
+
     def __len__(self):
         return self.n
 
@@ -394,7 +399,9 @@ class IndexedTensors(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices):
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        # the batch's indices copied to the columns' device once (a CPU index into GPU columns
+        # would be copied over again for every column, and the batch's idx once more by Accelerate)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         batch = {k: v[idx] for k, v in self.columns.items()}
         batch["idx"] = idx
         return batch

@@ -1,9 +1,9 @@
 """Batch-norm statistics shared across processes, so R processes with batch B/R train exactly
 like one process with batch B.
 
-torch.nn.SyncBatchNorm only runs on GPUs; this one works on any backend (gloo on CPU too).
-It is swapped in by the training code, never by the models, and keeps BatchNorm2d's parameter
-and buffer names, so checkpoints are interchangeable."""
+torch.nn.SyncBatchNorm only runs on GPUs and is what NCCL runs get; this one works on any
+backend (gloo on CPU too). Either is swapped in by the training code, never by the models, and
+keeps BatchNorm2d's parameter and buffer names, so checkpoints are interchangeable."""
 import functools
 
 import torch
@@ -25,7 +25,9 @@ def _sync_normalise(bn, x):
     xf = x.float()
     # per-channel sum, sum of squares and count on this rank: [2C+1], then summed over ranks.
     # The autograd-aware all_reduce sends the gradients of the global statistics back.
-    local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), xf.new_tensor([xf.numel() // c])])
+    # the count made on the device (torch.full: no host tensor copied over on every forward)
+    count = torch.full((1,), xf.numel() // c, dtype=xf.dtype, device=xf.device)
+    local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
     total = dist_fn.all_reduce(local)
     n = total[-1]
     mean = total[:c] / n
@@ -47,6 +49,14 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return _sync_normalise(self, x) if _syncing(self) else super().forward(x)
 
 
+def _check_known_batchnorms(model, *known):
+    """Refuse, in one line, a batch norm of a class without a synchronised version here."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) not in known:
+            raise KDError(f"{type(m).__name__} at {name or 'the model'} has no batch norm synchronised across "
+                          "processes here (BatchNorm2d and timm's BatchNormAct2d do); train this model in one process")
+
+
 @functools.lru_cache(maxsize=None)  # one synced class: a model synced twice is still recognised
 def _timm_bn_act():
     """timm's BatchNormAct2d (BN, then dropout and activation in one module) and its synced
@@ -65,19 +75,23 @@ def _timm_bn_act():
     return BatchNormAct2d, SyncBatchNormAct2d
 
 
-def sync_batchnorm(model):
-    """Every batch norm of `model` synchronised across processes, in place: BatchNorm2d and
-    timm's BatchNormAct2d take their synced class (same parameters, buffers and names, so
-    checkpoints are interchangeable). Any other batch norm is refused in one line: left alone,
-    it would train differently with every process count."""
+def sync_batchnorm(model, backend="gloo"):
+    """Every batch norm of `model` synchronised across processes: BatchNorm2d and timm's
+    BatchNormAct2d (same parameters, buffers and names, so checkpoints are interchangeable).
+    On NCCL, torch's SyncBatchNorm (timm's converter where timm's fused layers are present):
+    GPU kernels, no host round trip; elsewhere (gloo, CPU) kd_accel's own layers, in place.
+    Any other batch norm is refused in one line: left alone, it would train differently with
+    every process count."""
     bn_act, sync_bn_act = _timm_bn_act()
-    for name, m in model.named_modules():
+    _check_known_batchnorms(model, nn.BatchNorm2d, SyncBatchNorm2d, nn.SyncBatchNorm, *filter(None, (bn_act, sync_bn_act)))
+    if backend == "nccl":
+        if bn_act is not None and any(type(m) is bn_act for m in model.modules()):
+            from timm.layers import convert_sync_batchnorm
+            return convert_sync_batchnorm(model)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for m in model.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = SyncBatchNorm2d
         elif bn_act is not None and type(m) is bn_act:
             m.__class__ = sync_bn_act
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (SyncBatchNorm2d,) + (
-                (sync_bn_act,) if sync_bn_act else ())):
-            raise KDError(f"{type(m).__name__} at {name or 'the model'} has no batch norm synchronised across processes "
-                          "here (BatchNorm2d and timm's BatchNormAct2d do); train this model in one process")
     return model

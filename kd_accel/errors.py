@@ -41,6 +41,14 @@ def report_error(message):
     print(f"kd_accel: error: {f'[rank {rank}] ' if rank else ''}{message}", file=sys.stderr, flush=True)
 
 
+def lost_peer(e):
+    """True for torch.distributed's DistBackendError (NCCL: a peer gone, a collective aborted)."""
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", None)
+    return backend_error is not None and isinstance(e, backend_error)
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)`; print KDError as `kd_accel: error: ...` and exit 2."""
     try:
@@ -49,8 +57,12 @@ def run_cli(main, argv=None):
         report_error(e)
         sys.exit(2)
     except RuntimeError as e:
-        # gloo, when another rank exits (its own error line is printed above): one line, exit 1
-        if not any(s in str(e) for s in ("Connection closed by peer", "Connection reset by peer")):
+        # another rank exited (its own error line is printed above): gloo says so in its
+        # message, NCCL raises DistBackendError (a RuntimeError); one line, exit 1
+        if "does not have a deterministic implementation" in str(e):  # --deterministic, an op without one
+            report_error(f"--deterministic: {first_line(e)}")
+            sys.exit(2)
+        if not (lost_peer(e) or any(s in str(e) for s in ("Connection closed by peer", "Connection reset by peer"))):
             raise
         report_error("lost contact with another process, which stopped first (see its error above)")
         sys.exit(1)

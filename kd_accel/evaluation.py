@@ -19,12 +19,19 @@ def inference_batch(device):
     return CPU_INFERENCE_BATCH if torch.device(device).type == "cpu" else DEVICE_INFERENCE_BATCH
 
 
+def on_device(accelerator, columns):
+    """The (small, in-memory) columns moved to the device once, as fit does with the training
+    set: a batch is then one gather there, not a host-to-device copy per batch."""
+    return {k: v.to(accelerator.device) for k, v in columns.items()}
+
+
 @torch.no_grad()
 def evaluate(accelerator, model, split, batch_size=None, inputs=None):
     """Top-1 accuracy in percent of `model` (prepared or not) on `split`. inputs(batch) -> the
     model's input (default: the images as the split normalises them)."""
     batch_size = batch_size or inference_batch(accelerator.device)
-    loader = accelerator.prepare(make_loader({"images": split.images, "labels": split.labels}, batch_size, shuffle=False))
+    loader = accelerator.prepare(make_loader(on_device(accelerator, {"images": split.images, "labels": split.labels}),
+                                             batch_size, shuffle=False))
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
@@ -47,17 +54,20 @@ def predict_logits(accelerator, model, split, batch_size=None, inputs=None, extr
     checks that every row was written (so a sharding bug cannot leave zeros in the cache)."""
     batch_size = batch_size or inference_batch(accelerator.device)
     inputs = inputs or (lambda batch: to_float(batch["images"], split.norm))
-    loader = accelerator.prepare(make_loader({"images": split.images, **(extra or {})}, batch_size, shuffle=False))
+    loader = accelerator.prepare(make_loader(on_device(accelerator, {"images": split.images, **(extra or {})}),
+                                             batch_size, shuffle=False))
     model.eval()
-    out = torch.empty(len(split), split.num_classes, dtype=torch.float32)
-    seen = torch.zeros(len(split), dtype=torch.bool)
+    # rows placed on the device, copied to the host once at the end (not a sync per batch)
+    out = torch.empty(len(split), split.num_classes, dtype=torch.float32, device=accelerator.device)
+    seen = torch.zeros(len(split), dtype=torch.bool, device=accelerator.device)
     with progress_bar(accelerator, desc, len(loader)) as advance:
         for batch in loader:
             logits = model(inputs(batch)).float()
             idx, logits = accelerator.gather_for_metrics((batch["idx"], logits))
-            out[idx.cpu()] = logits.cpu()
-            seen[idx.cpu()] = True
+            idx = idx.to(out.device)
+            out[idx] = logits
+            seen[idx] = True
             advance()
     if not bool(seen.all()):
         raise RuntimeError(f"precompute missed {int((~seen).sum())} samples")
-    return out
+    return out.cpu()

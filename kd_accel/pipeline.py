@@ -21,6 +21,7 @@ from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
 from .config import stamped_fields
 from .data import balanced_subset, ensure_downloaded, load_split
+from .determinism import set_deterministic
 from .errors import KDError
 from .evaluation import evaluate
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
@@ -51,6 +52,7 @@ def make_accelerator(cfg, script=None, **kwargs):
         tracking.check_logging_dir(trackers, logging_dir)  # before the run folder exists, so nothing is left
         kwargs.update(log_with=trackers, project_config=ProjectConfiguration(
             project_dir=str(cfg.run_dir), logging_dir=str(logging_dir)))
+    set_deterministic(cfg.run.deterministic)  # before any kernel runs (kd_accel/determinism.py)
     accelerator = Accelerator(
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.run.grad_accum,
@@ -60,9 +62,10 @@ def make_accelerator(cfg, script=None, **kwargs):
     )
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise KDError("fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)")
+    # every physical core unless the user chose (accelerate launch's default is 1 thread); on a
+    # GPU too, where the host still decodes, gathers and launches
+    accelerator.print(set_cpu_threads(), flush=True)
     if accelerator.device.type == "cpu":
-        # every physical core unless the user chose (accelerate launch's default is 1 thread)
-        accelerator.print(set_cpu_threads(), flush=True)
         keep_freed_memory()  # no page-fault storm per step (kd_accel/memory.py); same arithmetic
     remove_overhead()  # Accelerate's per-step package probe, gc over torch's objects (kd_accel/overhead.py)
     if cfg.run.report_to == "all":

@@ -28,6 +28,7 @@ def faults_per_step(mode):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a process of its own, measuring page faults over many steps (13 s on the AVX2 machine)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_memory_means_no_page_fault_storm_per_step():
     """With keep_freed_memory a teacher step reuses its freed activation buffers: fewer page

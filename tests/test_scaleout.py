@@ -168,6 +168,7 @@ def test_bf16_pipeline_is_finite_and_cache_stays_fp32(tmp_path, mnist_dir):
     assert load_file(out / "teacher_logits.safetensors")["logits"].dtype == torch.float32
 
 
+@pytest.mark.slow  # accelerate launch as a real process
 def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir):
     proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", tmp_path / "o",
                       "--mixed-precision", "fp16", check=False)

@@ -20,6 +20,11 @@ Cases, in one process, alternated rep by rep (a warm-up epoch of each first, not
                      (torch.compile(mode="reduce-overhead") of the model, Adam eager).
   bare_forward       the floor of a precompute: the teacher over float tensors on the device.
   kd_precompute      kd_accel's precompute: evaluation.predict_logits + cache.save_cache.
+  zoo pair           (own models) a ResNet-18 student trained by fit at 224 px, bf16, channels-last,
+                     on synthetic images resident on the device: images/s on hard labels, from
+                     cached logits and with a ResNet-50 teacher online; peak GPU memory; model
+                     FLOP utilisation against --peak-tflops. In a process of its own, in the
+                     budget left (--no-zoo skips it).
 
 Each epoch is --steps steps of batch 100 (600: all of MNIST). The ratios printed: notebook /
 kd_accel per epoch (target on a GPU: >= 10, aim 30) and precompute / bare forward (<= 1.2).
@@ -233,6 +238,76 @@ def kd_precompute(teacher, images, labels, device, workdir):
     return logits
 
 
+# ---------------------------------------------------------------- the zoo pair (own models)
+ZOO_CASES = ("ce", "kd", "online")
+
+
+def zoo_child(args):
+    """In a process of its own (its own Accelerator in bf16, its own peak memory): a
+    --zoo-student trained by kd_accel's fit on synthetic --zoo-size images resident on the device,
+    on hard labels (ce), from cached logits (kd) and from the frozen --zoo-teacher run on every
+    batch (online); bf16, channels-last; the first round a warm-up. One JSON line: images/s and
+    peak GPU memory per case, and the student's forward FLOPs per image."""
+    from kd_accel.augment import SPECS
+    from kd_accel.config import from_flags
+    from kd_accel.data import Split
+    from kd_accel.pipeline import columns, make_accelerator
+    from kd_accel.roles import build, inputs_for
+    from kd_accel.training import fit, make_objective, online_objective
+
+    device = torch.device(args.device)
+    cfg = from_flags(epochs=1, batch_size=args.zoo_batch, lr=LR, arch=args.zoo_student, teacher_arch=args.zoo_teacher,
+                     image_size=args.zoo_size, teacher_image_size=args.zoo_size, mixed_precision="bf16")
+    accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
+    n, s, classes = args.zoo_steps * args.zoo_batch, args.zoo_size, 1000
+    g = torch.Generator().manual_seed(0)
+    train = Split("synthetic", "train", torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g),
+                  torch.randint(0, classes, (n,), generator=g), classes)
+    quiet = lambda line: None  # noqa: E731
+    teacher, _ = build(cfg.teacher, train, "teacher", quiet)
+    teacher = teacher.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    kd = make_objective("hinton", T, ALPHA)
+    logits = torch.randn(n, classes) * 5
+    out = {"teacher": args.zoo_teacher, "student": args.zoo_student, "image_size": s, "batch": args.zoo_batch,
+           "steps": args.zoo_steps, "cases": {c: [] for c in ZOO_CASES}}
+    for rnd in range(args.reps + 1):
+        for case in ZOO_CASES:
+            torch.manual_seed(0)
+            student, record = build(cfg.student, train, "student", quiet)
+            inputs = inputs_for(SPECS["none"], record["preprocessing"])
+            cols = columns(train, teacher_logits=logits) if case == "kd" else columns(train)
+            objective = {"ce": make_objective("ce"), "kd": kd, "online": online_objective(teacher, kd)}[case]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            _, hist = fit(accelerator, student, cols, None, cfg.student, cfg.run, objective, "student", inputs=inputs)
+            if rnd:  # round 0: warm-up (cuDNN autotune, allocator)
+                out["cases"][case].append({"images_per_s": n / hist["train_time_s"],
+                                           "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
+                                           if device.type == "cuda" else None})
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        student.eval()(torch.zeros(1, 3, s, s, device=device).to(memory_format=torch.channels_last))
+    out["student_forward_flops"] = flops.get_total_flops()
+    print(json.dumps(out), flush=True)
+
+
+def run_zoo(args, seconds):
+    """zoo_child in its own process, given `seconds`; its JSON, or {"error": why}."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--zoo-child", "--device", args.device, "--reps",
+           str(args.reps), *(f"--zoo-{k}={getattr(args, 'zoo_' + k)}" for k in ("teacher", "student", "size", "batch",
+                                                                                    "steps"))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(seconds, 1))
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {seconds:.0f}s (the budget left)"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------- driver
 def timed(fn, device):
     """(seconds, result) of fn(); a case that times itself returns {"seconds": ...}, which is used."""
@@ -259,7 +334,18 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--budget-s", type=float, default=240,
                    help="start no further rep after this many seconds (the precompute still runs)")
+    p.add_argument("--no-zoo", action="store_true", help="skip the zoo pair (own models)")
+    p.add_argument("--zoo-teacher", default="torchvision:resnet50")
+    p.add_argument("--zoo-student", default="torchvision:resnet18")
+    p.add_argument("--zoo-size", type=int, default=224)
+    p.add_argument("--zoo-batch", type=int, default=128)
+    p.add_argument("--zoo-steps", type=int, default=20)
+    p.add_argument("--zoo-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the device's dense bf16 peak, for model FLOP utilisation (H100/H200 SXM: 989)")
     args = p.parse_args(argv)
+    if args.zoo_child:
+        return zoo_child(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -287,8 +373,10 @@ def main(argv=None):
 
     results = {name: [] for name in epoch_of}
 
+    zoo_results = {}
+
     def save(final=False):  # after every case: a kill or the timeout keeps what was measured before it
-        out = report(info, args, results, errors, time.perf_counter() - t_start, final)
+        out = report(info, args, results, errors, time.perf_counter() - t_start, final, zoo_results)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(args.json).with_suffix(".json.tmp")
@@ -329,12 +417,32 @@ def main(argv=None):
             results["bare_forward"].append(timed(lambda: bare_forward(teacher, xf), device)[0])
             results["kd_precompute"].append(timed(lambda: kd_precompute(teacher, images, labels, device, workdir), device)[0])
             save()
+    if not args.no_zoo:  # the zoo pair, in the budget left (a 290 s timeout surrounds the script)
+        zoo_results.update(run_zoo(args, args.budget_s + 30 - (time.perf_counter() - t_start)))
     return save(final=True)
 
 
-def report(info, args, results, errors, total, final):
+def zoo_summary(zoo, peak_tflops):
+    """Median images/s per zoo case, the ratios the issue aims at, and model FLOP utilisation
+    (training ~ 3x the forward's FLOPs) against the device's bf16 peak."""
+    if "cases" not in zoo:
+        return zoo
+    med = {c: statistics.median(r["images_per_s"] for r in runs) for c, runs in zoo["cases"].items() if runs}
+    peak = {c: max((r["peak_gpu_mb"] or 0) for r in runs) or None for c, runs in zoo["cases"].items() if runs}
+    out = {**{k: v for k, v in zoo.items() if k != "cases"}, "images_per_s": med, "peak_gpu_mb": peak}
+    if {"ce", "kd", "online"} <= med.keys():
+        out["ratios"] = {"cached KD / CE throughput (aim >= 0.95)": med["kd"] / med["ce"],
+                         "cached / online throughput (aim >= 1.6)": med["kd"] / med["online"]}
+        tflops = 3 * zoo["student_forward_flops"] * med["kd"] / 1e12
+        out["student_tflops_cached_kd"] = tflops
+        out["mfu_cached_kd"] = tflops / peak_tflops
+    return out
+
+
+def report(info, args, results, errors, total, final, zoo=None):
     """What the JSON holds: each case measured so far (median, min, max) and the ratios of those
     present; `final` False while the script is still running (partial)."""
+    zoo = zoo_summary(zoo or {}, args.peak_tflops)
 
     summary = {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
                for k, v in results.items() if v}
@@ -357,9 +465,11 @@ def report(info, args, results, errors, total, final):
             print(f"{r['ratio']:<58}{r['value']:>8.2f}x  target {r['target']}")
         for k, e in errors.items():
             print(f"not measured: {k}: {e}")
+        if zoo:
+            print(f"zoo pair: {json.dumps(zoo)}")
         print(f"total {total:.0f}s", flush=True)
     return {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
-            "cases": summary, "ratios": ratios, "errors": errors, "total_s": total, "partial": not final}
+            "cases": summary, "ratios": ratios, "errors": errors, "zoo": zoo, "total_s": total, "partial": not final}
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_gpu_script_cpu_path(tmp_path):
     ratios are computed and the JSON carries the machine."""
     out = tmp_path / "gpu.json"
     res = gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager",
-                    "--json", str(out)])
+                    "--zoo-size", "32", "--zoo-batch", "4", "--zoo-steps", "2", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["cases"].keys() == res["cases"].keys()
     for case in ("nb_distill_epoch", "kd_step_eager", "kd_fit_epoch", "bare_forward", "kd_precompute"):
@@ -74,6 +74,11 @@ def test_gpu_script_cpu_path(tmp_path):
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in saved["ratios"])
     assert saved["errors"] == {}
     assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__
+    # the zoo pair (ResNet-50 teacher, ResNet-18 student) through fit, in a process of its own
+    zoo = saved["zoo"]
+    assert zoo["teacher"] == "torchvision:resnet50" and zoo["images_per_s"].keys() == {"ce", "kd", "online"}
+    assert all(math.isfinite(v) and v > 0 for v in [*zoo["images_per_s"].values(), *zoo["ratios"].values()])
+    assert zoo["student_forward_flops"] > 0 and 0 < zoo["mfu_cached_kd"] < 1
 
 
 def test_gpu_script_refuses_graph_mode_on_cpu():
@@ -119,7 +124,7 @@ def test_gpu_script_keeps_what_it_measured_when_a_later_case_fails(tmp_path, mon
     monkeypatch.setattr(gpu, "kd_precompute", broken)
     with pytest.raises(RuntimeError, match="precompute case breaks"):
         gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager", "--no-fit",
-                  "--json", str(out)])
+                  "--no-zoo", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["partial"] is True
     assert saved["cases"]["nb_distill_epoch"]["n"] == 1 and saved["cases"]["kd_step_eager"]["n"] == 1
@@ -138,7 +143,7 @@ def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
         shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(tree / "bench" / "gpu.py"), "--device", "cpu", "--steps", "2", "--reps", "1",
-                    "--synthetic", "--modes", "eager", "--no-fit", "--json", str(out)], check=True, cwd=tmp_path,
+                    "--synthetic", "--modes", "eager", "--no-fit", "--no-zoo", "--json", str(out)], check=True, cwd=tmp_path,
                    capture_output=True, timeout=300)
     saved = json.loads(out.read_text())
     assert saved["machine"]["kd_accel_from"] == str(tree / "kd_accel") and saved["partial"] is False

@@ -20,6 +20,9 @@ Cases, in one process, alternated rep by rep (a warm-up epoch of each first, not
                      (torch.compile(mode="reduce-overhead") of the model, Adam eager).
   bare_forward       the floor of a precompute: the teacher over float tensors on the device.
   kd_precompute      kd_accel's precompute: evaluation.predict_logits + cache.save_cache.
+  resume check       kd_accel's fit under --deterministic, SIGKILLed after step 7 (checkpoints every
+                     5), resumed with --resume latest: the same weights as an uninterrupted run?
+                     Three processes of their own, synthetic data (--no-resume-check skips it).
   zoo pair           (own models) a ResNet-18 student trained by fit at 224 px, bf16, channels-last,
                      on synthetic images resident on the device: images/s on hard labels, from
                      cached logits and with a ResNet-50 teacher online; peak GPU memory; model
@@ -33,6 +36,7 @@ Untrained teacher: speed does not depend on the weights' values.
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -308,6 +312,78 @@ def run_zoo(args, seconds):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------- kill and resume, --deterministic
+KILL_AT, CHECKPOINT_EVERY, RESUME_STEPS = 7, 5, 20  # the kill mid-epoch, after the step-5 checkpoint
+
+
+def resume_child(args):
+    """One run of the resume check (--resume-child whole|killed|resumed WORKDIR): kd_accel's fit
+    with --deterministic and a checkpoint every 5 steps, 2 epochs of the cached student step on
+    synthetic data (20 steps an epoch); "killed" SIGKILLs itself after step 7 (what it did after the step-5
+    checkpoint is lost), "resumed" continues it with --resume latest; whole and resumed save
+    their final weights."""
+    import signal
+
+    from kd_accel import training
+    from kd_accel.config import from_flags
+    from kd_accel.data import Split
+    from kd_accel.pipeline import columns, make_accelerator
+    from kd_accel.training import fit, make_objective
+
+    how, workdir = args.resume_child
+    workdir = Path(workdir)
+    device = torch.device(args.device)
+    run_dir = workdir / ("whole" if how == "whole" else "killed")
+    cfg = from_flags(epochs=2, batch_size=BATCH, lr=LR, checkpoint_every=str(CHECKPOINT_EVERY), deterministic=True,
+                     output_dir=str(run_dir), resume="latest" if how == "resumed" else None)
+    accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
+    g = torch.Generator().manual_seed(0)
+    n = RESUME_STEPS * BATCH
+    split = Split("mnist", "train", torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (n,), generator=g), 10)
+    logits = torch.randn(n, 10, generator=g) * 5
+    if how == "killed":
+        def kill(label, step):
+            if step == KILL_AT:
+                os.kill(os.getpid(), signal.SIGKILL)
+        training.STEP_HOOKS.append(kill)
+    torch.manual_seed(0)
+    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg.student, cfg.run,
+                   make_objective("hinton", T, ALPHA), "student", run_dir / "checkpoints", {"check": "resume"})
+    from safetensors.torch import save_file
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(workdir / f"{how}.safetensors"))
+
+
+def run_resume_check(args, seconds):
+    """whole, killed, resumed in processes of their own: {"same_weights": ...} or {"error": why}."""
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        for how in ("whole", "killed", "resumed"):
+            left = seconds - (time.perf_counter() - start)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--resume-child", how, workdir]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(left, 1))
+            except subprocess.TimeoutExpired:
+                return {"error": f"stopped in the {how} run: the budget left ({seconds:.0f}s) ran out"}
+            if how == "killed" and proc.returncode != -9:
+                return {"error": f"the killed run ended with {proc.returncode}, not SIGKILL"}
+            if how != "killed" and proc.returncode != 0:
+                return {"error": f"the {how} run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+            # a restart from scratch would give the same weights too: the resumed run must say it resumed
+            resumed = next((line for line in proc.stdout.splitlines() if "resumed from" in line), "")
+            step = re.search(r"step_(\d+)", resumed)
+            if how == "resumed" and not (step and 0 < int(step[1]) < KILL_AT):
+                return {"error": f"the resumed run did not resume from a checkpoint before step {KILL_AT}: {resumed!r}"}
+        a, b = (load_file(str(Path(workdir) / f"{how}.safetensors")) for how in ("whole", "resumed"))
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return {"same_weights": same, "resumed": resumed.strip(), "killed_after_step": KILL_AT, "checkpoint_every": CHECKPOINT_EVERY,
+            "steps": 2 * RESUME_STEPS, "deterministic": True}
+
+
 # ---------------------------------------------------------------- driver
 def timed(fn, device):
     """(seconds, result) of fn(); a case that times itself returns {"seconds": ...}, which is used."""
@@ -341,11 +417,15 @@ def main(argv=None):
     p.add_argument("--zoo-batch", type=int, default=128)
     p.add_argument("--zoo-steps", type=int, default=20)
     p.add_argument("--zoo-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-resume-check", action="store_true", help="skip the kill and --resume latest check")
+    p.add_argument("--resume-child", nargs=2, metavar=("HOW", "WORKDIR"), help=argparse.SUPPRESS)
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the device's dense bf16 peak, for model FLOP utilisation (H100/H200 SXM: 989)")
     args = p.parse_args(argv)
     if args.zoo_child:
         return zoo_child(args)
+    if args.resume_child:
+        return resume_child(args)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -373,10 +453,10 @@ def main(argv=None):
 
     results = {name: [] for name in epoch_of}
 
-    zoo_results = {}
+    zoo_results, resume_result = {}, {}
 
     def save(final=False):  # after every case: a kill or the timeout keeps what was measured before it
-        out = report(info, args, results, errors, time.perf_counter() - t_start, final, zoo_results)
+        out = report(info, args, results, errors, time.perf_counter() - t_start, final, zoo_results, resume_result)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(args.json).with_suffix(".json.tmp")
@@ -417,8 +497,11 @@ def main(argv=None):
             results["bare_forward"].append(timed(lambda: bare_forward(teacher, xf), device)[0])
             results["kd_precompute"].append(timed(lambda: kd_precompute(teacher, images, labels, device, workdir), device)[0])
             save()
+    if not args.no_resume_check:  # a kill and --resume latest under --deterministic: the same weights
+        resume_result.update(run_resume_check(args, args.budget_s + 40 - (time.perf_counter() - t_start)))
+        save()
     if not args.no_zoo:  # the zoo pair, in the budget left (a 290 s timeout surrounds the script)
-        zoo_results.update(run_zoo(args, args.budget_s + 30 - (time.perf_counter() - t_start)))
+        zoo_results.update(run_zoo(args, args.budget_s + 40 - (time.perf_counter() - t_start)))
     return save(final=True)
 
 
@@ -439,7 +522,7 @@ def zoo_summary(zoo, peak_tflops):
     return out
 
 
-def report(info, args, results, errors, total, final, zoo=None):
+def report(info, args, results, errors, total, final, zoo=None, resume=None):
     """What the JSON holds: each case measured so far (median, min, max) and the ratios of those
     present; `final` False while the script is still running (partial)."""
     zoo = zoo_summary(zoo or {}, args.peak_tflops)
@@ -467,9 +550,12 @@ def report(info, args, results, errors, total, final, zoo=None):
             print(f"not measured: {k}: {e}")
         if zoo:
             print(f"zoo pair: {json.dumps(zoo)}")
+        if resume:
+            print(f"kill and --resume latest (--deterministic): {json.dumps(resume)}")
         print(f"total {total:.0f}s", flush=True)
     return {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
-            "cases": summary, "ratios": ratios, "errors": errors, "zoo": zoo, "total_s": total, "partial": not final}
+            "cases": summary, "ratios": ratios, "errors": errors, "zoo": zoo,
+            "resume": resume or {}, "total_s": total, "partial": not final}
 
 
 if __name__ == "__main__":

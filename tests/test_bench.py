@@ -1,6 +1,7 @@
 """The benchmark scripts' own code paths (not timings: nothing here asserts a speed)."""
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def test_resident_step_is_fits_step(accelerator, mnist_dir):
     assert not all(torch.equal(want[k], other[k]) for k in want)
 
 
+@pytest.mark.slow  # its zoo pair and resume check run 4 processes of their own
 def test_gpu_script_cpu_path(tmp_path):
     """bench/gpu.py end to end on the CPU with a tiny synthetic workload: every case runs, the
     ratios are computed and the JSON carries the machine."""
@@ -79,6 +81,8 @@ def test_gpu_script_cpu_path(tmp_path):
     assert zoo["teacher"] == "torchvision:resnet50" and zoo["images_per_s"].keys() == {"ce", "kd", "online"}
     assert all(math.isfinite(v) and v > 0 for v in [*zoo["images_per_s"].values(), *zoo["ratios"].values()])
     assert zoo["student_forward_flops"] > 0 and 0 < zoo["mfu_cached_kd"] < 1
+    # SIGKILLed mid-epoch after step 7 and resumed from the step-5 checkpoint: the same weights
+    assert saved["resume"]["same_weights"] is True and "step_00000005" in saved["resume"]["resumed"]
 
 
 def test_gpu_script_refuses_graph_mode_on_cpu():
@@ -124,7 +128,7 @@ def test_gpu_script_keeps_what_it_measured_when_a_later_case_fails(tmp_path, mon
     monkeypatch.setattr(gpu, "kd_precompute", broken)
     with pytest.raises(RuntimeError, match="precompute case breaks"):
         gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager", "--no-fit",
-                  "--no-zoo", "--json", str(out)])
+                  "--no-resume-check", "--no-zoo", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["partial"] is True
     assert saved["cases"]["nb_distill_epoch"]["n"] == 1 and saved["cases"]["kd_step_eager"]["n"] == 1
@@ -143,7 +147,29 @@ def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
         shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(tree / "bench" / "gpu.py"), "--device", "cpu", "--steps", "2", "--reps", "1",
-                    "--synthetic", "--modes", "eager", "--no-fit", "--no-zoo", "--json", str(out)], check=True, cwd=tmp_path,
+                    "--synthetic", "--modes", "eager", "--no-fit", "--no-resume-check", "--no-zoo", "--json", str(out)],
+                   check=True, cwd=tmp_path,
                    capture_output=True, timeout=300)
     saved = json.loads(out.read_text())
     assert saved["machine"]["kd_accel_from"] == str(tree / "kd_accel") and saved["partial"] is False
+
+
+@pytest.mark.slow
+def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
+    """bash bench/gpu.sh on a machine without CUDA, from a copy of the tree with no install of
+    its own: a CPU dry run of every case, its JSON written, the copy's package used."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    for part in ("kd_accel", "bench"):
+        shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(["bash", str(tree / "bench" / "gpu.sh"), str(out), "--steps", "3", "--no-zoo"],
+                          capture_output=True, text=True, timeout=400, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA device: a CPU dry run" in proc.stderr
+    saved = json.loads(out.read_text())
+    assert saved["partial"] is False and saved["machine"]["kd_accel_from"] == str(tree / "kd_accel")
+    assert saved["cases"]["kd_fit_epoch"]["n"] == 1 and saved["resume"]["same_weights"] is True

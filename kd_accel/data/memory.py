@@ -1,4 +1,4 @@
-"""Data sets as in-memory tensors, batched by index.
+"""Data sets as in-memory tensors: MNIST, Fashion-MNIST and CIFAR-10 read from their files.
 
 MNIST-sized sets are a few tens of MB (CIFAR-10 150 MB), so (as in airbench) they live as one
 uint8 tensor and a batch is `images[idx]`: no PIL, no ToTensor, no per-sample Python work in the
@@ -6,9 +6,7 @@ training loop.
 Every batch carries the dataset indices of its samples, so anything keyed by sample index (the
 teacher-logits cache) is looked up by index, never by batch position.
 """
-import functools
 import gzip
-import hashlib
 import math
 import os
 import pickle
@@ -18,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import KDError, first_line
-from .hashing import tensor_digest
+from ..errors import KDError, first_line
+from ..hashing import tensor_digest
 
 DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -370,125 +367,3 @@ def load_split(dataset, split, data_dir=None):
     raw = raw_dir(spec, ensure_downloaded(dataset, data_dir, allow_download=False))
     images, labels = _READERS[spec.reader](spec, raw, split)
     return Split(dataset, split, images, labels, spec.num_classes, spec.norm)
-
-
-class IndexedTensors(Dataset):
-    """Map-style dataset over aligned tensors; a batch is one fancy-index per column.
-
-    `__getitems__` receives the sampler's whole batch of indices, so the DataLoader does a single
-    gather per column instead of collating N samples. Extra columns (e.g. the teacher logits
-    from the cache) are indexed by the same sample index, which is what keeps them aligned
-    under shuffling and under sharding across processes."""
-
-    def __init__(self, **columns):
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) != 1:
-            raise KDError(f"columns differ in length: { {k: len(v) for k, v in columns.items()} }")
-        self.columns = columns
-        self.n = lengths.pop()
-
-    @property
-    def device(self):
-        """Where the columns live (fit moves them all to the training device)."""
-        return next(iter(self.columns.values())).device
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices):
-        # the batch's indices copied to the columns' device once (a CPU index into GPU columns
-        # would be copied over again for every column, and the batch's idx once more by Accelerate)
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        batch = {k: v[idx] for k, v in self.columns.items()}
-        batch["idx"] = idx
-        return batch
-
-
-def balanced_subset(labels, n, seed=0):
-    """Indices (sorted) of a fixed, seeded, class-balanced subset of n samples: n // C per class,
-    the remainder going one each to the lowest classes. Independent of the run's seed, so every
-    seed and variant of a study sees the same labelled samples."""
-    classes = int(labels.max()) + 1
-    if not 1 <= n <= len(labels):
-        raise KDError(f"--train-subset must be between 1 and {len(labels)}, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in range(classes):
-        want = n // classes + (1 if c < n % classes else 0)
-        members = (labels == c).nonzero().flatten()
-        if want > len(members):
-            raise KDError(f"--train-subset {n}: class {c} has only {len(members)} samples")
-        picks.append(members[torch.randperm(len(members), generator=g)[:want]])
-    return torch.cat(picks).sort().values
-
-
-def _as_batch(batch):
-    return batch  # __getitems__ already returns the collated batch
-
-
-def epoch_seed(seed, epoch):
-    """A 63-bit generator seed for (run seed, epoch): neighbouring seeds and epochs give
-    unrelated permutations (sha256 mixes them), and the result depends on nothing else."""
-    digest = hashlib.sha256(f"kd_accel/order/{int(seed)}/{int(epoch)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class EpochPermutation(Sampler):
-    """The training order: epoch e visits the samples in randperm(n) drawn from
-    epoch_seed(seed, e), a pure function of the run's seed and the epoch.
-
-    This sampler is the one owner of the data order. It is not a RandomSampler, so
-    accelerator.prepare keeps it as it is (Accelerate's seedable sampler, seeded once per
-    Accelerator, would give every seed trained under one Accelerator the same order); the
-    prepared loader's set_epoch reaches it on every rank, so all ranks draw the same global
-    permutation and shard it by whole batches, and a resumed epoch replays it exactly."""
-
-    def __init__(self, n, seed):
-        self.n, self.seed, self.epoch = n, int(seed), 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def permutation(self, epoch=None):
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self):
-        return iter(self.permutation().tolist())
-
-    def __len__(self):
-        return self.n
-
-
-def make_loader(columns, batch_size, shuffle, seed=0):
-    """A DataLoader over IndexedTensors(**columns), ready for accelerator.prepare.
-
-    shuffle=True: the order is EpochPermutation(n, seed), set per epoch with loader.set_epoch.
-    `prepare` shards it across processes: each rank takes whole batches in turn, so with R
-    processes a step sees R*batch_size samples of one global permutation."""
-    dataset = IndexedTensors(**columns)
-    sampler = EpochPermutation(len(dataset), seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
-
-
-@functools.lru_cache(maxsize=16)
-def _norm_tensors(norm, device):
-    """(mean, std) float32 [C, 1, 1] on `device`, made once: no host-to-device copy per batch."""
-    with torch.inference_mode(False):  # usable by training steps even when first made in evaluation
-        return tuple(torch.tensor(v, dtype=torch.float32, device=device)[:, None, None] for v in norm)
-
-
-def to_float(images, norm=None):
-    """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing, and all that
-    MNIST and Fashion-MNIST get). With norm = (mean, std), one value per channel (Split.norm):
-    (x - mean) / std, channel by channel, on the images' device."""
-    x = images.float().div_(255.0)
-    if norm is None:
-        return x
-    mean, std = _norm_tensors(tuple(tuple(map(float, v)) for v in norm), x.device)
-    if len(mean) != x.shape[-3] or len(std) != x.shape[-3]:
-        raise KDError(f"normalisation for {len(mean)}/{len(std)} channels (mean/std), images have {x.shape[-3]}")
-    return x.sub_(mean).div_(std)

@@ -1,0 +1,101 @@
+"""Image folders in torchvision's ImageFolder layout, listed and fingerprinted from `stat` alone.
+
+Issue 19 groundwork: the listing and the identity of a folder; the streamed data source that
+decodes the files in DataLoader workers comes with that issue.
+
+    ROOT/<class>/**/<file>.<ext>      (ROOT is DIR/train or DIR/val)
+
+Classes are the sub-folders of ROOT in sorted order (torchvision's find_classes); the files of a
+class are those under it with an image extension, case-insensitive, walked in sorted order
+(torchvision's make_dataset), so sample i is the i-th file of that order, the key of every
+index-keyed cache. A folder's identity is its class list and its files' relative paths and
+sizes: `stat` only, no image byte is read, so it is fast enough to check on every run. Each
+file is also hashed to 8 bytes (FolderIndex.file_hashes, [N] int64: 10 MB for ImageNet), which
+a cache can keep beside its logits so that a folder changed since is refused naming how many
+files differ and the first differing path (differences).
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import KDError
+
+# torchvision.datasets.folder.IMG_EXTENSIONS
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    root: str
+    classes: tuple  # class names, sorted; label c is classes[c]
+    paths: tuple  # relative to root, "/"-separated, in sample order
+    labels: tuple  # class index of each path
+    sizes: tuple  # bytes of each file
+
+    def __len__(self):
+        return len(self.paths)
+
+    def file_hashes(self):
+        """[N] int64: 8 bytes of sha256 over (relative path, size) per file, in sample order."""
+        digests = b"".join(hashlib.sha256(f"{p}\0{s}".encode()).digest()[:8] for p, s in zip(self.paths, self.sizes))
+        return torch.from_numpy(np.frombuffer(digests, dtype="<i8").copy())
+
+    def fingerprint(self):
+        """sha256 (32 hex digits) over the class list and every file's relative path, size and label."""
+        h = hashlib.sha256("\0".join(self.classes).encode() + b"\1")
+        for p, s, c in zip(self.paths, self.sizes, self.labels):
+            h.update(f"{p}\0{s}\0{c}\n".encode())
+        return h.hexdigest()[:32]
+
+
+def scan(root, extensions=IMG_EXTENSIONS):
+    """The FolderIndex of ROOT, or one line saying what is wrong: not a folder, no class
+    folders, or a class folder without a single image (torchvision refuses it too: an empty class
+    would shift every label after it)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise KDError(f"image folder {root} {'is not a folder' if root.exists() else 'not found'}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise KDError(f"image folder {root} has no class folders (expected {root}/<class>/<image files>)")
+    paths, labels, sizes = [], [], []
+    for c, name in enumerate(classes):
+        before = len(paths)
+        for folder, _, files in sorted(os.walk(root / name, followlinks=True)):  # torchvision's order
+            for f in sorted(files):
+                if f.lower().endswith(extensions):
+                    full = os.path.join(folder, f)
+                    paths.append(Path(os.path.relpath(full, root)).as_posix())
+                    labels.append(c)
+                    sizes.append(os.stat(full).st_size)
+        if len(paths) == before:
+            raise KDError(f"class folder {root / name} holds no image file ({', '.join(extensions)}); "
+                          "remove it or add its images: an empty class would shift every label after it")
+    return FolderIndex(str(root), tuple(classes), tuple(paths), tuple(labels), tuple(sizes))
+
+
+def differences(old_classes, old_hashes, index):
+    """None if `index` (a folder now) is the folder that `old_classes` and `old_hashes`
+    (FolderIndex.file_hashes, stored) describe; otherwise one line: the class list's change, or
+    how many files differ and the first differing path of the folder now."""
+    if tuple(old_classes) != index.classes:
+        added = sorted(set(index.classes) - set(old_classes))
+        removed = sorted(set(old_classes) - set(index.classes))
+        parts = ([f"added {', '.join(added[:3])}"] if added else []) + \
+                ([f"removed {', '.join(removed[:3])}"] if removed else [])
+        return f"the class list changed ({'; '.join(parts) or 'reordered'})"
+    new = index.file_hashes()
+    old = torch.as_tensor(old_hashes, dtype=torch.int64)
+    if len(old) == len(new) and torch.equal(old, new):
+        return None
+    old_set, new_set = set(old.tolist()), set(new.tolist())
+    added, removed = len(new_set - old_set), len(old_set - new_set)
+    n = min(len(old), len(new))
+    first = int((old[:n] != new[:n]).nonzero()[0]) if bool((old[:n] != new[:n]).any()) else n
+    where = index.paths[first] if first < len(index) else f"after {index.paths[-1]} (files removed at the end)"
+    return (f"{added + removed} files differ ({added} added or changed, {removed} removed or changed); "
+            f"first differing path: {where}")

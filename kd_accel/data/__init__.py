@@ -5,7 +5,8 @@
 - loading.py: for every source, batches gathered by sample index in a seeded epoch order, and
   uint8 images to the model's float input.
 - folder.py: image folders (torchvision's ImageFolder layout) listed and fingerprinted from
-  `stat` alone (issue 19 groundwork: not yet a data source the pipeline reads).
+  `stat` alone; crops.py: RandomResizedCrop + flip parameters that replay (issue 19 groundwork:
+  not yet a data source the pipeline reads).
 
 Everything the rest of the package imports from `kd_accel.data` is re-exported here.
 """

@@ -1,0 +1,60 @@
+"""RandomResizedCrop + horizontal flip as parameters that replay: issue 19 groundwork.
+
+The crop of view v of sample i under seed s is a pure function of (s, v, i) and the image's size,
+drawn with augment.uniforms (counter-based: the same in every DataLoader worker, rank and later
+run), by torchvision's RandomResizedCrop.get_params algorithm: up to 10 tries of an area in
+`scale` and a log-uniform aspect ratio in `ratio`, else the whole image's central crop at the
+nearest allowed ratio. It is stored as FKD stores it, fractions of the image (top, left,
+height, width) plus the flip, so a student replays the teacher's crop at any resolution
+(crop_box). Not yet used by a data source: the folder source that decodes images in workers
+comes with issue 19.
+"""
+import math
+
+import torch
+
+from ..augment import uniforms
+
+TRIES = 10  # torchvision's
+COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, and 0/1
+
+
+def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """[B, 5] float32: (top, left, height, width) as fractions of each image, then flip (0/1),
+    for samples `index` [B] (int64) whose images are heights x widths [B] pixels."""
+    index = torch.as_tensor(index, dtype=torch.int64)
+    h = torch.as_tensor(heights, dtype=torch.float64)
+    w = torch.as_tensor(widths, dtype=torch.float64)
+    u = uniforms(seed, view, index, 4 * TRIES + 1).double()  # [B, 41]: 4 per try, 1 for the flip
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    out = torch.zeros(len(index), 4, dtype=torch.float64)
+    found = torch.zeros(len(index), dtype=torch.bool)
+    for t in range(TRIES):  # as torchvision: the first try that fits, per sample
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 4 * t])
+        aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[:, 4 * t + 1])
+        cw = torch.round(torch.sqrt(target * aspect))
+        ch = torch.round(torch.sqrt(target / aspect))
+        fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h) & ~found
+        top = torch.floor(u[:, 4 * t + 2] * (h - ch + 1))  # randint(0, h - ch + 1)
+        left = torch.floor(u[:, 4 * t + 3] * (w - cw + 1))
+        out[fits] = torch.stack([top, left, ch, cw], 1)[fits]
+        found |= fits
+    # fallback: the central crop of the whole image, its ratio clamped into `ratio`
+    in_ratio = w / h
+    cw = torch.where(in_ratio < ratio[0], w, torch.where(in_ratio > ratio[1], torch.round(h * ratio[1]), w))
+    ch = torch.where(in_ratio < ratio[0], torch.round(w / ratio[0]), h)
+    fallback = torch.stack([torch.div(h - ch, 2, rounding_mode="floor"), torch.div(w - cw, 2, rounding_mode="floor"),
+                            ch, cw], 1)
+    out[~found] = fallback[~found]
+    fractions = out / torch.stack([h, w, h, w], 1)
+    flip = (u[:, -1] < 0.5).double()[:, None]
+    return torch.cat([fractions, flip], 1).float()
+
+
+def crop_box(params, height, width):
+    """(top, left, height, width) in pixels of stored crop fractions [5] on an image of
+    height x width: the same crop at any resolution, at least one pixel, inside the image."""
+    top, left, h, w = (float(v) for v in params[:4])
+    ch, cw = max(1, round(h * height)), max(1, round(w * width))
+    return min(round(top * height), height - ch), min(round(left * width), width - cw), ch, cw

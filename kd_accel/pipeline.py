@@ -236,9 +236,10 @@ def check_resume_target(cfg, script, phases):
                       f"(its phases: {', '.join(phases)})")
 
 
-def model_stamp(path):
-    """(phase, settings) stamped in a finished model file; settings None if it predates stamps."""
-    _, meta = read_checkpoint(path)
+def model_stamp(path, meta=None):
+    """(phase, settings) stamped in a finished model file (or its metadata, already read);
+    settings None if it predates stamps."""
+    meta = read_checkpoint(path)[1] if meta is None else meta
     return meta.get("phase"), json.loads(meta["settings"]) if "settings" in meta else None
 
 
@@ -273,10 +274,9 @@ def train_teacher(accelerator, cfg, train, test, path):
 def teacher_info_from_checkpoint(accelerator, path, test):
     """Teacher metrics without running it, when its checkpoint recorded them for this test set;
     otherwise (a checkpoint from elsewhere) evaluate it once."""
-    state, meta = read_checkpoint(path)
+    model, meta = load_model(path, None, test.input_shape)  # e.g. an MNIST teacher given for CIFAR-10: refused
     if meta_role(meta) != "teacher":
         raise KDError(f"{path} holds a {meta_role(meta)!r} model, not a teacher")
-    model, _ = load_model(path, "teacher", test.input_shape)  # e.g. an MNIST teacher given for CIFAR-10: refused
     prep = file_preprocessing(meta, path, test)
     if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
         acc = meta_number(meta, "test_accuracy", path)
@@ -285,7 +285,7 @@ def teacher_info_from_checkpoint(accelerator, path, test):
         acc = evaluate(accelerator, model.to(accelerator.device), test, inputs=inputs_for(get_spec("none"), prep))
         note = "reused, evaluated"
     train_time = meta_number(meta, "train_time_s", path) if "train_time_s" in meta else None
-    fp = state_fingerprint(state)
+    fp = state_fingerprint(model.state_dict())  # the file's tensors, as loaded (names, shapes, dtypes, values)
     return {"test_accuracy": acc, "params": count_params(model), "train_time_s": train_time, "note": note,
             "arch": meta_record(meta, path)["spec"], "fingerprint": fp, "input": describe(prep)}
 
@@ -354,7 +354,7 @@ def _finished(accelerator, cfg, label, settings):
     if cfg.run.resume and path.exists():
         _, meta = read_checkpoint(path)
         if "info" in meta:
-            check_stamp(f"{label}: {path}", model_stamp(path)[1], settings, RESUME_HINT)
+            check_stamp(f"{label}: {path}", model_stamp(path, meta)[1], settings, RESUME_HINT)
             accelerator.print(f"{label}: already finished in {path}, not retrained (--resume)")
             return json.loads(meta["info"])
     return None

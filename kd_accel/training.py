@@ -15,7 +15,7 @@ from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, pars
 from .data import make_loader, to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
-from .evaluation import evaluate
+from .evaluation import evaluate, on_device
 from .losses import KD_LOSSES, ce_loss, loss_name
 from .reporting import progress_bar
 from .tracking import PhaseLog
@@ -148,7 +148,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
     # Forget the previous phase's model/optimizer/loaders: save_state would otherwise write the
     # teacher into the student's checkpoints, and load_state would restore them out of order.
     accelerator.free_memory()
-    train_columns = {k: v.to(accelerator.device) for k, v in train_columns.items()}
+    train_columns = on_device(accelerator, train_columns)
     loader = make_loader(train_columns, recipe.batch_size, shuffle=True, seed=run.seed)
     dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
     eval_inputs, inputs = inputs, inputs or (lambda batch: to_float(batch["images"]))
@@ -196,7 +196,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
         model.train()
         if epoch_columns:
             # [N, ...] tensors aligned with the others: gathered by the same sample index
-            dataset.columns.update({k: v.to(accelerator.device) for k, v in epoch_columns(epoch).items()})
+            dataset.columns.update(on_device(accelerator, epoch_columns(epoch)))
         loader.set_epoch(epoch)  # the permutation is a function of (seed, epoch): resumable
         position = pos0 if epoch == epoch0 else 0
         batches = loader

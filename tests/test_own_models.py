@@ -348,3 +348,27 @@ def test_a_zoo_student_under_bf16_from_a_top_k_k_view_cache(tmp_path, reset_acce
     _, online, _ = teaching.resolve_soft_targets(accelerator, cfg, path, TeacherId.of(info), train)
     assert pipeline.train_student(accelerator, cfg, train, test, None, "student", TeacherId.of(info),
                                   online)["test_accuracy"] >= 0
+
+
+def test_a_user_with_a_pth_teacher_runs_one_command(tmp_path, mnist_dir):
+    """The issue's done-criterion through the launch script's entry point, to its last line: a
+    torchvision .pth given as the teacher (used as it is), a zoo student, its baseline and the
+    table; then train_teacher.py --arch fine-tunes the same file."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    torch.save(tvm.get_model("mobilenet_v3_small", num_classes=10).state_dict(), tmp_path / "teacher.pth")
+    common = ["--data-dir", mnist_dir, "--limit-train", "100", "--limit-test", "50", "--batch-size", "50"]
+    run_main(cli.distill_main, [*common, "--teacher-arch", TV, "--teacher-weights", tmp_path / "teacher.pth",
+                                "--teacher-epochs", "0", "--student-arch", TIMM, "--epochs", "1",
+                                "--output-dir", tmp_path / "run"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["teacher"]["note"] == "used as given (--teacher-epochs 0)" and metrics["teacher"]["arch"] == TV
+    assert metrics["student"]["arch"] == metrics["baseline"]["arch"] == TIMM
+    assert type(kd_accel.load_model(tmp_path / "run" / "student.safetensors")).__name__ == "EfficientNet"
+    run_main(cli.train_teacher_main, [*common, "--arch", TV, "--weights", tmp_path / "teacher.pth", "--epochs", "1",
+                                      "--output-dir", tmp_path / "tuned"])
+    tuned = kd_accel.load_model(tmp_path / "tuned" / "teacher.safetensors")
+    given = kd_accel.load_model(tmp_path / "run" / "teacher.safetensors")
+    assert tuned.state_dict().keys() == given.state_dict().keys()
+    assert not torch.equal(tuned.state_dict()["classifier.3.weight"], given.state_dict()["classifier.3.weight"])

@@ -21,7 +21,6 @@ from ..errors import KDError
 from .zoo import _timm, parse_arch
 
 KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
-NORMALIZE = ("data", "weights")  # --normalize: the data set's mean/std, or the weights' known ones
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what torch.nn.functional.interpolate does of them
 
 

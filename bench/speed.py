@@ -273,11 +273,11 @@ def augmented_epoch(case, accelerator, cfg, train, probe, workdir):
 
         teacher_file = Path(workdir) / "online_teacher.safetensors"
         save_model(Teacher(), teacher_file, "teacher", 10)
-        online = frozen_teacher(accelerator, vcfg, teacher_file)
-    cols, objective, per_epoch = student_data(vcfg, train, soft, online)
+        online = (frozen_teacher(accelerator, vcfg, teacher_file, train), None)  # (teacher, its own inputs: the student's)
+    data, objective = student_data(vcfg, train, soft, online)
     t0 = time.perf_counter()
-    fit(accelerator, Student(), cols, probe, vcfg.student, vcfg.run, objective, "student",
-        inputs=make_inputs(SPECS["shift"], train.norm), epoch_columns=per_epoch)
+    fit(accelerator, Student(), data, probe, vcfg.student, vcfg.run, objective, "student",
+        inputs=make_inputs(SPECS["shift"], train.norm))
     return t0
 
 

@@ -8,7 +8,8 @@ cached logits anyway. No PIL, no per-sample Python: one gather (or one grid_samp
 on whatever device the batch lives on.
 
 Specs: `shift` (pad-and-crop translation, +-2 px: digits and clothes), `affine` (shift plus a
-small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour).
+small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour);
+`rrc` (RandomResizedCrop + flip) is the image folders', made in their DataLoader workers.
 """
 import hashlib
 import math
@@ -71,6 +72,8 @@ class AugmentSpec:
         cache made with other ranges under the same name is refused too."""
         if self.name == "none":
             return "none"
+        if self.name == "rrc":  # data/crops.py's ranges (torchvision's RandomResizedCrop defaults)
+            return "rrc(scale=0.08-1,ratio=0.75-1.333,flip=True)"
         return f"{self.name}(pad={self.pad},degrees={self.degrees:g},scale={self.scale:g},flip={self.flip})"
 
 
@@ -79,6 +82,9 @@ SPECS = {
     "shift": AugmentSpec("shift", pad=2),
     "affine": AugmentSpec("affine", pad=2, degrees=10.0, scale=0.1),
     "crop-flip": AugmentSpec("crop-flip", pad=4, flip=True),
+    # image folders only: RandomResizedCrop + flip, drawn and applied in the DataLoader workers
+    # (data/crops.py, data/streamed.py), never by apply() on in-memory tensors
+    "rrc": AugmentSpec("rrc", pad=0, flip=True),
 }
 
 

@@ -51,7 +51,8 @@ from .io import atomic_path
 # An older cache is refused by name, and the run folder's own is recomputed.
 FORMAT_VERSION = "3"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-MAX_TOPK_CLASSES = 1 << 15  # topk_index is int16: class indices up to 32767
+MAX_TOPK_CLASSES = 1 << 31  # topk_index is the smallest type that holds the classes: uint8, int16 or int32
+PARAM_DTYPES = (torch.float32, torch.uint16)  # params: float32 (in-memory augmentations), uint16 crop fractions (folders)
 # the remaining mass outside the top k when it rounds to <= 0: the smallest normal float32, so
 # its log (-87.3) stays finite and the other classes keep a (negligible) probability
 _TINY = torch.finfo(torch.float32).tiny
@@ -101,10 +102,13 @@ def check_topk(k, num_classes):
         raise KDError(f"top-k must be an integer, got {k!r}") from None
     if not 1 <= k < num_classes:
         raise KDError(f"top-k must be between 1 and {num_classes - 1} (the class count minus one), got {k}")
-    if num_classes > MAX_TOPK_CLASSES:
-        raise KDError(f"top-k storage keeps class indices as int16: at most {MAX_TOPK_CLASSES} classes, "
-                      f"got {num_classes}")
     return k
+
+
+def index_dtype(num_classes):
+    """The smallest integer type that holds class indices 0..num_classes-1: uint8 up to 256
+    classes, int16 up to 32768 (ImageNet's 1000), else int32."""
+    return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 1 << 15 else torch.int32
 
 
 def _check_finite(t, path, what, dtype):
@@ -168,7 +172,7 @@ def _compress_views(logits, k):
     as float32 log-probabilities would be tens of GB): ([K, N, k] float32, [K, N, k] int16)."""
     flat = logits.reshape(-1, logits.shape[-1])
     logp = torch.empty(len(flat), k)
-    index = torch.empty(len(flat), k, dtype=torch.int16)
+    index = torch.empty(len(flat), k, dtype=index_dtype(logits.shape[-1]))
     for i in range(0, len(flat), _PART_ROWS):
         lp, ix = compress_topk(flat[i : i + _PART_ROWS], k)
         logp[i : i + _PART_ROWS], index[i : i + _PART_ROWS] = lp, ix
@@ -278,7 +282,10 @@ def check_metadata(meta, key, path="cache"):
         raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
 
 
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I16": np.int16, "U8": np.uint8}
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+              "U16": np.uint16, "U8": np.uint8}
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+              torch.uint16: "U16", torch.uint8: "U8"}
 
 
 def _mmap_tensors(path):
@@ -322,7 +329,7 @@ def _check_tensors(tensors, meta, layout, path, what="logits cache"):
         raise KDError(f"{what} {path} is corrupted: tensors {sorted(tensors)}, expected {sorted(layout)}")
     for name, (shape, dtype) in layout.items():
         t = tensors[name]
-        if tuple(t.shape) != shape or t.dtype != dtype:
+        if tuple(t.shape) != shape or t.dtype not in (dtype if isinstance(dtype, tuple) else (dtype,)):
             raise KDError(f"{what} {path} is corrupted: {name} {tuple(t.shape)} {t.dtype}, expected {shape} {dtype}")
     for name in layout if meta is not None else ():
         if _checksum(tensors[name]) != meta.get(f"{name}_sha256"):
@@ -348,11 +355,14 @@ def _layout(meta, tensors, path):
     elif storage.startswith("top") and storage[3:].isdigit() and 1 <= int(storage[3:]) < c:
         k = int(storage[3:])
         layout["topk_logp"] = ((views, n, k), dtype)
-        layout["topk_index"] = ((views, n, k), torch.int16)
+        # int16 before the smallest type was chosen; any integer type that holds the classes
+        layout["topk_index"] = ((views, n, k), tuple({torch.int16, index_dtype(c)}))
     else:
         raise KDError(f"logits cache {path} is corrupted: metadata storage={storage!r}")
     if "params" in tensors:  # optional; P is whatever the augmentation stored
-        layout["params"] = ((views, n, tensors["params"].shape[-1] if tensors["params"].dim() else 0), torch.float32)
+        layout["params"] = ((views, n, tensors["params"].shape[-1] if tensors["params"].dim() else 0), PARAM_DTYPES)
+    if "file_hashes" in tensors:  # an image folder's files (data/folder.py), to name what changed
+        layout["file_hashes"] = ((n,), torch.int64)
     return layout, k
 
 
@@ -360,8 +370,8 @@ class SoftTargets:
     """What a validated cache holds. The tensors are memory-mapped, not read: a batch pages in
     only the rows it gathers, and processes on one machine share one copy in the page cache."""
 
-    def __init__(self, tensors, meta, topk):
-        self.meta = meta
+    def __init__(self, tensors, meta, topk, path=None):
+        self.meta, self.path = meta, path
         self.views = int(meta["views"])
         self.num_samples = int(meta["num_samples"])
         self.num_classes = int(meta["num_classes"])
@@ -404,18 +414,38 @@ class SoftTargets:
         return self.gather(view, slice(None))
 
     def params(self, view):
-        """[N, P] float32 augmentation parameters of `view`, or None when the cache has none."""
+        """[N, P] augmentation parameters of `view` (float32; an image folder's crops uint16), or
+        None when the cache has none."""
         v = self._view(view)
         return self._tensors["params"][v] if "params" in self._tensors else None
 
 
-def open_cache(path, key=None, verify=True, views=1):
+def _folder_change(meta, path, data):
+    """How an image folder differs from the one the cache at `path` was made from (its stored
+    class list and file hashes: data/folder.differences), or None when that is not known."""
+    if not hasattr(data, "index") or "classes" not in meta:
+        return None
+    from .data.folder import differences
+
+    try:
+        hashes = _mmap_or_refuse(path)["file_hashes"]
+        return differences(json.loads(meta["classes"]), hashes, data.index)
+    except (KDError, KeyError, ValueError):
+        return None
+
+
+def open_cache(path, key=None, verify=True, views=1, data=None):
     """The SoftTargets in `path`, checked against `key` (the run that wants it) when given, and
     holding at least `views` views; `verify` checks every tensor's stored checksum (reads the
-    file once)."""
+    file once). `data`: the split the run reads; an image folder changed since the cache was
+    made is named (how many files differ, the first differing path)."""
     meta = read_metadata(path)
     if key is not None:
-        check_metadata(meta, key, path)
+        try:
+            check_metadata(meta, key, path)
+        except CacheMismatch as e:
+            change = meta.get("data_fingerprint") != key.data_fingerprint and _folder_change(meta, path, data)
+            raise CacheMismatch(f"{e}; the image folder changed: {change}" if change else str(e)) from None
     else:
         _check_version(meta, path)
     have = _meta_int(meta, "views", path)
@@ -425,12 +455,23 @@ def open_cache(path, key=None, verify=True, views=1):
     tensors = _mmap_or_refuse(path)
     layout, k = _layout(meta, tensors, path)
     _check_tensors(tensors, meta if verify else None, layout, path)
-    return SoftTargets(tensors, meta, k)
+    return SoftTargets(tensors, meta, k, path)
 
 
-def load_cache(path, key, verify=True, views=1):
+def load_cache(path, key, verify=True, views=1, data=None):
     """Validated SoftTargets from `path` for a run described by `key`."""
-    return open_cache(path, key, verify, views)
+    return open_cache(path, key, verify, views, data)
+
+
+_MAPPED = {}
+
+
+def mapped_tensor(path, name):
+    """Tensor `name` of the (validated) cache at `path`, memory-mapped once per process: how a
+    DataLoader worker reads a K-view cache's crops."""
+    if path not in _MAPPED:
+        _MAPPED[path] = _mmap_or_refuse(path)
+    return _MAPPED[path][name]
 
 
 # --- per-view parts: a resumable precompute ---------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import outputs, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
+from .data.streamed import DATASET as FOLDER_DATASET
 from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
 from .config import (
@@ -37,7 +38,7 @@ CACHE = ("cache_dtype", "cache_topk", "views", "augment_seed")
 
 def registries():
     """Choices and types of the flags whose values are registered elsewhere in the package."""
-    choices = {"dataset": sorted(DATASETS), "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
+    choices = {"dataset": sorted([*DATASETS, FOLDER_DATASET]), "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
                "teacher_augment": list(AUGMENTS), "cache_dtype": sorted(DTYPES), "report_to": list(tracking.REPORT_TO)}
     return choices, {"kd_loss": loss_name}  # an old loss name ('seed-mse') is the same loss
 

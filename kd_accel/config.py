@@ -51,6 +51,12 @@ class Data:
     # teacher always trains on the whole set)
     train_subset: Optional[int] = setting(None, "students see hard labels of a fixed class-balanced subset of N "
                                           "samples only", low=1, phases=("baseline", "student", "fitnets"))
+    # image folders (--dataset imagefolder): how the files are read (kd_accel/data/streamed.py)
+    channels: Optional[int] = setting(None, "image folders: decode to 3 (RGB) or 1 (grey) channels", choices=(1, 3),
+                                      default_text="3, as torchvision's ImageFolder")
+    num_workers: Optional[int] = setting(None, "image folders: DataLoader worker processes decoding images, per "
+                                         "process", low=0, default_text="the cores per process, at most 8",
+                                         unstamped="how many processes decode the files, not what they decode")
 
 
 @dataclass
@@ -209,6 +215,7 @@ PRESETS = {
 DATASET_DEFAULTS = {
     "fashion-mnist": dict(temperature=2.0),
     "cifar10": dict(augment="crop-flip"),
+    "imagefolder": dict(augment="rrc"),  # torchvision's reference: RandomResizedCrop + flip
 }
 
 

@@ -4,7 +4,8 @@ Both shard the set with accelerator.prepare and collect with gather_for_metrics,
 the samples Accelerate duplicates to even out the last batch: every sample counts once."""
 import torch
 
-from .data import make_loader, to_float
+from .data import to_float
+from .data.loading import to_device
 from .reporting import progress_bar
 
 # Rows per forward pass when nothing is trained (evaluation, precompute). On a CPU a batch of 200
@@ -22,16 +23,15 @@ def inference_batch(device):
 def on_device(accelerator, columns):
     """The (small, in-memory) columns moved to the device once, as fit does with the training
     set: a batch is then one gather there, not a host-to-device copy per batch."""
-    return {k: v.to(accelerator.device) for k, v in columns.items()}
+    return to_device(columns, accelerator.device)
 
 
 @torch.no_grad()
 def evaluate(accelerator, model, split, batch_size=None, inputs=None):
-    """Top-1 accuracy in percent of `model` (prepared or not) on `split`. inputs(batch) -> the
-    model's input (default: the images as the split normalises them)."""
-    batch_size = batch_size or inference_batch(accelerator.device)
-    loader = accelerator.prepare(make_loader(on_device(accelerator, {"images": split.images, "labels": split.labels}),
-                                             batch_size, shuffle=False))
+    """Top-1 accuracy in percent of `model` (prepared or not) on `split` (either kind of data
+    source, decoded for this model: split.at(preprocessing)). inputs(batch) -> the model's input
+    (default: the images as the split normalises them)."""
+    loader = split.inference_loader(accelerator, batch_size or inference_batch(accelerator.device))
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=accelerator.device)
     total = 0
@@ -45,29 +45,39 @@ def evaluate(accelerator, model, split, batch_size=None, inputs=None):
 
 
 @torch.inference_mode()
-def predict_logits(accelerator, model, split, batch_size=None, inputs=None, extra=None, desc="teacher logits"):
-    """Logits [N, C] (fp32, CPU) of a frozen model on every sample, row i = sample i.
-
-    inputs(batch) -> the model's input (default: the images scaled to [0, 1]); `extra` columns
-    [N, ...] ride along by sample index (one view's augmentation parameters).
-    Each rank runs its shard; the gathered rows are placed by their sample index, and a mask
-    checks that every row was written (so a sharding bug cannot leave zeros in the cache)."""
-    batch_size = batch_size or inference_batch(accelerator.device)
-    inputs = inputs or (lambda batch: to_float(batch["images"], split.norm))
-    loader = accelerator.prepare(make_loader(on_device(accelerator, {"images": split.images, **(extra or {})}),
-                                             batch_size, shuffle=False))
+def predict_rows(accelerator, model, loader, n, inputs, write, desc="teacher logits", extra=()):
+    """Run a frozen model over every batch of `loader` (prepared: each rank its shard) and hand
+    the gathered rows to write(idx [B'], logits [B', C] fp32, *extra columns [B', ...]) on every
+    rank, placed by sample index (gather_for_metrics drops the rows Accelerate repeats to even
+    out the last batch). A mask checks that every one of the n rows came, so a sharding bug
+    cannot leave unwritten rows in a cache."""
     model.eval()
-    # rows placed on the device, copied to the host once at the end (not a sync per batch)
-    out = torch.empty(len(split), split.num_classes, dtype=torch.float32, device=accelerator.device)
-    seen = torch.zeros(len(split), dtype=torch.bool, device=accelerator.device)
+    seen = torch.zeros(n, dtype=torch.bool, device=accelerator.device)
     with progress_bar(accelerator, desc, len(loader)) as advance:
         for batch in loader:
             logits = model(inputs(batch)).float()
-            idx, logits = accelerator.gather_for_metrics((batch["idx"], logits))
-            idx = idx.to(out.device)
-            out[idx] = logits
+            # gloo gathers no uint16: the extra columns (a view's crops) travel as int32
+            cols = tuple(batch[k].to(torch.int32) if batch[k].dtype == torch.uint16 else batch[k] for k in extra)
+            idx, logits, *cols = accelerator.gather_for_metrics((batch["idx"], logits, *cols))
+            idx = idx.to(seen.device)
             seen[idx] = True
+            write(idx, logits, *cols)
             advance()
     if not bool(seen.all()):
         raise RuntimeError(f"precompute missed {int((~seen).sum())} samples")
+
+
+def predict_logits(accelerator, model, split, batch_size=None, inputs=None, extra=None, desc="teacher logits"):
+    """Logits [N, C] (fp32, CPU) of a frozen model on every sample of an in-memory split, row
+    i = sample i. inputs(batch) -> the model's input (default: the images scaled to [0, 1]);
+    `extra` columns [N, ...] ride along by sample index (one view's augmentation parameters)."""
+    inputs = inputs or (lambda batch: to_float(batch["images"], split.norm))
+    loader = split.inference_loader(accelerator, batch_size or inference_batch(accelerator.device), extra)
+    # rows placed on the device, copied to the host once at the end (not a sync per batch)
+    out = torch.empty(len(split), split.num_classes, dtype=torch.float32, device=accelerator.device)
+
+    def write(idx, logits):
+        out[idx] = logits
+
+    predict_rows(accelerator, model, loader, len(split), inputs, write, desc)
     return out.cpu()

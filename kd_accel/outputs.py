@@ -110,6 +110,8 @@ def check(outputs, inputs):
             if _same(out.path, i.path):
                 raise KDError(f"{what} is {i.flag} {i.path}, which this run reads; refusing to write over it "
                               "(choose another path)")
+            if i.path.is_dir() and _inside(out.path, i.path):  # e.g. a cache written into an image folder it lists
+                raise KDError(f"{what} lies inside {i.flag} {i.path}, which this run reads; write it elsewhere")
             if out.kind == "cleared folder" and _inside(i.path, out.path):
                 raise KDError(f"{i.flag} {i.path} lies in {out.path}, which this run deletes and makes anew; "
                               "move it elsewhere")

@@ -16,11 +16,11 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from . import tracking
-from .augment import cached_views, drawn_views, get_spec, stream_seed
+from .augment import get_spec, stream_seed
 from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
 from .config import stamped_fields
-from .data import balanced_subset, ensure_downloaded, load_split
+from .data import FolderSplit, balanced_subset, ensure_downloaded, open_split
 from .determinism import set_deterministic
 from .errors import KDError
 from .evaluation import evaluate
@@ -124,11 +124,13 @@ def set_aside_previous_result(accelerator, cfg):
 
 
 def load_data(accelerator, cfg):
-    """(train, test) splits as tensors; the main process downloads first if it must."""
+    """(train, test) splits: tensors, or an image folder's listings (kd_accel/data); the main
+    process downloads first if it must."""
+    d = cfg.data
     with accelerator.main_process_first():
-        ensure_downloaded(cfg.data.dataset, cfg.data.data_dir)
-    train = load_split(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.limit_train)
-    test = load_split(cfg.data.dataset, "test", cfg.data.data_dir).subset(cfg.data.limit_test)
+        ensure_downloaded(d.dataset, d.data_dir)
+    train, test = (open_split(d.dataset, split, d.data_dir, d.channels, d.num_workers) for split in ("train", "test"))
+    train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
     return train, test
 
@@ -143,7 +145,18 @@ def check_against_data(cfg, train):
         except KDError as e:
             raise KDError(f"--cache-topk {cfg.kd.cache_topk}: {e}") from None
     if cfg.data.train_subset:
+        if isinstance(train, FolderSplit):
+            raise KDError("--train-subset is for the in-memory data sets; for an image folder, make a folder of "
+                          "the labelled subset")
         balanced_subset(train.labels, cfg.data.train_subset)
+    if not isinstance(train, FolderSplit):
+        for flag in ("channels", "num_workers"):
+            if getattr(cfg.data, flag) is not None:
+                raise KDError(f"--{flag.replace('_', '-')} is for image folders (--dataset imagefolder); "
+                              f"{train.dataset} is read whole into memory")
+    for recipe in (cfg.student, cfg.teacher):
+        if recipe.augment:
+            train.check_augment(get_spec(recipe.augment))
     # each model's preprocessing for these data (e.g. --normalize weights where none is known),
     # and a student's --weights against its architecture: before the teacher trains
     recipes = [cfg.student] + [cfg.teacher] * (not cfg.run.teacher)
@@ -161,6 +174,7 @@ def teacher_arch(cfg):
 
 
 def columns(split, **extra):
+    """An in-memory split's columns for training.fit, with `extra` ones (benchmarks, tests)."""
     return {"images": split.images, "labels": split.labels, **extra}
 
 
@@ -249,18 +263,18 @@ def train_teacher(accelerator, cfg, train, test, path):
     set_seed(cfg.run.seed)
     settings = phase_settings(accelerator, cfg, train, student=False)
     model, record = build(cfg.teacher, train, "teacher", accelerator.print)
-    spec = get_spec(cfg.teacher.augment)
-    inputs = inputs_for(spec, record["preprocessing"])
+    spec, prep = get_spec(cfg.teacher.augment), record["preprocessing"]
+    inputs = inputs_for(spec, prep)
     if cfg.teacher.epochs == 0:  # --teacher-weights as they are: evaluated, recorded, stamped
         start = time.perf_counter()
-        acc = evaluate(accelerator, model.to(accelerator.device), test, inputs=inputs)
+        acc = evaluate(accelerator, model.to(accelerator.device), test.at(prep), inputs=inputs)
         hist = {"epochs": [{"epoch": 0, "test_accuracy": acc}], "train_time_s": 0.0}
         accelerator.print(f"teacher: {cfg.teacher.weights} used as it is (--teacher-epochs 0): {acc:.2f}% test "
                           f"accuracy, evaluated in {time.perf_counter() - start:.1f}s")
     else:
-        model, hist = fit(accelerator, model, columns(train), test, cfg.teacher, cfg.run, make_objective("ce"),
-                          "teacher", cfg.run_dir / "checkpoints" / "teacher", settings, inputs=inputs,
-                          epoch_columns=drawn_views(spec, stream_seed("teacher", cfg.run.seed), len(train)))
+        data = train.at(prep).train_data(drawn(spec, stream_seed("teacher", cfg.run.seed)))
+        model, hist = fit(accelerator, model, data, test.at(prep), cfg.teacher, cfg.run, make_objective("ce"),
+                          "teacher", cfg.run_dir / "checkpoints" / "teacher", settings, inputs=inputs)
     info = run_info(model, hist)
     if accelerator.is_main_process:
         save_model(model, path, "teacher", train.num_classes, record=record, dataset=cfg.data.dataset,
@@ -282,7 +296,7 @@ def teacher_info_from_checkpoint(accelerator, path, test):
         acc = meta_number(meta, "test_accuracy", path)
         note = "reused"
     else:
-        acc = evaluate(accelerator, model.to(accelerator.device), test, inputs=inputs_for(get_spec("none"), prep))
+        acc = evaluate(accelerator, model.to(accelerator.device), test.at(prep), inputs=inputs_for(get_spec("none"), prep))
         note = "reused, evaluated"
     train_time = meta_number(meta, "train_time_s", path) if "train_time_s" in meta else None
     fp = state_fingerprint(model.state_dict())  # the file's tensors, as loaded (names, shapes, dtypes, values)
@@ -312,8 +326,15 @@ def resolve_teacher(accelerator, cfg, train, test):
     return path, info
 
 
+def drawn(spec, seed):
+    """The views of a phase that draws a fresh one per epoch (Split.train_data): None when the
+    spec does not augment."""
+    return None if spec.name == "none" else ("drawn", spec, seed)
+
+
 def student_data(cfg, train, soft=None, online=None):
-    """(columns, objective, epoch_columns) of a student run.
+    """(training data, objective) of a student run: `train` is the split decoded for the student
+    (train.at(its preprocessing)); the data are what training.fit reads.
 
     Baseline (soft and online None): hard labels. Distilled: soft targets gathered by sample
     index, from `soft` (cache.SoftTargets, or a [N, C] tensor: one clean view) or from the frozen
@@ -323,10 +344,9 @@ def student_data(cfg, train, soft=None, online=None):
     alone; a distilled student uses soft targets on the subset (--soft-targets subset) or on the
     whole training set (all, the default), its hard loss then masked to the labelled samples."""
     spec, k = get_spec(cfg.student.augment), cfg.kd
-    per_epoch = drawn_views(spec, stream_seed("student", cfg.run.seed), len(train))
-    extra = {}
+    views, extra = drawn(spec, stream_seed("student", cfg.run.seed)), {}
     if isinstance(soft, SoftTargets) and soft.params(0) is not None:
-        per_epoch = cached_views(soft, cache_views(cfg)[1])  # consistent: the teacher's own views, the run's K
+        views = ("cache", soft, cache_views(cfg)[1])  # consistent: the teacher's own views, the run's K
     elif soft is not None:  # one clean view: with --augment, the student's views are not the teacher's
         extra = soft.columns(0) if isinstance(soft, SoftTargets) else {"teacher_logits": soft}
     distilled = soft is not None or online is not None
@@ -335,16 +355,14 @@ def student_data(cfg, train, soft=None, online=None):
         objective = online_objective(online[0], objective, online[1])
     if isinstance(soft, SoftTargets) and soft.topk:
         objective = topk_objective(soft.num_classes, objective)
-    cols = columns(train, **extra)
     if not cfg.data.train_subset:
-        return cols, objective, per_epoch
+        return train.train_data(views, extra), objective
     keep = balanced_subset(train.labels, cfg.data.train_subset)
     if not distilled or k.soft_targets == "subset":
-        sub = per_epoch and (lambda epoch: {k: v[keep] for k, v in per_epoch(epoch).items()})
-        return {k: v[keep] for k, v in cols.items()}, objective, sub
+        return train.train_data(views, extra).subset(keep), objective
     mask = torch.zeros(len(train), dtype=torch.bool)
     mask[keep] = True
-    return {**cols, "label_mask": mask}, objective, per_epoch
+    return train.train_data(views, {**extra, "label_mask": mask}), objective
 
 
 def _finished(accelerator, cfg, label, settings):
@@ -382,11 +400,10 @@ def train_student(accelerator, cfg, train, test, soft, label, teacher_fp=None, o
         return done
     set_seed(cfg.run.seed)
     model, record = build(cfg.student, train, label, accelerator.print)
-    spec = get_spec(cfg.student.augment)
-    cols, objective, per_epoch = student_data(cfg, train, soft, online_view(online, spec, record))
-    model, hist = fit(accelerator, model, cols, test, cfg.student, cfg.run, objective, label,
-                      cfg.run_dir / "checkpoints" / label, settings, inputs=inputs_for(spec, record["preprocessing"]),
-                      epoch_columns=per_epoch)
+    spec, prep = get_spec(cfg.student.augment), record["preprocessing"]
+    data, objective = student_data(cfg, train.at(prep), soft, online_view(online, spec, record))
+    model, hist = fit(accelerator, model, data, test.at(prep), cfg.student, cfg.run, objective, label,
+                      cfg.run_dir / "checkpoints" / label, settings, inputs=inputs_for(spec, prep))
     return _save_student(accelerator, cfg, model, record, run_info(model, hist, arch=record["spec"]), label, settings)
 
 
@@ -416,8 +433,8 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     wrapped = FitNetStudent(model)
     spec = get_spec(cfg.student.augment)
     online = online_view(online, spec, record)
-    cols, kd, per_epoch = student_data(cfg, train, soft, online)
-    views = dict(inputs=inputs_for(spec, record["preprocessing"]), epoch_columns=per_epoch)
+    cols, kd = student_data(cfg, train, soft, online)  # FitNets: the notebook's models on in-memory data
+    views = dict(inputs=inputs_for(spec, record["preprocessing"]))
     ckpt, k = cfg.run_dir / "checkpoints" / label, cfg.kd
     if k.hint_mode == "two-stage":
         stage = replace(cfg.student, epochs=k.hint_epochs)

@@ -13,7 +13,10 @@ import torch
 from .augment import SPECS, draw_params, get_spec, stream_seed
 from .cache import DTYPES, CacheKey, CacheMismatch, check_topk, load_cache, load_part, remove_parts, save_cache, save_part
 from .errors import KDError
-from .evaluation import predict_logits
+from .cache_stream import CacheWriter
+from .data import FolderSplit
+from .data.streamed import CentreCrop, DrawnCrops
+from .evaluation import inference_batch, predict_logits, predict_rows
 from .models import load_model, state_fingerprint
 from .models.preprocessing import describe, of_data
 from .roles import TeacherId, file_preprocessing, inputs_for
@@ -121,6 +124,8 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
     dtype = cache_dtype(cfg, spec)
     teacher = TeacherId(state_fingerprint(model.state_dict()), describe(model.preprocessing))
     key = cache_key(train, teacher, spec, cfg.kd.augment_seed)
+    if isinstance(train, FolderSplit):
+        return precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, views, dtype)
     # the teacher's own version of each view: its size and normalisation (models/preprocessing.py)
     stream, index, inputs = stream_seed("cache", cfg.kd.augment_seed), torch.arange(len(train)), \
         inputs_for(spec, model.preprocessing)
@@ -157,10 +162,66 @@ def precompute(accelerator, cfg, teacher_path, train, out_path):
                    params=torch.stack(params) if spec.name != "none" else None, topk=cfg.kd.cache_topk)
         remove_parts(out_path)
     accelerator.wait_for_everyone()
+    _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start)
+
+
+def _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start):
     what = f"{views} views ({spec.describe()})" if views > 1 or spec.name != "none" else "1 view"
     storage = f"top-{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full"
     accelerator.print(f"cache: wrote {out_path} ({len(train)} x {train.num_classes}, {what}, {dtype}, {storage}) "
                       f"in {time.perf_counter() - start:.1f}s")
+
+
+def precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, views, dtype):
+    """An image folder's precompute: per view, the folder streamed through the workers (each
+    rank its shard), the crops drawn there from (augment seed, view, index) at the teacher's
+    size, and the rows written by sample index into the cache file (cache_stream.CacheWriter):
+    no [N, C] in memory. A killed precompute resumes at the first unfinished view."""
+    split, start = train.at(model.preprocessing), time.perf_counter()
+    inputs = inputs_for(SPECS["none"], model.preprocessing)  # the workers made the crop at the teacher's size
+    writer = CacheWriter(out_path, key, views, train.labels, dtype, cfg.kd.cache_topk, params_cols=5 if
+                         spec.name != "none" else None, file_hashes=train.file_hashes(),
+                         classes=train.index.classes) if accelerator.is_main_process else None
+    done = [sorted(writer.done) if writer else []]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(done)
+    if done[0]:
+        accelerator.print(f"cache: {len(done[0])} of {views} views kept from an interrupted precompute")
+    stream = stream_seed("cache", cfg.kd.augment_seed)
+    for v in range(views):
+        if v in done[0]:
+            continue
+        crops = DrawnCrops(stream, view=v) if spec.name != "none" else CentreCrop()
+        loader = split.inference_loader(accelerator, inference_batch(accelerator.device), crops)
+        bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
+
+        def write(idx, logits, *crops):
+            nonlocal bad
+            finite = torch.isfinite(logits).all(dim=1)
+            bad += (~finite).sum()
+            if writer is not None:
+                writer.write(v, idx, logits, crops[0] if crops else None)
+
+        try:
+            predict_rows(accelerator, model, loader, len(split), inputs, write, extra=("crops",) if spec.name != "none" else (),
+                         desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
+        except KDError:
+            if not int(bad):  # the cache's own check (e.g. beyond fp16's range)
+                raise
+        if int(bad):
+            raise KDError(f"teacher {cfg.run.teacher or 'checkpoint'} gives non-finite logits for {int(bad)} of "
+                          f"{len(train)} training samples{f' (view {v})' if views > 1 else ''}; no cache written")
+        if writer is not None:
+            writer.view_done(v)
+        accelerator.wait_for_everyone()
+        for hook in VIEW_HOOKS:
+            hook(v)
+    if writer is not None:
+        writer.finish()
+    accelerator.wait_for_everyone()
+    _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start)
 
 
 def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
@@ -176,7 +237,7 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
         raise KDError(f"logits cache {path} is a directory, not a file: remove or rename it")
     if path.exists():
         try:
-            soft = load_cache(path, key, views=views)
+            soft = load_cache(path, key, views=views, data=train)
             # what the run asks to be stored: full logits are not a top-k run's soft targets, nor
             # fp32 an fp16 run's (the key stamps what produced the logits, not how they are kept)
             want = {"storage": f"top{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full",
@@ -194,7 +255,7 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
     else:
         accelerator.print(f"cache: miss, {path} does not exist; precomputing teacher logits")
     precompute(accelerator, cfg, teacher_path, train, path)
-    return load_cache(path, key, views=views), False, path
+    return load_cache(path, key, views=views, data=train), False, path
 
 
 def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_id, train):

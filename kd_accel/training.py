@@ -12,10 +12,10 @@ import torch
 
 from .cache import topk_logits
 from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, parse_every, save_checkpoint
-from .data import make_loader, to_float
+from .data import TensorData, to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
-from .evaluation import evaluate, on_device
+from .evaluation import evaluate
 from .losses import KD_LOSSES, ce_loss, loss_name
 from .reporting import progress_bar
 from .tracking import PhaseLog
@@ -126,10 +126,12 @@ def check_finite_weights(model, label, step):
                       "stopped, nothing saved")
 
 
-def fit(accelerator, model, train_columns, test_split, recipe, run, objective, label, ckpt_dir=None, settings=None,
+def fit(accelerator, model, train_data, test_split, recipe, run, objective, label, ckpt_dir=None, settings=None,
         inputs=None, epoch_columns=None):
-    """Train `model` on `train_columns` (dict of aligned tensors with 'images', 'labels', ...)
-    with `recipe` (config.Recipe: epochs, batch size, lr, schedule) under `run` (config.Run:
+    """Train `model` on `train_data` (a data source's training data: Split.train_data or
+    FolderSplit.train_data; or a dict of aligned tensors with 'images', 'labels', ..., taken as
+    loading.TensorData(train_data, epoch_columns)) with `recipe` (config.Recipe: epochs, batch
+    size, lr, schedule) under `run` (config.Run:
     seed, checkpointing, resume, memory format); evaluate on `test_split` after each epoch.
     Returns (model, history).
 
@@ -148,9 +150,8 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
     # Forget the previous phase's model/optimizer/loaders: save_state would otherwise write the
     # teacher into the student's checkpoints, and load_state would restore them out of order.
     accelerator.free_memory()
-    train_columns = on_device(accelerator, train_columns)
-    loader = make_loader(train_columns, recipe.batch_size, shuffle=True, seed=run.seed)
-    dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
+    data = train_data if hasattr(train_data, "loader") else TensorData(train_data, epoch_columns)
+    loader = data.loader(accelerator, recipe.batch_size, run.seed)
     eval_inputs, inputs = inputs, inputs or (lambda batch: to_float(batch["images"]))
     if accelerator.num_processes > 1:
         # R processes x B/R == 1 process x B, BN included; torch's SyncBatchNorm on NCCL
@@ -194,9 +195,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
 
     for epoch in range(epoch0, recipe.epochs):
         model.train()
-        if epoch_columns:
-            # [N, ...] tensors aligned with the others: gathered by the same sample index
-            dataset.columns.update(on_device(accelerator, epoch_columns(epoch)))
+        data.set_epoch(epoch)  # [N, ...] columns of this epoch, gathered by the same sample index
         loader.set_epoch(epoch)  # the permutation is a function of (seed, epoch): resumable
         position = pos0 if epoch == epoch0 else 0
         batches = loader
@@ -211,6 +210,7 @@ def fit(accelerator, model, train_columns, test_split, recipe, run, objective, l
         with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{recipe.epochs}", len(loader)) as advance:
             advance(position)
             for batch in batches:
+                batch = data.complete(batch)  # the index-keyed columns a streamed source gathers here
                 with accelerator.accumulate(model):
                     x = batch["x"] = inputs(batch).contiguous(memory_format=memory_format)
                     parts = objective(model(x), batch)

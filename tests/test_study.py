@@ -118,18 +118,18 @@ def test_limited_labels_columns():
     train = tiny_split(200)
     logits = torch.randn(200, 10)
     cfg = from_flags(train_subset=20)
-    cols, _, _ = student_data(cfg, train, None)  # baseline: the subset only
+    cols = student_data(cfg, train, None)[0].columns  # baseline: the subset only
     assert len(cols["labels"]) == 20
-    cols, _, _ = student_data(cfg, train, logits)  # distilled: soft on all, hard on the subset
+    cols = student_data(cfg, train, logits)[0].columns  # distilled: soft on all, hard on the subset
     assert len(cols["labels"]) == 200 and int(cols["label_mask"].sum()) == 20
-    cols, _, _ = student_data(with_flags(cfg, soft_targets="subset"), train, logits)
+    cols = student_data(with_flags(cfg, soft_targets="subset"), train, logits)[0].columns
     assert len(cols["teacher_logits"]) == 20
     keep = balanced_subset(train.labels, 20)
     assert torch.equal(cols["teacher_logits"], logits[keep])
     # augmented: each epoch's view parameters follow the same subset, drawn by original sample index
-    cols, _, per_epoch = student_data(with_flags(cfg, augment="shift"), train, None)
-    full = student_data(with_flags(cfg, augment="shift", train_subset=None), train, None)[2]
-    assert len(cols["labels"]) == 20 and torch.equal(per_epoch(3)["aug_params"], full(3)["aug_params"][keep])
+    data = student_data(with_flags(cfg, augment="shift"), train, None)[0]
+    full = student_data(with_flags(cfg, augment="shift", train_subset=None), train, None)[0].per_epoch
+    assert len(data.columns["labels"]) == 20 and torch.equal(data.per_epoch(3)["aug_params"], full(3)["aug_params"][keep])
 
 
 def test_masked_hard_loss_ignores_unlabelled():

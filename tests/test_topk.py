@@ -123,7 +123,7 @@ def test_top_k_cache_round_trip_with_two_views(tmp_path, dtype):
     assert meta["storage"] == "top3" and meta["views"] == "2" and meta["dtype"] == dtype
     with safe_open(str(path), framework="pt") as f:  # the file as safetensors itself reads it
         assert sorted(f.keys()) == ["labels", "params", "topk_index", "topk_logp"]
-        assert f.get_tensor("topk_index").dtype == torch.int16 and f.get_slice("topk_index").get_shape() == [2, 40, 3]
+        assert f.get_tensor("topk_index").dtype == torch.uint8 and f.get_slice("topk_index").get_shape() == [2, 40, 3]
         assert f.get_tensor("topk_logp").dtype == {"fp32": torch.float32, "fp16": torch.float16}[dtype]
         assert all(f"{n}_sha256" in meta for n in f.keys())
 
@@ -172,7 +172,8 @@ def test_top_k_storage_size_per_view(tmp_path, c):
     full, topk = _bytes_per_view(tmp_path, c, None, n=n), _bytes_per_view(tmp_path, c, k, n=n)
     # header growth is at most a few bytes (a digit of a shape or offset, 8-byte padding)
     assert abs(full - n * c * 2) <= 16  # fp16 logits
-    assert abs(topk - n * k * (2 + 2)) <= 16  # fp16 log-probabilities + int16 indices
+    index_bytes = 1 if c <= 256 else 2  # the smallest integer type that holds the classes
+    assert abs(topk - n * k * (2 + index_bytes)) <= 16  # fp16 log-probabilities + uint8 / int16 indices
     if c == 1000:
         assert topk < full / 50
 
@@ -212,7 +213,8 @@ def test_a_student_trains_from_top_k_rows_expanded_per_batch(accelerator, tmp_pa
     cfg = from_flags(epochs=3, batch_size=10, augment=augment, cache_topk=3, **({"views": 2} if views > 1 else {}))
     inputs = None if views == 1 else make_inputs(spec, train.norm)
 
-    cols, objective, per_epoch = student_data(cfg, train, soft)
+    data, objective = student_data(cfg, train, soft)
+    cols, per_epoch = data.columns, data.per_epoch
     carried = {**cols, **(per_epoch(0) if views > 1 else {})}
     assert "teacher_logits" not in carried and carried["teacher_topk_logp"].shape == (40, 3)
     new = _fit_student(accelerator, cfg, cols, test, objective, per_epoch if views > 1 else None, inputs)

@@ -148,7 +148,8 @@ def test_student_without_augmentation_is_unchanged(accelerator, tmp_path):
     """--augment none: no augmentation column, the clean one-view cache, old stamps."""
     train = tiny_split(40)
     cfg = from_flags(epochs=1)
-    cols, _, per_epoch = pipeline.student_data(cfg, train, torch.zeros(40, 10))
+    data = pipeline.student_data(cfg, train, torch.zeros(40, 10))[0]
+    cols, per_epoch = data.columns, data.per_epoch
     assert per_epoch is None and set(cols) == {"images", "labels", "teacher_logits"}
     s = pipeline.phase_settings(accelerator, cfg, train, kd=True, teacher_fp="t")
     assert (s["augment"], s["views"], s["teacher_mode"], s["cache_dtype"]) == ("none", 1, "cache", "fp32")

@@ -4,16 +4,33 @@
   their files; Split is what the training loop gets of them.
 - loading.py: for every source, batches gathered by sample index in a seeded epoch order, and
   uint8 images to the model's float input.
-- folder.py: image folders (torchvision's ImageFolder layout) listed and fingerprinted from
-  `stat` alone; crops.py: RandomResizedCrop + flip parameters that replay (issue 19 groundwork:
-  not yet a data source the pipeline reads).
+- streamed.py: image folders (torchvision's ImageFolder layout), decoded batch by batch in
+  DataLoader workers; folder.py lists and fingerprints them from `stat` alone; crops.py draws
+  RandomResizedCrop + flip parameters that replay.
+
+Both kinds of split offer the pipeline one interface: len, labels, num_classes, input_shape,
+norm, fingerprint(); at(preprocessing) (the split decoded for one model); train_data(views,
+extra) (what training.fit reads: batches carrying "images", "labels", "idx", and the view's
+parameters or columns); inference_loader (evaluation, precompute); check_augment.
 
 Everything the rest of the package imports from `kd_accel.data` is re-exported here.
 """
-from .loading import EpochPermutation, IndexedTensors, balanced_subset, epoch_seed, make_loader, to_float
+from .loading import EpochPermutation, IndexedTensors, TensorData, balanced_subset, epoch_seed, make_loader, to_float
 from .memory import (DATA_DIR_ENV, DATASETS, DEFAULT_DATA_DIR, DatasetSpec, Split, data_files, ensure_downloaded,
                      get_spec, load_split, raw_dir, resolve_data_dir)
+from .streamed import DATASET as FOLDER_DATASET, FolderSplit, load_folder
 
-__all__ = ["EpochPermutation", "IndexedTensors", "balanced_subset", "epoch_seed", "make_loader", "to_float",
+
+def open_split(dataset, split, data_dir=None, channels=None, workers=None):
+    """One split ("train" or "test") of a data set: an in-memory Split (its files read whole),
+    or, for "imagefolder", a FolderSplit (DIR/train or DIR/val listed; images decoded as batches
+    are drawn)."""
+    if dataset == FOLDER_DATASET:
+        return load_folder(data_dir, split, channels, workers)
+    return load_split(dataset, split, data_dir)
+
+
+__all__ = ["EpochPermutation", "IndexedTensors", "TensorData", "balanced_subset", "epoch_seed", "make_loader", "to_float",
            "DATA_DIR_ENV", "DATASETS", "DEFAULT_DATA_DIR", "DatasetSpec", "Split", "data_files", "ensure_downloaded",
-           "get_spec", "load_split", "raw_dir", "resolve_data_dir"]
+           "get_spec", "load_split", "raw_dir", "resolve_data_dir", "FOLDER_DATASET", "FolderSplit", "load_folder",
+           "open_split"]

@@ -13,8 +13,6 @@ import math
 
 import torch
 
-from ..augment import uniforms
-
 TRIES = 10  # torchvision's
 COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, and 0/1
 
@@ -22,6 +20,8 @@ COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, 
 def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """[B, 5] float32: (top, left, height, width) as fractions of each image, then flip (0/1),
     for samples `index` [B] (int64) whose images are heights x widths [B] pixels."""
+    from ..augment import uniforms  # augment imports the data package: imported when first used
+
     index = torch.as_tensor(index, dtype=torch.int64)
     h = torch.as_tensor(heights, dtype=torch.float64)
     w = torch.as_tensor(widths, dtype=torch.float64)

@@ -1,7 +1,6 @@
 """Image folders in torchvision's ImageFolder layout, listed and fingerprinted from `stat` alone.
 
-Issue 19 groundwork: the listing and the identity of a folder; the streamed data source that
-decodes the files in DataLoader workers comes with that issue.
+The listing and the identity of a folder; streamed.py decodes its files in DataLoader workers.
 
     ROOT/<class>/**/<file>.<ext>      (ROOT is DIR/train or DIR/val)
 
@@ -28,26 +27,60 @@ from ..errors import KDError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-@dataclass(frozen=True)
+class PathList:
+    """N relative paths held as one UTF-8 buffer and N+1 offsets: two numpy arrays, not N
+    Python strings (1.28M of those are ~150 MB per process, copied into every worker and
+    touched by its reference counts); indexable and iterable like a tuple of str."""
+
+    def __init__(self, paths):
+        encoded = [p.encode() for p in paths]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices, IndexError
+        return self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes().decode()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def head(self, n):
+        return PathList(self[:n])
+
+
+@dataclass(frozen=True, eq=False)
 class FolderIndex:
     root: str
     classes: tuple  # class names, sorted; label c is classes[c]
-    paths: tuple  # relative to root, "/"-separated, in sample order
-    labels: tuple  # class index of each path
-    sizes: tuple  # bytes of each file
+    paths: PathList  # relative to root, "/"-separated, in sample order
+    labels: np.ndarray  # [N] int64: class index of each path
+    sizes: np.ndarray  # [N] int64: bytes of each file
 
     def __len__(self):
         return len(self.paths)
 
+    def head(self, n):
+        """The first n files (--limit-train/--limit-test): indices stay 0..n-1."""
+        if n is None or n >= len(self):
+            return self
+        return FolderIndex(self.root, self.classes, self.paths.head(n), self.labels[:n], self.sizes[:n])
+
     def file_hashes(self):
         """[N] int64: 8 bytes of sha256 over (relative path, size) per file, in sample order."""
-        digests = b"".join(hashlib.sha256(f"{p}\0{s}".encode()).digest()[:8] for p, s in zip(self.paths, self.sizes))
+        digests = b"".join(hashlib.sha256(f"{p}\0{s}".encode()).digest()[:8]
+                           for p, s in zip(self.paths, self.sizes.tolist()))
         return torch.from_numpy(np.frombuffer(digests, dtype="<i8").copy())
 
     def fingerprint(self):
         """sha256 (32 hex digits) over the class list and every file's relative path, size and label."""
         h = hashlib.sha256("\0".join(self.classes).encode() + b"\1")
-        for p, s, c in zip(self.paths, self.sizes, self.labels):
+        for p, s, c in zip(self.paths, self.sizes.tolist(), self.labels.tolist()):
             h.update(f"{p}\0{s}\0{c}\n".encode())
         return h.hexdigest()[:32]
 
@@ -75,7 +108,8 @@ def scan(root, extensions=IMG_EXTENSIONS):
         if len(paths) == before:
             raise KDError(f"class folder {root / name} holds no image file ({', '.join(extensions)}); "
                           "remove it or add its images: an empty class would shift every label after it")
-    return FolderIndex(str(root), tuple(classes), tuple(paths), tuple(labels), tuple(sizes))
+    return FolderIndex(str(root), tuple(classes), PathList(paths), np.asarray(labels, dtype=np.int64),
+                       np.asarray(sizes, dtype=np.int64))
 
 
 def differences(old_classes, old_hashes, index):

@@ -112,6 +112,39 @@ def make_loader(columns, batch_size, shuffle, seed=0):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
 
 
+def to_device(columns, device):
+    """The (small, in-memory) columns moved to the device once: a batch is then one gather
+    there, not a host-to-device copy per batch (on CPU a no-op: a memory-mapped cache stays mapped)."""
+    return {k: v.to(device) for k, v in columns.items()}
+
+
+class TensorData:
+    """What fit trains on from in-memory tensors: aligned columns [N, ...] on the training
+    device, a batch one gather per column; per_epoch(epoch) -> the columns that change with the
+    epoch (its augmentation parameters; a K-view cache's view), set before its first batch."""
+
+    def __init__(self, columns, per_epoch=None):
+        self.columns, self.per_epoch, self.dataset, self.device = columns, per_epoch, None, None
+
+    def subset(self, keep):
+        """The samples `keep` only (re-indexed 0..len(keep)-1, with every column)."""
+        per_epoch = self.per_epoch and (lambda epoch: {k: v[keep] for k, v in self.per_epoch(epoch).items()})
+        return TensorData({k: v[keep] for k, v in self.columns.items()}, per_epoch)
+
+    def loader(self, accelerator, batch_size, seed):
+        self.device = accelerator.device
+        loader = make_loader(to_device(self.columns, self.device), batch_size, shuffle=True, seed=seed)
+        self.dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
+        return loader
+
+    def set_epoch(self, epoch):
+        if self.per_epoch:
+            self.dataset.columns.update(to_device(self.per_epoch(epoch), self.device))
+
+    def complete(self, batch):
+        return batch  # every column was gathered with the batch
+
+
 @functools.lru_cache(maxsize=16)
 def _norm_tensors(norm, device):
     """(mean, std) float32 [C, 1, 1] on `device`, made once: no host-to-device copy per batch."""

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import KDError, first_line
 from ..hashing import tensor_digest
+from .loading import TensorData, make_loader, to_device
 
 DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -96,6 +97,34 @@ class Split:
         if n is None or n >= len(self):
             return self
         return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes, self.norm)
+
+    def at(self, prep):
+        """The split for a model of preprocessing `prep`: the same tensors (augment.make_inputs
+        resizes and normalises each batch for the model on the device)."""
+        return self
+
+    def check_augment(self, spec):
+        if spec.name == "rrc":
+            raise KDError(f"--augment rrc (RandomResizedCrop + flip) is for image folders (--dataset imagefolder); "
+                          f"{self.dataset} takes shift, affine, crop-flip or none")
+
+    def inference_loader(self, accelerator, batch_size, extra=None):
+        """Every sample once, in index order, on the device; `extra` columns [N, ...] ride along."""
+        columns = {"images": self.images, "labels": self.labels, **(extra or {})}
+        return accelerator.prepare(make_loader(to_device(columns, accelerator.device), batch_size, shuffle=False))
+
+    def train_data(self, views=None, extra=None):
+        """The training data of a phase (loading.TensorData): `views` None (the images as they
+        are), ("drawn", spec, seed) (a fresh view per epoch) or ("cache", soft, K) (view e mod K of
+        a K-view cache: its parameters and logits); `extra` columns [N, ...] ride along."""
+        from ..augment import cached_views, drawn_views
+
+        per_epoch = None
+        if views and views[0] == "drawn":
+            per_epoch = drawn_views(views[1], views[2], len(self))
+        elif views and views[0] == "cache":
+            per_epoch = cached_views(views[1], views[2])
+        return TensorData({"images": self.images, "labels": self.labels, **(extra or {})}, per_epoch)
 
     def fingerprint(self):
         """sha256 of the pixels and labels (and the normalisation, when there is one): any change
@@ -315,6 +344,8 @@ def raw_dir(spec, data_dir):
 
 def data_files(dataset, data_dir=None):
     """The files a data set is read from, those that exist (the inputs no output may replace)."""
+    if dataset == "imagefolder":
+        return [Path(data_dir)] if data_dir else []  # the folder: nothing is written inside it
     spec = get_spec(dataset)
     raw = raw_dir(spec, resolve_data_dir(data_dir)[0])
     return [] if raw is None else [_find(raw, f) for names in spec.files.values() for f in names]
@@ -335,6 +366,8 @@ def ensure_downloaded(dataset, data_dir=None, allow_download=True):
     """Make sure the data files exist; download with torchvision only into the default ./data.
 
     Called on the main process first (accelerator.main_process_first) so ranks don't race."""
+    if dataset == "imagefolder":  # nothing to download: streamed.load_folder says what is missing
+        return data_dir
     spec = get_spec(dataset)
     path, explicit = resolve_data_dir(data_dir)
     missing = _missing_files(spec, path)

@@ -1,0 +1,335 @@
+"""Image folders as a streamed data source: the files are decoded in DataLoader worker processes,
+batch by batch, and nothing holds the data set (the second kind beside memory.py's tensors).
+
+    DIR/train/<class>/**/<image>     DIR/val/<class>/**/<image>     (torchvision's ImageFolder)
+
+A worker turns sample indices into a batch as torchvision's reference pipeline would, in
+uint8 until the end: read the file, decode it (torchvision.io; PIL for BMP/PPM/TIFF), crop,
+resize to the model's size, flip; the float conversion and normalisation happen on the training
+device (augment.make_inputs). What a worker returns is what a batch of the in-memory kind holds:
+"images" uint8 [B, C, H, W], "labels" and "idx" [B] int64, plus "crops" uint16 [B, 5] (the view's
+parameters, below) and "rows" (the indices again, as a numpy array: a host-side copy that
+device placement leaves alone, for gathering index-keyed columns without a device sync).
+
+The view of a sample (crops.py): with augmentation, RandomResizedCrop + flip whose parameters
+are a pure function of (seed, view, index) and the image's size, kept as fractions of the image
+in uint16 (x / 65535: 0.02 px at 1300 px), so a stored crop replays exactly and at any
+resolution. The crops plan says where they come from: drawn in the worker (DrawnCrops), read
+from a K-view cache (CachedCrops: the student replays the teacher's view e mod K), or none
+(CentreCrop: resize the short side, centre-crop; torchvision's evaluation transform).
+
+Training order: FolderPermutation yields (epoch, index) keys, so the worker knows the epoch's
+view without any state shared with the main process (persistent workers keep their own copy of
+the dataset). Bad files stop the run with one line naming the file, also from a worker
+(errors.run_cli unwraps the worker's traceback): a dropped sample would shift every
+index-keyed logit after it.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import KDError, first_line
+from .crops import draw_crops
+from .folder import scan
+from .loading import EpochPermutation
+
+DATASET = "imagefolder"
+SPLIT_DIRS = {"train": "train", "test": "val"}
+FOLDER_SIZE = 224  # the model input side when neither --image-size nor the weights say one (torchvision, timm)
+CROP_LEVELS = 65535  # crop fractions stored as uint16 x / 65535
+_TV_DECODES = (b"\xff\xd8", b"\x89PNG", b"RIFF", b"GIF8")  # jpeg, png, webp, gif: torchvision.io decodes them
+
+
+def quantize(fractions):
+    """[B, 5] float (top, left, height, width fractions, flip) -> uint16 [B, 5], as stored."""
+    f = torch.as_tensor(fractions, dtype=torch.float64).clamp(0, 1)
+    return torch.round(f * CROP_LEVELS).to(torch.int32).to(torch.uint16)
+
+
+def dequantize(q):
+    return torch.as_tensor(q).to(torch.float64) / CROP_LEVELS
+
+
+def crop_pixels(q, height, width):
+    """(top, left, h, w) in pixels of a stored crop (uint16 [5]) on a height x width image."""
+    top, left, h, w = (float(v) for v in dequantize(q)[:4])
+    ch, cw = max(1, min(height, round(h * height))), max(1, min(width, round(w * width)))
+    return min(round(top * height), height - ch), min(round(left * width), width - cw), ch, cw
+
+
+# --- where a view's crop comes from (picklable: they travel to the workers) ------------------------
+
+
+@dataclass(frozen=True)
+class CentreCrop:
+    """No augmentation: the evaluation transform."""
+
+    def params(self, epochs, idx, heights, widths):
+        return None
+
+
+@dataclass(frozen=True)
+class DrawnCrops:
+    """RandomResizedCrop + flip drawn from (seed, view, index): view = the key's epoch (a fresh
+    view per epoch), or the fixed `view` (a precompute's view v)."""
+
+    seed: int
+    view: int = None
+    scale: tuple = (0.08, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+
+    def params(self, epochs, idx, heights, widths):
+        views = [self.view] * len(idx) if self.view is not None else epochs
+        out = torch.empty(len(idx), 5, dtype=torch.uint16)
+        for v in sorted(set(views)):  # one view per batch in practice
+            sel = [j for j, w in enumerate(views) if w == v]
+            out[sel] = quantize(draw_crops(self.seed, v, torch.as_tensor(idx[sel]), heights[sel], widths[sel],
+                                           self.scale, self.ratio))
+        return out
+
+
+@dataclass(frozen=True)
+class CachedCrops:
+    """The crops a K-view cache stores: epoch e replays view e mod `views`, read from the cache
+    file (memory-mapped in each worker on first use; the main process checked it)."""
+
+    path: str
+    views: int
+
+    def params(self, epochs, idx, heights, widths):
+        from ..cache import mapped_tensor
+
+        params = mapped_tensor(self.path, "params")  # [K, N, 5] uint16
+        return torch.stack([params[e % self.views, i] for e, i in zip(epochs, idx.tolist())])
+
+
+# --- the data set a worker reads --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """What a sample becomes: size (H, W) of the model input; resize_size: the evaluation
+    transform's short side before the centre crop (None: the crop's side, no margin);
+    interpolation of every resize."""
+
+    size: tuple = (FOLDER_SIZE, FOLDER_SIZE)
+    resize_size: int = None
+    interpolation: str = "bilinear"
+
+
+def _decode(path, channels):
+    """uint8 [C, H, W] of the image file at `path`, or one line naming it."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            raise ValueError("empty file")
+        if data.startswith(_TV_DECODES):
+            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        from io import BytesIO
+
+        from PIL import Image
+
+        with Image.open(BytesIO(data)) as im:  # BMP, PPM/PGM, TIFF
+            im = im.convert("L" if channels == 1 else "RGB")
+            arr = torch.from_numpy(np.asarray(im).copy())
+        return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1).contiguous()
+    except Exception as e:  # noqa: BLE001 - truncated, not an image, unreadable: each fails its own way
+        raise KDError(f"cannot read image {path}: {first_line(e)} (a bad file would shift every sample "
+                      "after it: fix or remove it)") from None
+
+
+class FolderDataset(Dataset):
+    """Map-style: `__getitems__` turns a batch of keys (sample indices, or (epoch, index) from
+    FolderPermutation) into one batch, in the worker that draws it."""
+
+    def __init__(self, index, channels, view, crops=CentreCrop()):
+        self.root, self.paths, self.labels = index.root, index.paths, index.labels
+        self.channels, self.view, self.crops = channels, view, crops
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])
+
+    def _resize(self, img, size):
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        if list(img.shape[-2:]) == list(size):
+            return img
+        return F.resize(img, list(size), interpolation=InterpolationMode(self.view.interpolation), antialias=True)
+
+    def _centre(self, img):
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = self.view.size
+        short = self.view.resize_size or max(h, w)
+        if min(img.shape[-2:]) != short:
+            img = F.resize(img, [short], interpolation=InterpolationMode(self.view.interpolation), antialias=True)
+        return F.center_crop(img, [h, w])
+
+    def __getitems__(self, keys):
+        tagged = bool(keys) and isinstance(keys[0], (tuple, list))
+        epochs = [k[0] for k in keys] if tagged else None
+        idx = np.asarray([k[1] for k in keys] if tagged else keys, dtype=np.int64)
+        images = [_decode(os.path.join(self.root, self.paths[i]), self.channels) for i in idx.tolist()]
+        heights = torch.tensor([im.shape[-2] for im in images])
+        widths = torch.tensor([im.shape[-1] for im in images])
+        crops = self.crops.params(epochs, idx, heights, widths)
+        out = torch.empty(len(idx), self.channels, *self.view.size, dtype=torch.uint8)
+        for j, img in enumerate(images):
+            if crops is None:
+                out[j] = self._centre(img)
+                continue
+            top, left, h, w = crop_pixels(crops[j], img.shape[-2], img.shape[-1])
+            view = self._resize(img[:, top:top + h, left:left + w], self.view.size)  # crop first: less to resize
+            out[j] = view.flip(-1) if int(crops[j, 4]) else view
+        batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx}
+        if crops is not None:
+            batch["crops"] = crops
+        return batch
+
+
+def _collate(batch):
+    return batch  # __getitems__ already returns the collated batch
+
+
+def _worker_init(worker_id):
+    torch.set_num_threads(1)  # a worker decodes one image at a time; the cores are the workers'
+
+
+def default_workers():
+    """DataLoader workers per process: the cores this process may use, shared by the processes
+    of this machine, at most 8 (what decoding keeps busy), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, min(8, cores // local))
+
+
+class FolderPermutation(EpochPermutation):
+    """EpochPermutation's order, each index tagged with its epoch: (epoch, index)."""
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.permutation().tolist())
+
+
+def folder_loader(dataset, batch_size, workers, device, shuffle=False, seed=0):
+    """A DataLoader decoding in `workers` persistent worker processes (0: in this process),
+    pinned memory on CUDA; ready for accelerator.prepare, which shards it."""
+    workers = default_workers() if workers is None else workers
+    sampler = FolderPermutation(len(dataset), seed) if shuffle else None
+    extra = dict(persistent_workers=True, prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", **extra)
+
+
+# --- the split --------------------------------------------------------------------------------------
+
+
+class FolderSplit:
+    """One split of an image folder, as the pipeline sees a data set: labels, classes, a
+    fingerprint; and the batches (train_data, inference_loader), decoded at the size of the
+    model they are for (`at(preprocessing)`)."""
+
+    dataset = DATASET
+    norm = None  # pixels scaled to [0, 1]; a model's mean/std come from its weights or --normalize
+
+    def __init__(self, index, split, channels, view=View(), workers=None):
+        self.index, self.split, self.channels, self.view, self.workers = index, split, channels, view, workers
+        self.labels = torch.from_numpy(index.labels)
+        self.num_classes = len(index.classes)
+
+    def __len__(self):
+        return len(self.index)
+
+    @property
+    def input_shape(self):
+        return (self.channels, *self.view.size)
+
+    def subset(self, n):
+        return FolderSplit(self.index.head(n), self.split, self.channels, self.view, self.workers)
+
+    def at(self, prep):
+        """This split decoded for a model of preprocessing record `prep` (its size, the resize
+        of its evaluation transform, its interpolation)."""
+        view = View(tuple(prep["image_size"]), prep.get("resize_size"), prep.get("interpolation") or "bilinear")
+        return FolderSplit(self.index, self.split, self.channels, view, self.workers)
+
+    def fingerprint(self):
+        """The folder's identity (class list, relative paths, sizes: folder.FolderIndex) and how
+        it is read (channels): stamped on caches, checkpoints and models."""
+        h = hashlib.sha256(f"{DATASET}/{self.split}/channels={self.channels}/{self.index.fingerprint()}".encode())
+        return h.hexdigest()
+
+    def file_hashes(self):
+        return self.index.file_hashes()
+
+    def check_augment(self, spec):
+        if spec.name not in ("none", "rrc"):
+            raise KDError(f"--augment {spec.name} is for the in-memory data sets; an image folder takes rrc "
+                          "(RandomResizedCrop + flip) or none")
+
+    def dataset_for(self, crops=CentreCrop()):
+        return FolderDataset(self.index, self.channels, self.view, crops)
+
+    def inference_loader(self, accelerator, batch_size, crops=CentreCrop()):
+        """Every sample once, in index order, with the given crops (evaluation: the centre)."""
+        return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
+
+    def train_data(self, views=None, extra=None):
+        """The training data of a phase (FolderData): `views` None (the centre crop every epoch),
+        ("drawn", spec, seed) or ("cache", soft, K); `extra` columns [N, ...] gathered by sample index."""
+        crops, per_epoch = CentreCrop(), None
+        if views and views[0] == "drawn":
+            crops = DrawnCrops(views[2])
+        elif views and views[0] == "cache":
+            soft, k = views[1], views[2]
+            crops = CachedCrops(str(soft.path), k)
+            per_epoch = lambda epoch: soft.columns(epoch % k)  # noqa: E731 - that view's teacher logits
+        return FolderData(self, crops, extra or {}, per_epoch)
+
+
+class FolderData:
+    """What fit trains on from a folder: batches decoded by the workers; index-keyed columns
+    (a cache's teacher logits, memory-mapped) gathered in the main process by each batch's
+    sample indices and moved to the device with it."""
+
+    def __init__(self, split, crops, columns, per_epoch):
+        self.split, self.crops, self.columns, self.per_epoch = split, crops, columns, per_epoch
+        self.current = dict(columns)
+        self.device = None
+
+    def loader(self, accelerator, batch_size, seed):
+        self.device = accelerator.device
+        return folder_loader(self.split.dataset_for(self.crops), batch_size, self.split.workers, self.device,
+                             shuffle=True, seed=seed)
+
+    def set_epoch(self, epoch):
+        self.current = {**self.columns, **(self.per_epoch(epoch) if self.per_epoch else {})}
+
+    def complete(self, batch):
+        if self.current:
+            rows = torch.from_numpy(np.asarray(batch["rows"]))
+            batch.update({k: v[rows].to(self.device, non_blocking=True) for k, v in self.current.items()})
+        return batch
+
+
+def load_folder(data_dir, split, channels=3, workers=None):
+    """The split ("train" or "test": DIR/train, DIR/val) of the image folder DIR."""
+    if not data_dir:
+        raise KDError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<images>, DIR/val/<class>/...)")
+    root = os.path.join(str(data_dir), SPLIT_DIRS[split])
+    index = scan(root)
+    if len(index) == 0:
+        raise KDError(f"image folder {root} holds no image file")
+    return FolderSplit(index, split, channels or 3, workers=workers)

@@ -49,12 +49,24 @@ def lost_peer(e):
     return backend_error is not None and isinstance(e, backend_error)
 
 
+def worker_message(e):
+    """A KDError's own line, also when a DataLoader worker raised it: torch re-raises it in the
+    main process as KDError("Caught KDError in DataLoader worker process 0.\nOriginal Traceback
+    ...\nkd_accel.errors.KDError: <the line>"), whose first line says nothing of the cause."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    prefix = f"{KDError.__module__}.{KDError.__qualname__}: "
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else first_line(e)
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)`; print KDError as `kd_accel: error: ...` and exit 2."""
     try:
         main(argv)
     except KDError as e:
-        report_error(e)
+        report_error(worker_message(e))
         sys.exit(2)
     except RuntimeError as e:
         # another rank exited (its own error line is printed above): gloo says so in its

@@ -103,3 +103,29 @@ def tiny_split(n=64, num_classes=10, seed=0):
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, num_classes, (n,), generator=g)
     return Split("mnist", "train", images, labels, num_classes)
+
+
+def write_image_folder(root, images, labels, fmt="png", start=0):
+    """An ImageFolder of images uint8 [N, C, H, W] with labels [N]: root/<class c{label}>/
+    {start + i:05d}.{fmt}, written by torchvision's encoders (PNG lossless, JPEG quality 95).
+    Returns the paths in torchvision's ImageFolder order (sorted classes, then sorted names)."""
+    from torchvision.io import encode_jpeg, encode_png
+
+    root = Path(root)
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels.tolist())):
+        folder = root / f"c{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        data = encode_png(img) if fmt == "png" else encode_jpeg(img, quality=95)
+        path = folder / f"{start + i:05d}.{fmt}"
+        path.write_bytes(data.numpy().tobytes())
+        paths.append(path)
+    return sorted(paths, key=lambda p: (p.parent.name, p.name))
+
+
+def folder_order(labels):
+    """The permutation taking samples 0..N-1 written by write_image_folder (one call, class folders
+    c0..c9) to the folder's sample order: class first, then index."""
+    import torch
+
+    return torch.as_tensor(sorted(range(len(labels)), key=lambda i: (f"c{int(labels[i])}", i)))

@@ -26,6 +26,7 @@ index-keyed logit after it.
 """
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,7 @@ _TV_DECODES = (b"\xff\xd8", b"\x89PNG", b"RIFF", b"GIF8")  # jpeg, png, webp, gi
 def quantize(fractions):
     """[B, 5] float (top, left, height, width fractions, flip) -> uint16 [B, 5], as stored."""
     f = torch.as_tensor(fractions, dtype=torch.float64).clamp(0, 1)
-    return torch.round(f * CROP_LEVELS).to(torch.int32).to(torch.uint16)
+    return torch.round(f * CROP_LEVELS).to(torch.int32).to(torch.uint16)  # torch has few uint16 ops: made last
 
 
 def dequantize(q):
@@ -83,13 +84,13 @@ class DrawnCrops:
     ratio: tuple = (3 / 4, 4 / 3)
 
     def params(self, epochs, idx, heights, widths):
-        views = [self.view] * len(idx) if self.view is not None else epochs
-        out = torch.empty(len(idx), 5, dtype=torch.uint16)
-        for v in sorted(set(views)):  # one view per batch in practice
-            sel = [j for j, w in enumerate(views) if w == v]
-            out[sel] = quantize(draw_crops(self.seed, v, torch.as_tensor(idx[sel]), heights[sel], widths[sel],
-                                           self.scale, self.ratio))
-        return out
+        views = np.asarray([self.view] * len(idx) if self.view is not None else epochs)
+        out = np.empty((len(idx), 5), dtype=np.uint16)
+        for v in np.unique(views).tolist():  # one view per batch in practice
+            sel = np.flatnonzero(views == v)
+            out[sel] = quantize(draw_crops(self.seed, v, torch.from_numpy(idx[sel]), heights[sel], widths[sel],
+                                           self.scale, self.ratio)).numpy()
+        return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class CachedCrops:
     def params(self, epochs, idx, heights, widths):
         from ..cache import mapped_tensor
 
-        params = mapped_tensor(self.path, "params")  # [K, N, 5] uint16
-        return torch.stack([params[e % self.views, i] for e, i in zip(epochs, idx.tolist())])
+        params = mapped_tensor(self.path, "params").numpy()  # [K, N, 5] uint16, memory-mapped
+        return torch.from_numpy(params[np.asarray(epochs) % self.views, idx])
 
 
 # --- the data set a worker reads --------------------------------------------------------------------
@@ -142,8 +143,10 @@ def _decode(path, channels):
             arr = torch.from_numpy(np.asarray(im).copy())
         return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1).contiguous()
     except Exception as e:  # noqa: BLE001 - truncated, not an image, unreadable: each fails its own way
-        raise KDError(f"cannot read image {path}: {first_line(e)} (a bad file would shift every sample "
-                      "after it: fix or remove it)") from None
+        # torchvision prefixes its C++ function, file and line: "decode_jpeg, /.../decode_jpeg.cpp:171, "
+        why = re.sub(r"^[\w():<>~ ]+, \S+\.(cpp|h):\d+, ", "", first_line(e))
+        raise KDError(f"cannot read image {path}: {why} (a bad file would shift every sample after it: fix or "
+                      "remove it)") from None
 
 
 class FolderDataset(Dataset):

@@ -122,9 +122,19 @@ def checkpoint_problem(path):
     return None
 
 
-def check_stamp(what, stamp, settings, hint):
+class Stamp(dict):
+    """A phase's settings (pipeline.phase_settings), and how to explain a change of its data:
+    explain(old data fingerprint) -> one line naming what changed (an image folder's first
+    differing file), or None."""
+
+    explain = None
+
+
+def check_stamp(what, stamp, settings, hint, explain=None):
     """Refuse to continue or reuse `what` unless its stamped settings are this run's: name each
-    changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown."""
+    changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown.
+    A changed "data" is explained where the settings know how (Stamp.explain)."""
+    explain = explain or getattr(settings, "explain", None)
     if stamp is None:
         raise KDError(f"{what} predates settings stamps, so the settings it was made with are unknown; {hint}")
     if stamp.get("stamp") != settings.get("stamp"):
@@ -134,6 +144,9 @@ def check_stamp(what, stamp, settings, hint):
         stamp = {**stamp, "kd_loss": loss_name(stamp["kd_loss"])}
     changed = [f"{k} {stamp.get(k)} -> {settings.get(k)}" for k in {**stamp, **settings}
                if stamp.get(k) != settings.get(k)]
+    why = explain and stamp.get("data") != settings.get("data") and explain(stamp.get("data"))
+    if why:
+        changed.append(f"the image folder changed: {why}")
     if changed:
         raise KDError(f"{what} was made with other settings: {', '.join(changed)}; {hint}")
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from . import tracking
 from .augment import get_spec, stream_seed
 from .cache import SoftTargets, check_topk
-from .checkpointing import RESUME_HINT, STAMP_VERSION, check_stamp, resume_progress
+from .checkpointing import RESUME_HINT, STAMP_VERSION, Stamp, check_stamp, resume_progress
 from .config import stamped_fields
 from .data import FolderSplit, balanced_subset, ensure_downloaded, open_split
 from .determinism import set_deterministic
@@ -132,6 +133,8 @@ def load_data(accelerator, cfg):
     train, test = (open_split(d.dataset, split, d.data_dir, d.channels, d.num_workers) for split in ("train", "test"))
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
+    if isinstance(train, FolderSplit) and accelerator.is_main_process:
+        train.keep_listing(cfg.run_dir)  # so that a later run can name what changed in the folder
     return train, test
 
 
@@ -218,8 +221,10 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
     phase = phase_kind(student, kd, hints)
     recipe = cfg.student if student else cfg.teacher
     resolved = resolved_settings(accelerator, cfg, recipe, train)
-    s = {"stamp": STAMP_VERSION, "phase_kind": phase, "data": train.fingerprint(),
-         "processes": accelerator.num_processes}
+    s = Stamp({"stamp": STAMP_VERSION, "phase_kind": phase, "data": train.fingerprint(),
+               "processes": accelerator.num_processes})
+    if isinstance(train, FolderSplit):  # a changed folder is named: how many files, the first path
+        s.explain = partial(train.explain_change, cfg.run_dir)
     for group in PHASE_GROUPS[phase]:
         values = recipe if group in ("student", "teacher") else getattr(cfg, group)
         for name in stamped_fields(group, phase):
@@ -313,7 +318,8 @@ def resolve_teacher(accelerator, cfg, train, test):
         old, same_test = model_stamp(path)[1], {"limit_test": cfg.data.limit_test}
         check_stamp(f"teacher: {path}", old and {**old, **same_test}, {**settings, **same_test},
                     f"rerun with the old values (--teacher-epochs/--teacher-lr/--teacher-schedule/--teacher-augment in distill.py "
-                    f"and compare.py), pass --teacher {path} to use it as it is, or use a new --output-dir")
+                    f"and compare.py), pass --teacher {path} to use it as it is, or use a new --output-dir",
+                    explain=settings.explain)
     if path.exists():
         accelerator.print(f"teacher: reusing {path} (no teacher training)")
         return path, teacher_info_from_checkpoint(accelerator, path, test)

@@ -14,6 +14,7 @@ a cache can keep beside its logits so that a folder changed since is refused nam
 files differ and the first differing path (differences).
 """
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,5 +132,29 @@ def differences(old_classes, old_hashes, index):
     n = min(len(old), len(new))
     first = int((old[:n] != new[:n]).nonzero()[0]) if bool((old[:n] != new[:n]).any()) else n
     where = index.paths[first] if first < len(index) else f"after {index.paths[-1]} (files removed at the end)"
-    return (f"{added + removed} files differ ({added} added or changed, {removed} removed or changed); "
+    # a file changed in place is both: its new (path, size) is added, its old one removed
+    return (f"{added} files added or changed, {removed} removed or changed ({len(old)} then, {len(new)} now); "
             f"first differing path: {where}")
+
+
+def save_listing(path, index):
+    """Keep a folder's class list and file hashes (a few bytes per file) at `path`, atomically:
+    what `differences` compares a later folder with."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({"file_hashes": index.file_hashes()}, str(tmp), metadata={"classes": json.dumps(list(index.classes))})
+
+
+def load_listing(path):
+    """(classes, file hashes [N] int64) saved by save_listing, or None when unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["classes"]), f.get_tensor("file_hashes")
+    except Exception:  # noqa: BLE001 - missing or damaged: the change is then named by fingerprint only
+        return None
+

@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import KDError, first_line
 from .crops import draw_crops
-from .folder import scan
+from .folder import differences, load_listing, save_listing, scan
 from .loading import EpochPermutation
 
 DATASET = "imagefolder"
@@ -276,6 +277,22 @@ class FolderSplit:
 
     def file_hashes(self):
         return self.index.file_hashes()
+
+    def listing_path(self, run_dir, fingerprint=None):
+        return Path(run_dir) / ".folders" / f"{fingerprint or self.fingerprint()}.safetensors"
+
+    def keep_listing(self, run_dir):
+        """Save this folder's listing in the run folder (once per folder state), so that a later
+        run refusing this run's checkpoints or models can name the files that changed."""
+        path = self.listing_path(run_dir)
+        if not path.exists():
+            save_listing(path, self.index)
+
+    def explain_change(self, run_dir, old_fingerprint):
+        """One line: how this folder differs from the one of `old_fingerprint` (kept in the run
+        folder by keep_listing), or None when that one's listing is not there."""
+        old = load_listing(self.listing_path(run_dir, old_fingerprint))
+        return old and differences(old[0], old[1], self.index)
 
     def check_augment(self, spec):
         if spec.name not in ("none", "rrc"):

@@ -23,6 +23,9 @@ Cases, in one process, alternated rep by rep (a warm-up epoch of each first, not
   resume check       kd_accel's fit under --deterministic, SIGKILLed after step 7 (checkpoints every
                      5), resumed with --resume latest: the same weights as an uninterrupted run?
                      Three processes of their own, synthetic data (--no-resume-check skips it).
+  folder pipeline    (own data) images/s of kd_accel's image-folder pipeline from synthetic JPEGs
+                     with N workers, and with torchvision's GPU JPEG decoder where it works; in a
+                     process of its own, in the budget left (--no-folder skips it).
   zoo pair           (own models) a ResNet-18 student trained by fit at 224 px, bf16, channels-last,
                      on synthetic images resident on the device: images/s on hard labels, from
                      cached logits and with a ResNet-50 teacher online; peak GPU memory; model
@@ -298,11 +301,90 @@ def zoo_child(args):
 
 def run_zoo(args, seconds):
     """zoo_child in its own process, given `seconds`; its JSON, or {"error": why}."""
+    return run_child(args, seconds, "--zoo-child", [f"--zoo-{k}={getattr(args, 'zoo_' + k)}"
+                                                    for k in ("teacher", "student", "size", "batch", "steps")])
+
+
+# ---------------------------------------------------------------- the folder pipeline (own data)
+def folder_child(args):
+    """In a process of its own: --folder-images synthetic JPEGs (varied sizes around 400x300)
+    written to a temporary folder, then images/s of kd_accel's folder pipeline (data/streamed.py:
+    workers decoding, RandomResizedCrop + flip drawn there, 224 px uint8 batches moved to the
+    device and normalised there, as fit's step does) with each --folder-workers count; and, where
+    torchvision's GPU JPEG decoder works, the same crops from files decoded on the device
+    (torchvision.io.decode_jpeg(device="cuda"), batched). First epoch of each a warm-up. One JSON line."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    from kd_accel.data import load_folder
+    from kd_accel.data.streamed import DrawnCrops, crop_pixels, folder_loader
+
+    device, n, size = torch.device(args.device), args.folder_images, args.folder_size
+    out = {"images": n, "size": size, "batch": BATCH, "workers": {}, "cpu_cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as root:
+        g = torch.Generator().manual_seed(0)
+        base = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=g)  # smooth: JPEG-like sizes
+        for i in range(n):
+            h, w = 300 + 8 * (i % 13), 400 - 8 * (i % 7)
+            img = torch.nn.functional.interpolate(base[None].float(), size=(h, w), mode="bilinear")[0]
+            img = (img + torch.randint(0, 16, (3, h, w), generator=g)).clamp(0, 255).to(torch.uint8)
+            path = Path(root) / "train" / f"c{i % 10}" / f"{i:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+        split = load_folder(root, "train").at({"image_size": [size, size], "resize_size": None,
+                                               "interpolation": "bilinear"})
+        mean = torch.tensor([0.485, 0.456, 0.406], device=device)[:, None, None]
+        for workers in args.folder_workers:
+            loader = folder_loader(split.dataset_for(DrawnCrops(0)), BATCH, workers, device, shuffle=True)
+            rates = []
+            for epoch in range(args.reps + 1):
+                loader.sampler.set_epoch(epoch)
+                sync(device)
+                t = time.perf_counter()
+                for batch in loader:
+                    x = batch["images"].to(device, non_blocking=True).float().div_(255).sub_(mean)
+                sync(device)
+                if epoch:
+                    rates.append(n / (time.perf_counter() - t))
+            out["workers"][str(workers)] = statistics.median(rates)
+            del loader, x
+        if device.type == "cuda":
+            try:  # torchvision's GPU decoder: read on the host, decode and crop on the device
+                paths = [os.path.join(split.index.root, p) for p in split.index.paths]
+                crops = DrawnCrops(0)
+                rates = []
+                for epoch in range(args.reps + 1):
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    for b in range(0, n, BATCH):
+                        datas = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)
+                                 for p in paths[b:b + BATCH]]
+                        imgs = decode_jpeg(datas, device="cuda")
+                        idx = torch.arange(b, min(b + BATCH, n))
+                        q = crops.params([epoch] * len(idx), idx.numpy(), torch.tensor([i.shape[-2] for i in imgs]),
+                                         torch.tensor([i.shape[-1] for i in imgs]))
+                        views = [TF.resized_crop(img, *crop_pixels(q[j], img.shape[-2], img.shape[-1]), [size, size],
+                                                 antialias=True) for j, img in enumerate(imgs)]
+                        torch.stack(views).float().div_(255).sub_(mean)  # the step's input, as above
+                    torch.cuda.synchronize()
+                    if epoch:
+                        rates.append(n / (time.perf_counter() - t))
+                out["gpu_decode"] = statistics.median(rates)
+            except Exception as e:  # no nvjpeg in this build, or another failure: say which
+                out["gpu_decode_error"] = f"{type(e).__name__}: {first_line_of(e)}"
+    print(json.dumps(out), flush=True)
+
+
+def first_line_of(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def run_child(args, seconds, flag, extra):
+    """This script again with `flag` (a case in a process of its own), given `seconds`: its last
+    stdout line as JSON, or {"error": why}."""
     import subprocess
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--zoo-child", "--device", args.device, "--reps",
-           str(args.reps), *(f"--zoo-{k}={getattr(args, 'zoo_' + k)}" for k in ("teacher", "student", "size", "batch",
-                                                                                    "steps"))]
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, "--device", args.device, "--reps", str(args.reps), *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(seconds, 1))
     except subprocess.TimeoutExpired:
@@ -310,6 +392,12 @@ def run_zoo(args, seconds):
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_folder(args, seconds):
+    return run_child(args, seconds, "--folder-child", [f"--folder-images={args.folder_images}",
+                                                       f"--folder-size={args.folder_size}", "--folder-workers",
+                                                       *map(str, args.folder_workers)])
 
 
 # ---------------------------------------------------------------- kill and resume, --deterministic
@@ -417,6 +505,11 @@ def main(argv=None):
     p.add_argument("--zoo-batch", type=int, default=128)
     p.add_argument("--zoo-steps", type=int, default=20)
     p.add_argument("--zoo-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-folder", action="store_true", help="skip the folder pipeline (own data)")
+    p.add_argument("--folder-images", type=int, default=2000)
+    p.add_argument("--folder-size", type=int, default=224)
+    p.add_argument("--folder-workers", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--folder-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-resume-check", action="store_true", help="skip the kill and --resume latest check")
     p.add_argument("--resume-child", nargs=2, metavar=("HOW", "WORKDIR"), help=argparse.SUPPRESS)
     p.add_argument("--peak-tflops", type=float, default=989.0,
@@ -424,6 +517,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.zoo_child:
         return zoo_child(args)
+    if args.folder_child:
+        return folder_child(args)
     if args.resume_child:
         return resume_child(args)
 
@@ -453,10 +548,11 @@ def main(argv=None):
 
     results = {name: [] for name in epoch_of}
 
-    zoo_results, resume_result = {}, {}
+    zoo_results, resume_result, folder_result = {}, {}, {}
 
     def save(final=False):  # after every case: a kill or the timeout keeps what was measured before it
-        out = report(info, args, results, errors, time.perf_counter() - t_start, final, zoo_results, resume_result)
+        out = report(info, args, results, errors, time.perf_counter() - t_start, final, zoo_results, resume_result,
+                     folder_result)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(args.json).with_suffix(".json.tmp")
@@ -502,6 +598,9 @@ def main(argv=None):
         save()
     if not args.no_zoo:  # the zoo pair, in the budget left (a 290 s timeout surrounds the script)
         zoo_results.update(run_zoo(args, args.budget_s + 40 - (time.perf_counter() - t_start)))
+        save()
+    if not args.no_folder:  # the folder pipeline, in what is left
+        folder_result.update(run_folder(args, args.budget_s + 45 - (time.perf_counter() - t_start)))
     return save(final=True)
 
 
@@ -522,7 +621,7 @@ def zoo_summary(zoo, peak_tflops):
     return out
 
 
-def report(info, args, results, errors, total, final, zoo=None, resume=None):
+def report(info, args, results, errors, total, final, zoo=None, resume=None, folder=None):
     """What the JSON holds: each case measured so far (median, min, max) and the ratios of those
     present; `final` False while the script is still running (partial)."""
     zoo = zoo_summary(zoo or {}, args.peak_tflops)
@@ -552,10 +651,12 @@ def report(info, args, results, errors, total, final, zoo=None, resume=None):
             print(f"zoo pair: {json.dumps(zoo)}")
         if resume:
             print(f"kill and --resume latest (--deterministic): {json.dumps(resume)}")
+        if folder:
+            print(f"folder pipeline (images/s by workers): {json.dumps(folder)}")
         print(f"total {total:.0f}s", flush=True)
     return {"machine": info, "steps_per_epoch": args.steps, "batch_size": BATCH, "synthetic": args.synthetic,
             "cases": summary, "ratios": ratios, "errors": errors, "zoo": zoo,
-            "resume": resume or {}, "total_s": total, "partial": not final}
+            "resume": resume or {}, "folder": folder or {}, "total_s": total, "partial": not final}
 
 
 if __name__ == "__main__":

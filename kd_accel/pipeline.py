@@ -57,7 +57,9 @@ def make_accelerator(cfg, script=None, **kwargs):
     accelerator = Accelerator(
         mixed_precision=cfg.run.mixed_precision,
         gradient_accumulation_steps=cfg.run.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+        # non_blocking: an image folder's pinned batches (data/streamed.py) copied to the GPU
+        # asynchronously, in order with the step that uses them
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False, non_blocking=True),
         dynamo_backend="inductor" if cfg.run.compile else None,
         **kwargs,
     )

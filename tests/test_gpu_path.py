@@ -119,7 +119,6 @@ def test_gpu_sh_runs_in_a_fresh_venv_without_the_package_installed(tmp_path):
     import json
     import shutil
     import subprocess
-    import sys
     import venv
 
     root = Path(__file__).resolve().parents[1]

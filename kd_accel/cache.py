@@ -466,12 +466,14 @@ def load_cache(path, key, verify=True, views=1, data=None):
 _MAPPED = {}
 
 
-def mapped_tensor(path, name):
-    """Tensor `name` of the (validated) cache at `path`, memory-mapped once per process: how a
-    DataLoader worker reads a K-view cache's crops."""
-    if path not in _MAPPED:
-        _MAPPED[path] = _mmap_or_refuse(path)
-    return _MAPPED[path][name]
+def mapped_tensor(path, name, digest):
+    """Tensor `name` of the (validated) cache at `path` whose checksum of it is `digest`,
+    memory-mapped once per process: how a DataLoader worker reads a K-view cache's crops. Keyed
+    by the digest too: a cache rewritten at the same path (recomputed by a later run in this
+    process) is mapped anew, never read through the old file's mapping."""
+    if (path, digest) not in _MAPPED:
+        _MAPPED[(path, digest)] = _mmap_or_refuse(path)
+    return _MAPPED[(path, digest)][name]
 
 
 # --- per-view parts: a resumable precompute ---------------------------------------------------------

@@ -177,8 +177,8 @@ TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 
 def teacher_parser():
     return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
-                        only=["dataset", "data_dir", "limit_train", "limit_test", "epochs", "batch_size", "lr",
-                              "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir",
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers", "epochs",
+                              "batch_size", "lr", "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir",
                               "run_name", "seed", "mixed_precision", "grad_accum", "checkpoint_every",
                               "keep_checkpoints", "resume", "channels_last", "compile", "deterministic", "report_to"],
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
@@ -186,7 +186,8 @@ def teacher_parser():
 
 def precompute_parser():
     return build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
-                        only=["dataset", "data_dir", "limit_train", "limit_test", "batch_size", "augment", "epochs",
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers",
+                              "batch_size", "augment", "epochs",
                               "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
                               "mixed_precision", "channels_last", "compile", "deterministic"])
 

@@ -33,13 +33,25 @@ class IndexedTensors(Dataset):
     def __len__(self):
         return self.n
 
+    # The epoch's order [N] int64 on the columns' device (EpochPositions sets it), or None: the
+    # samples in index order. The sampler then yields positions in that order, not indices.
+    order = None
+
     def __getitem__(self, i):
         return self.__getitems__([i])
 
-    def __getitems__(self, indices):
-        # the batch's indices copied to the columns' device once (a CPU index into GPU columns
-        # would be copied over again for every column, and the batch's idx once more by Accelerate)
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+    def __getitems__(self, positions):
+        """The batch at `positions` of the order: a run of consecutive positions (every batch
+        but a padded last one) is a slice of the order already on the device, so a step copies
+        no index from the host (a host-to-device copy from pageable memory waits for the GPU);
+        otherwise the positions are copied to the device once."""
+        first, n = positions[0], len(positions)
+        if positions[-1] - first == n - 1 and all(p == first + j for j, p in enumerate(positions)):
+            idx = self.order[first:first + n] if self.order is not None else \
+                torch.arange(first, first + n, device=self.device)
+        else:
+            pos = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+            idx = self.order[pos] if self.order is not None else pos
         batch = {k: v[idx] for k, v in self.columns.items()}
         batch["idx"] = idx
         return batch
@@ -101,14 +113,34 @@ class EpochPermutation(Sampler):
         return self.n
 
 
+class EpochPositions(EpochPermutation):
+    """EpochPermutation's order kept on the columns' device: set_epoch puts the epoch's
+    permutation there (one copy per epoch) as the dataset's `order`, and the sampler yields
+    positions 0..N-1 in it; a batch is then a slice of the order (IndexedTensors). The samples
+    each batch holds are EpochPermutation's, under sharding, skipping and padding alike."""
+
+    def __init__(self, dataset, seed):
+        super().__init__(len(dataset), seed)
+        self.dataset = dataset
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.dataset.order = self.permutation().to(self.dataset.device)
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
 def make_loader(columns, batch_size, shuffle, seed=0):
     """A DataLoader over IndexedTensors(**columns), ready for accelerator.prepare.
 
-    shuffle=True: the order is EpochPermutation(n, seed), set per epoch with loader.set_epoch.
-    `prepare` shards it across processes: each rank takes whole batches in turn, so with R
-    processes a step sees R*batch_size samples of one global permutation."""
+    shuffle=True: the order is EpochPermutation(n, seed), set per epoch with loader.set_epoch and
+    kept on the columns' device (EpochPositions). `prepare` shards it across processes: each rank
+    takes whole batches in turn, so with R processes a step sees R*batch_size samples of one
+    global permutation."""
     dataset = IndexedTensors(**columns)
-    sampler = EpochPermutation(len(dataset), seed) if shuffle else None
+    sampler = EpochPositions(dataset, seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
 
 

@@ -101,11 +101,12 @@ class CachedCrops:
 
     path: str
     views: int
+    digest: str  # the params' checksum: a cache rewritten at the same path is another one
 
     def params(self, epochs, idx, heights, widths):
         from ..cache import mapped_tensor
 
-        params = mapped_tensor(self.path, "params").numpy()  # [K, N, 5] uint16, memory-mapped
+        params = mapped_tensor(self.path, "params", self.digest).numpy()  # [K, N, 5] uint16, memory-mapped
         return torch.from_numpy(params[np.asarray(epochs) % self.views, idx])
 
 
@@ -314,7 +315,7 @@ class FolderSplit:
             crops = DrawnCrops(views[2])
         elif views and views[0] == "cache":
             soft, k = views[1], views[2]
-            crops = CachedCrops(str(soft.path), k)
+            crops = CachedCrops(str(soft.path), k, soft.meta["params_sha256"])
             per_epoch = lambda epoch: soft.columns(epoch % k)  # noqa: E731 - that view's teacher logits
         return FolderData(self, crops, extra or {}, per_epoch)
 

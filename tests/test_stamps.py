@@ -22,7 +22,7 @@ from kd_accel.teaching import ignored_cache_settings
 # One other valid value per setting (by flag dest). "REF:<file>" is that file of the reference run.
 ALTERNATIVES = {
     "dataset": "fashion-mnist", "data_dir": "LINKED_DATA", "limit_train": 150, "limit_test": 40, "train_subset": 50,
-XX
+    # image folders' (issue 19): on MNIST each is refused in one line (tests/test_folder_errors.py)
     "channels": 1, "num_workers": 0,
     "epochs": 2, "batch_size": 25, "lr": 2e-3, "schedule": "constant", "augment": "shift",
     "teacher_epochs": 2, "teacher_batch_size": 25, "teacher_lr": 2e-3, "teacher_schedule": "constant",

@@ -65,7 +65,8 @@ def test_gpu_script_cpu_path(tmp_path):
     ratios are computed and the JSON carries the machine."""
     out = tmp_path / "gpu.json"
     res = gpu.main(["--device", "cpu", "--steps", "3", "--reps", "1", "--synthetic", "--modes", "eager",
-                    "--zoo-size", "32", "--zoo-batch", "4", "--zoo-steps", "2", "--json", str(out)])
+                    "--zoo-size", "32", "--zoo-batch", "4", "--zoo-steps", "2", "--folder-images", "30",
+                    "--folder-size", "32", "--folder-workers", "0", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["cases"].keys() == res["cases"].keys()
     for case in ("nb_distill_epoch", "kd_step_eager", "kd_fit_epoch", "bare_forward", "kd_precompute"):
@@ -74,6 +75,7 @@ def test_gpu_script_cpu_path(tmp_path):
     assert "distillation epoch: notebook / kd_step_eager" in names
     assert "precompute / bare teacher forward" in names
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in saved["ratios"])
+    assert all(math.isfinite(v) and v > 0 for v in rss["ratios_big_over_small"].values())
     assert saved["errors"] == {}
     assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__
     # the zoo pair (ResNet-50 teacher, ResNet-18 student) through fit, in a process of its own
@@ -83,6 +85,8 @@ def test_gpu_script_cpu_path(tmp_path):
     assert zoo["student_forward_flops"] > 0 and 0 < zoo["mfu_cached_kd"] < 1
     # SIGKILLed mid-epoch after step 7 and resumed from the step-5 checkpoint: the same weights
     assert saved["resume"]["same_weights"] is True and "step_00000005" in saved["resume"]["resumed"]
+    # the image-folder pipeline (own data): synthetic JPEGs through kd_accel's workers
+    assert saved["folder"]["images"] == 30 and saved["folder"]["workers"]["0"] > 0
 
 
 def test_gpu_script_refuses_graph_mode_on_cpu():
@@ -135,6 +139,37 @@ def test_gpu_script_keeps_what_it_measured_when_a_later_case_fails(tmp_path, mon
 
 
 @pytest.mark.slow
+def test_gpu_script_keeps_what_it_measured_when_killed(tmp_path):
+    """SIGKILL of bench/gpu.py itself mid-run (what `timeout -s KILL` or a lost machine does):
+    the JSON on disk is whole (written atomically after every case) and holds the cases measured
+    before the kill, marked partial."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "gpu.json"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--steps", "3",
+                             "--reps", "1000", "--synthetic", "--modes", "eager", "--no-fit", "--no-resume-check",
+                             "--no-zoo", "--no-folder", "--budget-s", "600", "--json", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # until some reps are on disk
+            time.sleep(0.2)
+            if out.exists() and json.loads(out.read_text())["cases"].get("kd_step_eager", {}).get("n", 0) >= 3:
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = json.loads(out.read_text())  # whole: a torn write would not parse
+    assert saved["partial"] is True and saved["cases"]["kd_step_eager"]["n"] >= 3
+    assert saved["cases"]["nb_distill_epoch"]["n"] >= 3
+
+
+@pytest.mark.slow
 def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
     """No editable install needed: bench/gpu.py imports the package of the tree it sits in."""
     import shutil
@@ -147,7 +182,8 @@ def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
         shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(tree / "bench" / "gpu.py"), "--device", "cpu", "--steps", "2", "--reps", "1",
-                    "--synthetic", "--modes", "eager", "--no-fit", "--no-resume-check", "--no-zoo", "--json", str(out)],
+                    "--synthetic", "--modes", "eager", "--no-fit", "--no-resume-check", "--no-zoo", "--no-folder",
+                    "--json", str(out)],
                    check=True, cwd=tmp_path,
                    capture_output=True, timeout=300)
     saved = json.loads(out.read_text())
@@ -173,3 +209,49 @@ def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["partial"] is False and saved["machine"]["kd_accel_from"] == str(tree / "kd_accel")
     assert saved["cases"]["kd_fit_epoch"]["n"] == 1 and saved["resume"]["same_weights"] is True
+
+
+def _bench_folder():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_folder", ROOT / "bench" / "folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_folder_bench_quick_runs_every_case(tmp_path):
+    """bench/folder.py --quick (tiny synthetic JPEG folders, 1 rep): every case runs and is in
+    the JSON with its ratios and the machine; the memory case's sizes ran in processes of their
+    own and saw the DataLoader workers. Not timings: nothing here asserts a speed."""
+    out = tmp_path / "folder.json"
+    bench = _bench_folder()
+    res = bench.main(["--quick", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["partial"] is False and saved["errors"] == {} and saved["quick"] is True
+    assert set(saved["cases"]) == {"pipeline", "pipeline_profile", "kd_vs_ce", "rss"} == set(res["cases"])
+    assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__
+    pipe = saved["cases"]["pipeline"]
+    assert pipe["images_per_s"].keys() == {"kd_accel", "torchvision", "kd_accel, main 1 thread"}
+    assert all(math.isfinite(v) and v > 0 for v in pipe["images_per_s"].values())
+    # both sides hand the training step the same thing: a normalised float batch of the crop size
+    assert pipe["batch_out"]["kd_accel"] == pipe["batch_out"]["torchvision"] == "torch.float32 [16, 3, 64, 64]"
+    prof = saved["cases"]["pipeline_profile"]
+    assert prof["kd_accel_ms_per_sample"] and prof["torchvision_ms_per_sample"]
+    kd = saved["cases"]["kd_vs_ce"]
+    assert kd["seconds"].keys() == {"kd", "ce", "kd, main 1 thread", "ce, main 1 thread"} and kd["precompute_s"] > 0
+    assert all(math.isfinite(v) for v in kd["loss"].values())
+    rss = saved["cases"]["rss"]
+    assert set(rss["by_size"]) == {"200", "400"}
+    for n, (child,) in rss["by_size"].items():  # one rep in the smoke run
+        assert child["images"] == int(n)
+        for phase in ("precompute", "train_epoch"):
+            peak = child["phases"][phase]["peak_MB"]
+            assert peak["total"]["VmRSS"] >= peak["main"]["VmRSS"] > 0 and peak["total"]["RssAnon"] > 0
+        assert child["phases"]["train_epoch"]["workers_seen"] >= 1
+    names = [r["ratio"] for r in saved["ratios"]]
+    assert any(r.startswith("images/s kd_accel folder pipeline") for r in names)
+    assert any(r.startswith("cached KD epoch / plain CE epoch") for r in names)
+    assert sum(r.startswith("peak ") for r in names) == 6
+    assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in saved["ratios"])
+    assert all(math.isfinite(v) and v > 0 for v in rss["ratios_big_over_small"].values())

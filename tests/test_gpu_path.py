@@ -26,6 +26,27 @@ def test_a_batch_is_gathered_with_indices_on_the_columns_device():
     assert cpu["idx"].tolist() == [3, 1] and cpu["x"].tolist() == [3, 1]
 
 
+def test_a_training_batch_is_a_slice_of_the_epochs_order_on_the_device():
+    """Issue 20: the epoch's permutation lives on the columns' device and each batch's indices
+    are a slice of it (the same storage: nothing copied from the host per step); the samples are
+    EpochPermutation's, epoch by epoch; only a padded, non-consecutive batch copies positions."""
+    from kd_accel.data import EpochPermutation
+
+    n, seed = 23, 5
+    loader = make_loader({"x": torch.arange(n) * 10}, 4, shuffle=True, seed=seed)
+    dataset = loader.dataset
+    for epoch in (0, 3):
+        loader.sampler.set_epoch(epoch)
+        order, seen = dataset.order, []
+        for batch in loader:
+            assert batch["idx"].untyped_storage().data_ptr() == order.untyped_storage().data_ptr()
+            assert torch.equal(batch["x"], batch["idx"] * 10)
+            seen.append(batch["idx"])
+        assert torch.equal(torch.cat(seen), EpochPermutation(n, seed).permutation(epoch))
+    padded = dataset.__getitems__([21, 22, 0, 1])  # what Accelerate's even_batches makes of a last batch
+    assert padded["idx"].tolist() == dataset.order[[21, 22, 0, 1]].tolist()
+
+
 def norms(model):
     return {type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
 

@@ -13,9 +13,12 @@ mkdir -p "$OUT"
 { date -u; nproc; grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w 'avx512f' /proc/cpuinfo || echo "no avx512f";
   python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"; } \
   > "$OUT/machine.txt"
-python docs/examples/make_folder.py --dataset fashion-mnist ${DATA:+--data-dir "$DATA"} --out "$OUT/fashion-mnist-png"
+# the first 20,000 training images (all classes: --limit-train on a folder would take the first files of its
+# sorted listing, i.e. the first classes) and the 10,000 test images
+python docs/examples/make_folder.py --dataset fashion-mnist ${DATA:+--data-dir "$DATA"} --limit-train 20000 \
+  --out "$OUT/fashion-mnist-png"
 du -sb "$OUT/fashion-mnist-png/train" "$OUT/fashion-mnist-png/val" > "$OUT/folder_bytes.txt"
 python launch/compare.py --dataset imagefolder --data-dir "$OUT/fashion-mnist-png" --channels 1 --image-size 28 \
-  --teacher-image-size 28 --limit-train 20000 --epochs 5 --teacher-epochs 5 --views 5 --seeds 0 1 \
+  --teacher-image-size 28 --epochs 5 --teacher-epochs 5 --views 5 --seeds 0 1 \
   --variants baseline hinton --output-dir "$OUT/compare"
 ls -l "$OUT"/compare/teacher_logits*.safetensors > "$OUT/cache_bytes.txt"

@@ -488,3 +488,24 @@ def test_the_folder_flags_reach_every_script_that_reads_a_folder():
         assert {"--dataset", "--data-dir"} <= flags, script
         missing = {"--channels", "--num-workers"} - flags
         assert not missing, f"{script} has no {', '.join(sorted(missing))}"
+
+
+def test_evaluation_and_precompute_leave_no_worker_behind(folder, accelerator):
+    """The training loader keeps its workers for the next epoch; an evaluation's stop when it
+    ends. (The Accelerator keeps every loader it prepared until the next phase: persistent
+    evaluation workers piled up, two more idle processes per epoch.)"""
+    import multiprocessing
+
+    from kd_accel.evaluation import evaluate
+
+    prep = {"image_size": [28, 28], "resize_size": None, "interpolation": "bilinear"}
+    split = load_folder(folder, "test", channels=1, workers=2).at(prep)
+    model = build(from_flags(arch="notebook:student").student, split, "student", log=lambda line: None)[0]
+    before = set(multiprocessing.active_children())
+    for _ in range(2):
+        evaluate(accelerator, model, split)
+    assert set(multiprocessing.active_children()) <= before
+    train = load_folder(folder, "train", channels=1, workers=2).at(prep)
+    loader = train.train_data().loader(accelerator, 50, seed=0)
+    next(iter(loader))
+    assert len(set(multiprocessing.active_children()) - before) == 2  # the training loader's, kept

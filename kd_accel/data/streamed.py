@@ -229,11 +229,14 @@ class FolderPermutation(EpochPermutation):
 
 
 def folder_loader(dataset, batch_size, workers, device, shuffle=False, seed=0):
-    """A DataLoader decoding in `workers` persistent worker processes (0: in this process),
-    pinned memory on CUDA; ready for accelerator.prepare, which shards it."""
+    """A DataLoader decoding in `workers` worker processes (0: in this process), pinned memory
+    on CUDA; ready for accelerator.prepare, which shards it. A training loader (shuffle) keeps
+    its workers from epoch to epoch; an evaluation's or a precompute's stop when it ends: the
+    Accelerator keeps every prepared loader until the next phase, and their idle workers with
+    them."""
     workers = default_workers() if workers is None else workers
     sampler = FolderPermutation(len(dataset), seed) if shuffle else None
-    extra = dict(persistent_workers=True, prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
+    extra = dict(persistent_workers=shuffle, prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", **extra)
 

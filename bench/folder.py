@@ -1,37 +1,46 @@
 """Image folders streamed through DataLoader workers (issue 19): kd_accel's pipeline against
 torchvision's reference, a cached KD epoch against a plain CE epoch, and the memory bound.
 
-    python bench/folder.py [--workdir /tmp/kd_accel_bench_folder] [--reps 5] [--json bench/results/folder-avx2.json]
+    python bench/folder.py [--workdir /tmp/kd_accel_bench_folder] [--reps 7] [--json bench/results/folder-avx2.json]
     python bench/folder.py --quick --workdir DIR --json OUT      (a smoke run: tiny sizes, 1 rep)
 
 The folders are synthetic JPEGs written once into --workdir and reused by later runs (a marker
-file records how each was made): smooth random colour fields (a 6x6 random image upsampled
-bicubically) plus mild Gaussian noise (sigma 0.05), so they compress like photographs rather
-than like white noise; JPEG quality 90 (torchvision.io.encode_jpeg), RGB, 10 classes.
+file records how each was made): smooth random colour fields (a 6x6 uniform random image
+upsampled bicubically) plus mild Gaussian noise (sigma 0.05), so they compress like photographs
+rather than like white noise; JPEG quality 90 (torchvision.io.encode_jpeg), RGB. The pipeline
+and KD/CE cases read --images files (default 4,000, 10 classes) whose height and width are each
+drawn in --sides (default 64-160 px, ~6 KB a file); the memory case reads --rss-sizes files of
+32x32 px (100 classes, ~1.2 KB a file).
 
 Cases, each written to the JSON (atomically) as soon as it is measured, so a failure or a kill
-keeps what came before it:
+keeps what came before it; every pair runs with the same files, batch size and number of
+DataLoader workers (--workers) on both sides:
 
 - pipeline: images/s of kd_accel's folder pipeline (FolderDataset via folder_loader, DrawnCrops
   at --size, uint8 out, then data.to_float with an ImageNet mean/std on the batch, as the
   training step does) against torchvision's (datasets.ImageFolder + RandomResizedCrop(size) +
-  RandomHorizontalFlip + ToTensor + Normalize through a DataLoader), the same files, batch size
-  and number of workers (persistent, prefetch 2, both shuffled), alternated rep by rep after one
-  warm-up epoch each. Target kd / torchvision >= 1.0x (aim 1.5x).
+  RandomHorizontalFlip + ToTensor + Normalize through a DataLoader: persistent workers, prefetch
+  2, both shuffled), alternated rep by rep after one warm-up epoch each; the ratio is the median
+  of the per-rep ratios. Target kd / torchvision >= 1.0x (aim 1.5x). kd_accel runs at this
+  process's threads (what the training step gets) and, a diagnostic, at 1 main-process thread.
 - pipeline_profile: where a sample's time goes, in this process (1 thread, no workers), stage
   by stage, for both pipelines: the diagnostic behind the ratio.
-- kd_vs_ce: training.fit epochs of the notebook student (1x28x28, the folder read as grey) from
-  the same folder: distilled from a K-view cache written by teaching.precompute_streamed
-  (the notebook teacher; the crops replayed by CachedCrops, the logits gathered per batch) against
-  plain cross-entropy on crops drawn in the workers (DrawnCrops). Target kd / ce <= 1.05.
-- rss: peak memory of the precompute (K=1 view, rrc) and of one whole cached-KD training epoch
-  on folders of --rss-sizes tiny 32x32 JPEGs (100 classes), each size in a process of its own;
-  the main process and its DataLoader workers summed (VmRSS, RssAnon, RssFile, and Pss, which
-  counts the pages the forked workers share once), sampled every 50 ms. Target: the peaks at
-  100k within 10% of those at 10k.
+- kd_vs_ce: training.fit epochs of the notebook student (1x28x28, the folder decoded as grey)
+  distilled from a K-view cache written by teaching.precompute_streamed (the notebook teacher,
+  random weights; the crops replayed by CachedCrops, the logits gathered per batch) against
+  plain cross-entropy on crops drawn in the workers (DrawnCrops); a fresh student per epoch, the
+  sides alternated. Target kd / ce <= 1.05, at the threads make_accelerator chose and (a
+  diagnostic) at 1 main-process thread beside the workers.
+- rss: peak memory of the precompute (K=1 view, rrc) and then of one whole cached-KD training
+  epoch, in a process of its own per size and rep (--rss-reps, sizes alternated): the main
+  process and its DataLoader workers summed (VmRSS, RssAnon, RssFile, and Pss, which counts the
+  pages the forked workers share with the main process once), sampled every 50 ms or so, plus a
+  coarse time series. Target: the median peaks at 100k within 10% of those at 10k. The children
+  run 1 main-process thread (--rss-threads, as OMP_NUM_THREADS) so the 100k epoch stays short
+  beside the workers on a 2-core machine; memory, not time, is measured there.
 
 Figures are medians over reps of ratios measured side by side; the machine may be shared, so
-absolute times are noisy (the load average at the start is recorded).
+absolute times are noisy (the load average at the start and after each case is recorded).
 """
 import argparse
 import json
@@ -139,31 +148,46 @@ def epoch(loader, step, e):
     return time.perf_counter() - start, n, tuple(x.shape), str(x.dtype)
 
 
+def threads(n, fn):
+    """fn() with this process's intra-op threads set to n (None: as they are), then restored."""
+    was = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(was)
+
+
 def case_pipeline(a, folder):
     root = folder / "train"
-    sides = {"kd_accel": kd_pipeline(root, a.size, a.batch, a.workers),
-             "torchvision": tv_pipeline(root, a.size, a.batch, a.workers)}
-    out = {"images": a.images, "size": a.size, "batch": a.batch, "workers": a.workers, "seconds": {}, "warmup_s": {},
-           "images_per_s": {}}
-    for name, (loader, step) in sides.items():  # workers started, files in the page cache
-        s, n, shape, dtype = epoch(loader, step, 0)
+    kd, tv = kd_pipeline(root, a.size, a.batch, a.workers), tv_pipeline(root, a.size, a.batch, a.workers)
+    # kd_accel's side at this process's threads (what the training step runs with) and, a
+    # diagnostic, at 1 thread: the main process's float conversion beside the busy workers
+    sides = {"kd_accel": (kd, None), "torchvision": (tv, None), "kd_accel, main 1 thread": (kd, 1)}
+    out = {"images": a.images, "size": a.size, "batch": a.batch, "workers": a.workers,
+           "main_threads": torch.get_num_threads(), "seconds": {}, "warmup_s": {}, "images_per_s": {}}
+    for name, ((loader, step), n_threads) in sides.items():  # workers started, files in the page cache
+        s, n, shape, dtype = threads(n_threads, lambda: epoch(loader, step, 0))
         out["warmup_s"][name] = s
         out.setdefault("batch_out", {})[name] = f"{dtype} {list(shape)}"
         assert n == a.images, (name, n)
     order = list(sides)
     for rep in range(a.reps):  # alternating which goes first, so a slow minute hits both alike
         for name in (order if rep % 2 == 0 else order[::-1]):
-            loader, step = sides[name]
-            s, n, _, _ = epoch(loader, step, rep + 1)
+            (loader, step), n_threads = sides[name]
+            s, n, _, _ = threads(n_threads, lambda: epoch(loader, step, rep + 1))
             out["seconds"].setdefault(name, []).append(s)
-        k, t = out["seconds"]["kd_accel"][-1], out["seconds"]["torchvision"][-1]
-        print(f"  rep {rep + 1}/{a.reps}: kd_accel {a.images / k:,.0f} img/s, torchvision {a.images / t:,.0f} img/s, "
-              f"ratio {t / k:.2f}x", flush=True)
-    per_rep = [t / k for k, t in zip(out["seconds"]["kd_accel"], out["seconds"]["torchvision"])]
-    out["ratio_per_rep"] = per_rep
-    out["images_per_s"] = {name: a.images / statistics.median(v) for name, v in out["seconds"].items()}
-    out["ratio_kd_over_tv"] = statistics.median(per_rep)
-    del sides
+        last = {k: a.images / v[-1] for k, v in out["seconds"].items()}
+        print(f"  rep {rep + 1}/{a.reps}: " + ", ".join(f"{k} {v:,.0f} img/s" for k, v in last.items()) +
+              f"; ratio {last['kd_accel'] / last['torchvision']:.2f}x", flush=True)
+    sec = out["seconds"]
+    out["ratio_per_rep"] = [t / k for k, t in zip(sec["kd_accel"], sec["torchvision"])]
+    out["ratio_1thread_per_rep"] = [t / k for k, t in zip(sec["kd_accel, main 1 thread"], sec["torchvision"])]
+    out["images_per_s"] = {name: a.images / statistics.median(v) for name, v in sec.items()}
+    out["ratio_kd_over_tv"] = statistics.median(out["ratio_per_rep"])
+    out["ratio_kd_1thread_over_tv"] = statistics.median(out["ratio_1thread_per_rep"])
+    del sides, kd, tv
     return out
 
 
@@ -316,26 +340,35 @@ def case_kd_vs_ce(a, folder):
     cfg, accelerator, split = setup_fit(folder, a.fit_batch, a.workers, a.views)
     cache = Path(a.workdir) / "kd_vs_ce.cache.safetensors"
     soft, pre_s = make_precompute(accelerator, cfg, split, cache, a.views)
-    sides = {"kd": (split.train_data(("cache", soft, a.views)), make_objective("hinton", 4.0, 0.9)),
-             "ce": (split.train_data(("drawn", get_spec("rrc"), stream_seed("student", 0))), make_objective("ce"))}
+    kd = (split.train_data(("cache", soft, a.views)), make_objective("hinton", 4.0, 0.9))
+    ce = (split.train_data(("drawn", get_spec("rrc"), stream_seed("student", 0))), make_objective("ce"))
+    # at the threads make_accelerator chose (what a run gets), and at 1 main-process thread
+    # beside the workers (a diagnostic: the same pair without the cores oversubscribed)
+    sides = {"kd": (kd, None), "ce": (ce, None), "kd, main 1 thread": (kd, 1), "ce, main 1 thread": (ce, 1)}
     out = {"images": len(split), "input": "1x28x28 (the folder decoded as grey)", "student": "notebook:student",
            "teacher": "notebook:teacher (random weights)", "views": a.views, "batch": a.fit_batch,
-           "workers": a.workers, "precompute_s": pre_s, "seconds": {}, "warmup_s": {}, "loss": {}}
-    for name, (data, obj) in sides.items():  # imports, first kernels, page cache
-        out["warmup_s"][name] = student_fit(accelerator, cfg, split, data, obj)[0]
+           "workers": a.workers, "main_threads": torch.get_num_threads(), "precompute_s": pre_s, "seconds": {},
+           "warmup_s": {}, "loss": {}}
+    for name, ((data, obj), n_threads) in (sides.items() if not a.quick else ()):  # first kernels, page cache
+        out["warmup_s"][name] = threads(n_threads, lambda: student_fit(accelerator, cfg, split, data, obj))[0]
+    order = list(sides)
     for rep in range(a.reps):
-        for name in (("kd", "ce") if rep % 2 == 0 else ("ce", "kd")):
-            data, obj = sides[name]
-            s, last = student_fit(accelerator, cfg, split, data, obj)
+        for name in (order if rep % 2 == 0 else order[::-1]):
+            (data, obj), n_threads = sides[name]
+            s, last = threads(n_threads, lambda: student_fit(accelerator, cfg, split, data, obj))
             out["seconds"].setdefault(name, []).append(s)
             out["loss"][name] = last.get("loss_loss")
-        k, c = out["seconds"]["kd"][-1], out["seconds"]["ce"][-1]
-        print(f"  rep {rep + 1}/{a.reps}: kd {k:.2f}s, ce {c:.2f}s, ratio {k / c:.3f}", flush=True)
-    per_rep = [k / c for k, c in zip(out["seconds"]["kd"], out["seconds"]["ce"])]
-    out["ratio_per_rep"] = per_rep
-    out["median_s"] = {k: statistics.median(v) for k, v in out["seconds"].items()}
+        sec = out["seconds"]
+        print(f"  rep {rep + 1}/{a.reps}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in sec.items()) +
+              f"; ratio {sec['kd'][-1] / sec['ce'][-1]:.3f} ({sec['kd, main 1 thread'][-1] / sec['ce, main 1 thread'][-1]:.3f} "
+              "at 1 thread)", flush=True)
+    sec = out["seconds"]
+    out["ratio_per_rep"] = [k / c for k, c in zip(sec["kd"], sec["ce"])]
+    out["ratio_1thread_per_rep"] = [k / c for k, c in zip(sec["kd, main 1 thread"], sec["ce, main 1 thread"])]
+    out["median_s"] = {k: statistics.median(v) for k, v in sec.items()}
     out["images_per_s"] = {k: len(split) / v for k, v in out["median_s"].items()}
-    out["ratio_kd_over_ce"] = statistics.median(per_rep)
+    out["ratio_kd_over_ce"] = statistics.median(out["ratio_per_rep"])
+    out["ratio_kd_over_ce_1thread"] = statistics.median(out["ratio_1thread_per_rep"])
     cache.unlink(missing_ok=True)
     return out
 
@@ -394,7 +427,7 @@ class PeakMemory:
 
     def reset(self):
         self.peak = {"main": {}, "workers": {}, "total": {}}
-        self.max_workers, self.samples = 0, 0
+        self.max_workers, self.samples, self.start, self.series = 0, 0, time.perf_counter(), []
 
     def sample(self):
         main = _proc_status(self.pid) or {}
@@ -405,6 +438,9 @@ class PeakMemory:
             for k in self.KEYS:
                 self.peak[name][k] = max(self.peak[name].get(k, 0), vals.get(k, 0))
         self.max_workers = max(self.max_workers, len(kids))
+        if self.samples % 20 == 0:  # about once a second: how the phase's memory evolves (MB)
+            self.series.append([round(time.perf_counter() - self.start, 1), len(kids),
+                                *(round(total[k] / 1024) for k in ("VmRSS", "RssAnon", "Pss")), round(main.get("Pss", 0) / 1024)])
         self.samples += 1
         return total
 
@@ -419,69 +455,78 @@ class PeakMemory:
     def report(self):
         mb = lambda d: {k: round(v / 1024, 1) for k, v in d.items()}  # noqa: E731
         return {"peak_MB": {k: mb(v) for k, v in self.peak.items()}, "workers_seen": self.max_workers,
-                "samples": self.samples}
+                "samples": self.samples, "series_columns": ["s", "workers", "total VmRSS", "total RssAnon", "total Pss",
+                                                            "main Pss"], "series": self.series}
 
 
 def rss_child(a):
-    """One size: the precompute, then one whole cached-KD training epoch, each phase's peaks."""
+    """Each folder of --rss-child in turn (one, except in the smoke run): the precompute, then one
+    whole cached-KD training epoch, with each phase's peaks. {folder: result}."""
     from kd_accel.training import make_objective
 
-    mem = PeakMemory()
-    folder = Path(a.rss_child)
-    cfg, accelerator, split = setup_fit(folder, a.fit_batch, a.workers, 1)
-    out = {"images": len(split), "classes": split.num_classes, "phases": {}}
-    cache = folder / "rss.cache.safetensors"
-    for phase in ("precompute", "train_epoch"):
-        before = mem.sample()
-        mem.reset()
-        start = time.perf_counter()
-        if phase == "precompute":
-            soft, _ = make_precompute(accelerator, cfg, split, cache, 1)
-            extra = {"cache_MB": round(cache.stat().st_size / 2**20, 2)}
-        else:
-            data = split.train_data(("cache", soft, 1))
-            _, last = student_fit(accelerator, cfg, split, data, make_objective("hinton", 4.0, 0.9))
-            extra = {"steps": -(-len(split) // a.fit_batch), "loss": last.get("loss_loss")}
-        mem.sample()
-        out["phases"][phase] = {"seconds": time.perf_counter() - start, "before_MB": {k: round(v / 1024, 1)
-                                for k, v in before.items()}, **mem.report(), **extra}
+    mem, results = PeakMemory(), {}
+    for folder in map(Path, a.rss_child):
+        cfg, accelerator, split = setup_fit(folder, a.fit_batch, a.workers, 1)
+        out = {"images": len(split), "classes": split.num_classes, "threads": torch.get_num_threads(), "phases": {}}
+        cache = folder / "rss.cache.safetensors"
+        for phase in ("precompute", "train_epoch"):
+            before = mem.sample()
+            mem.reset()
+            start = time.perf_counter()
+            if phase == "precompute":
+                soft, _ = make_precompute(accelerator, cfg, split, cache, 1)
+                extra = {"cache_MB": round(cache.stat().st_size / 2**20, 2)}
+            else:
+                data = split.train_data(("cache", soft, 1))
+                _, last = student_fit(accelerator, cfg, split, data, make_objective("hinton", 4.0, 0.9))
+                extra = {"steps": -(-len(split) // a.fit_batch), "loss": last.get("loss_loss")}
+            mem.sample()
+            out["phases"][phase] = {"seconds": time.perf_counter() - start, "before_MB": {k: round(v / 1024, 1)
+                                    for k, v in before.items()}, **mem.report(), **extra}
+        del soft, data
+        cache.unlink(missing_ok=True)
+        results[str(folder)] = out
     mem.stop()
-    cache.unlink(missing_ok=True)
-    return out
+    return results
 
 
-def case_rss(a, emit=None):
+def case_rss(a):
     folders = {}
     for n in a.rss_sizes:
         folders[n], made = jpeg_folder(a.workdir, n, 100, 32, 32, seed=1)
         if made:
             print(f"  wrote {n:,} 32x32 JPEGs in {made:.1f}s", flush=True)
-    out = {"sizes": a.rss_sizes, "workers": a.workers, "batch": a.fit_batch, "folders": {}, "by_size": {}}
-    cmds = {n: [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(folders[n]), "--workers",
-                str(a.workers), "--fit-batch", str(a.fit_batch)] for n in a.rss_sizes}
-    if a.quick:  # the smoke run: both sizes at once, to stay fast (the figures mean nothing then)
-        procs = {n: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-                 for n, c in cmds.items()}
-        results = {n: (p.wait(), *p.communicate()) for n, p in procs.items()}
-    else:
-        results = {}
-        for n, c in cmds.items():
-            p = subprocess.run(c, capture_output=True, text=True, cwd=ROOT)
-            results[n] = (p.returncode, p.stdout, p.stderr)
-            if p.returncode == 0:
-                print(f"  {n:,} images: done", flush=True)
-    for n, (rc, stdout, stderr) in results.items():
-        if rc != 0:
-            raise RuntimeError(f"rss child for {n} images failed:\n{stderr[-3000:]}")
-        out["folders"][n] = folder_facts(folders[n])
-        out["by_size"][n] = json.loads(stdout.strip().splitlines()[-1])
+    out = {"sizes": a.rss_sizes, "workers": a.workers, "batch": a.fit_batch, "main_threads": a.rss_threads or "kd_accel's",
+           "reps": 1 if a.quick else a.rss_reps, "process_per_size": not a.quick, "folders": {}, "by_size": {}}
+    env = dict(os.environ)
+    if a.rss_threads:  # OMP_NUM_THREADS: kd_accel's set_cpu_threads then leaves torch's setting alone
+        env["OMP_NUM_THREADS"] = str(a.rss_threads)
+    # a fresh process per size and rep, so one does not inherit the other's memory, the sizes
+    # alternated; the smoke run saves interpreter starts: one process for both sizes, 1 rep
+    groups = [a.rss_sizes] if a.quick else [[n] for _ in range(a.rss_reps) for n in a.rss_sizes]
+    for group in groups:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", *(str(folders[n]) for n in group),
+               "--workers", str(a.workers), "--fit-batch", str(a.fit_batch)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rss child for {group} images failed:\n{proc.stderr[-3000:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        for n in group:
+            out["folders"][n] = folder_facts(folders[n])
+            out["by_size"].setdefault(n, []).append(got[str(folders[n])])
+            ph = got[str(folders[n])]["phases"]
+            print(f"  {n:,} images (rep {len(out['by_size'][n])}): precompute peak "
+                  f"{ph['precompute']['peak_MB']['total']['VmRSS']:,.0f} MB, training epoch peak "
+                  f"{ph['train_epoch']['peak_MB']['total']['VmRSS']:,.0f} MB (VmRSS, main + workers)", flush=True)
     lo, hi = min(a.rss_sizes), max(a.rss_sizes)
-    ratios = {}
+    peak = lambda n, phase, who, k: statistics.median(r["phases"][phase]["peak_MB"][who][k]  # noqa: E731
+                                                      for r in out["by_size"][n])
+    out["median_peak_MB"], ratios = {}, {}
     for phase in ("precompute", "train_epoch"):
         for who in ("total", "main", "workers"):
-            for k in ("VmRSS", "RssAnon", "Pss"):
-                v_lo = out["by_size"][lo]["phases"][phase]["peak_MB"][who][k]
-                v_hi = out["by_size"][hi]["phases"][phase]["peak_MB"][who][k]
+            for k in ("VmRSS", "RssAnon", "RssFile", "Pss"):
+                v_lo, v_hi = peak(lo, phase, who, k), peak(hi, phase, who, k)
+                out["median_peak_MB"][f"{phase} {who} {k}"] = {lo: v_lo, hi: v_hi}
                 ratios[f"{phase} {who} {k}"] = v_hi / v_lo if v_lo else None
     out["ratios_big_over_small"] = ratios
     return out
@@ -490,15 +535,44 @@ def case_rss(a, emit=None):
 # --- the run -------------------------------------------------------------------------------------------
 
 
+def versions():
+    """The libraries the two pipelines decode and resize with, and the tree's commit."""
+    import numpy
+    import PIL
+    import torchvision
+
+    out = {"torchvision": torchvision.__version__, "pillow": PIL.__version__, "numpy": numpy.__version__}
+    try:
+        import psutil
+
+        out["psutil"] = psutil.__version__
+    except ImportError:
+        out["psutil"] = None
+    try:
+        git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,  # noqa: E731
+                                           timeout=10).stdout.strip()
+        out["commit"] = git("rev-parse", "--short", "HEAD") or None
+        out["kd_accel_modified"] = bool(git("status", "--porcelain", "--", "kd_accel"))
+    except (OSError, subprocess.SubprocessError):
+        out["commit"] = None
+    return out
+
+
 def ratio_rows(cases):
     rows = []
     if "pipeline" in cases:
         v = cases["pipeline"]["ratio_kd_over_tv"]
         rows.append({"ratio": "images/s kd_accel folder pipeline / torchvision ImageFolder pipeline", "value": v,
                      "target": ">= 1.0 (aim 1.5)", "met": v >= 1.0})
+        v = cases["pipeline"]["ratio_kd_1thread_over_tv"]
+        rows.append({"ratio": "the same, kd_accel's main process at 1 thread (diagnostic)", "value": v,
+                     "target": "(diagnostic)", "met": None})
     if "kd_vs_ce" in cases:
         v = cases["kd_vs_ce"]["ratio_kd_over_ce"]
         rows.append({"ratio": "cached KD epoch / plain CE epoch (from the folder)", "value": v, "target": "<= 1.05",
+                     "met": v <= 1.05})
+        v = cases["kd_vs_ce"]["ratio_kd_over_ce_1thread"]
+        rows.append({"ratio": "the same, main process at 1 thread (diagnostic)", "value": v, "target": "<= 1.05",
                      "met": v <= 1.05})
     if "rss" in cases:
         r = cases["rss"]["ratios_big_over_small"]
@@ -527,19 +601,23 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same on both sides")
     p.add_argument("--views", type=int, default=4, help="K of the kd_vs_ce case's cache")
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[10_000, 100_000])
-    p.add_argument("--rss-child", help=argparse.SUPPRESS)
+    p.add_argument("--rss-threads", type=int, default=1,
+                   help="the memory case's main-process threads (OMP_NUM_THREADS; 0: kd_accel's choice): 1 keeps "
+                        "the 100k epoch short beside the workers on a small machine")
+    p.add_argument("--rss-reps", type=int, default=3, help="processes per size (alternated); the peaks' medians")
+    p.add_argument("--rss-child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.rss_child:
         print(json.dumps(rss_child(a)))
         return None
     if a.quick:
-        a.reps, a.images, a.size, a.batch, a.fit_batch, a.views = 1, 64, 64, 16, 16, 2
+        a.reps, a.images, a.size, a.batch, a.fit_batch, a.views, a.workers = 1, 64, 64, 16, 16, 2, 1
         a.rss_sizes = [200, 400]
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     info = machine_info("cpu")
     print(describe(info), flush=True)
     t0 = time.perf_counter()
-    result = {"machine": info, "command": "python bench/folder.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"machine": info, "versions": versions(), "command": "python bench/folder.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "quick": a.quick, "workers": a.workers, "reps": a.reps, "cases": {}, "ratios": [], "errors": {},
               "partial": True}
 
@@ -567,6 +645,7 @@ def main(argv=None):
             start = time.perf_counter()
             result["cases"][name] = runs[name]()
             result["cases"][name]["case_s"] = time.perf_counter() - start
+            result["cases"][name]["loadavg_1m_after"] = os.getloadavg()[0]  # a shared machine: how busy it was
         except Exception as e:  # noqa: BLE001 - recorded; the other cases still run
             import traceback
 
@@ -576,7 +655,7 @@ def main(argv=None):
     save(final=True)
     print(f"\n{describe(info)}")
     for r in result["ratios"]:
-        print(f"{r['ratio']:<78}{r['value']:>7.3f}  target {r['target']:<18}{'met' if r['met'] else 'MISSED'}")
+        print(f"{r['ratio']:<78}{r['value']:>7.3f}  target {r['target']:<18}{'' if r['met'] is None else 'met' if r['met'] else 'MISSED'}")
     if result["errors"]:
         print(f"errors: {result['errors']}", file=sys.stderr)
         raise SystemExit(1)

@@ -34,7 +34,7 @@ from .roles import build, recipe_record, check_fitnets, file_preprocessing, inpu
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .runlock import hold_run_folder
-from .threads import set_cpu_threads
+from .threads import set_cpu_threads, share_with_workers
 from .teaching import cache_dtype, cache_views
 from .training import fit, make_objective, online_objective, topk_objective
 
@@ -135,8 +135,13 @@ def load_data(accelerator, cfg):
     train, test = (open_split(d.dataset, split, d.data_dir, d.channels, d.num_workers) for split in ("train", "test"))
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
-    if isinstance(train, FolderSplit) and accelerator.is_main_process:
-        train.keep_listing(cfg.run_dir)  # so that a later run can name what changed in the folder
+    if isinstance(train, FolderSplit):
+        if accelerator.is_main_process:
+            train.keep_listing(cfg.run_dir)  # so that a later run can name what changed in the folder
+        if accelerator.device.type == "cpu":  # the cores are shared with the decoding workers
+            line = share_with_workers(train.worker_count())
+            if line:
+                accelerator.print(line)
     return train, test
 
 

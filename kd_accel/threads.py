@@ -73,3 +73,18 @@ def set_cpu_threads(env=None):
     if n is not None:
         torch.set_num_threads(n)
     return f"cpu threads: {why}; set OMP_NUM_THREADS or accelerate launch {LAUNCHER_FLAG} N to choose"
+
+
+def share_with_workers(workers, env=None):
+    """On a CPU run reading an image folder: this process's threads less the `workers` DataLoader
+    workers that decode beside it, at least 1 (4 busy threads on 2 cores ran a folder epoch 3.7x
+    slower than 1 + 2: docs/performance.md); a number the user chose is kept. Returns the line
+    to print, or None when nothing changed."""
+    n, _ = choose_threads(env)
+    if n is None or not workers:
+        return None
+    threads = max(1, n - workers)
+    torch.set_num_threads(threads)
+    return (f"cpu threads: {threads} per process beside {workers} DataLoader workers decoding images "
+            f"(set OMP_NUM_THREADS or --num-workers to choose)")
+

@@ -75,7 +75,6 @@ def test_gpu_script_cpu_path(tmp_path):
     assert "distillation epoch: notebook / kd_step_eager" in names
     assert "precompute / bare teacher forward" in names
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in saved["ratios"])
-    assert all(math.isfinite(v) and v > 0 for v in rss["ratios_big_over_small"].values())
     assert saved["errors"] == {}
     assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__
     # the zoo pair (ResNet-50 teacher, ResNet-18 student) through fit, in a process of its own

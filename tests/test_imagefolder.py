@@ -110,9 +110,18 @@ def distill(args, out, hooks=(), seen=None):
         seen.setdefault(label, []).append((batch["idx"].clone(), batch["images"].clone(),
                                            None if crops is None else crops.clone()))
 
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(training, "BATCH_HOOKS", [record, *hooks])
-        run_main(cli.distill_main, [*args, "--output-dir", out])
+        # the same training threads for every run compared here: a folder run on CPU otherwise
+        # leaves its decoding workers their cores (threads.share_with_workers), and another
+        # thread count sums in another order (other last bits)
+        mp.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        try:
+            run_main(cli.distill_main, [*args, "--output-dir", out])
+        finally:
+            torch.set_num_threads(threads)
     return seen
 
 

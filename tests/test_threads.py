@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from kd_accel.threads import choose_threads, launcher_chose_one, physical_cores
+from kd_accel.threads import choose_threads, launcher_chose_one, physical_cores, share_with_workers
 
 from conftest import ROOT
 
@@ -24,6 +24,25 @@ def test_explicit_choice_is_respected():
     n, why = choose_threads({"OMP_NUM_THREADS": "3"}, cores=8)
     assert n is None and "OMP_NUM_THREADS=3" in why
     assert choose_threads(LAUNCHED, cores=8, launcher_default=False)[0] is None
+
+
+def test_a_folder_run_leaves_the_workers_their_cores():
+    """Image folders on CPU: the training threads are this process's cores less its decoding
+    workers (at least 1); a number the user chose is kept; no workers, nothing changes."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        n = choose_threads({})[0]
+        line = share_with_workers(1, env={})
+        assert torch.get_num_threads() == max(1, n - 1) and "beside 1 DataLoader workers" in line
+        share_with_workers(n + 5, env={})
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        assert share_with_workers(2, env={"OMP_NUM_THREADS": "2"}) is None and torch.get_num_threads() == before
+        assert share_with_workers(0, env={}) is None and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_launcher_default_told_apart_from_user_choice():

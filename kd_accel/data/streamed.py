@@ -58,9 +58,19 @@ def dequantize(q):
 
 def crop_pixels(q, height, width):
     """(top, left, h, w) in pixels of a stored crop (uint16 [5]) on a height x width image."""
-    top, left, h, w = (float(v) for v in dequantize(q)[:4])
-    ch, cw = max(1, min(height, round(h * height))), max(1, min(width, round(w * width)))
-    return min(round(top * height), height - ch), min(round(left * width), width - cw), ch, cw
+    return tuple(int(v[0]) for v in crop_boxes(torch.as_tensor(q)[None], [height], [width]))
+
+
+def crop_boxes(q, heights, widths):
+    """crop_pixels for a batch, in numpy: stored crops uint16 [B, 5] on images heights x widths
+    [B] -> (top, left, h, w), each int64 [B]. np.rint rounds half to even, as Python's round."""
+    f = np.asarray(q, dtype=np.float64)[:, :4] / CROP_LEVELS
+    hh, ww = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
+    ch = np.clip(np.rint(f[:, 2] * hh).astype(np.int64), 1, hh)
+    cw = np.clip(np.rint(f[:, 3] * ww).astype(np.int64), 1, ww)
+    top = np.minimum(np.rint(f[:, 0] * hh).astype(np.int64), hh - ch)
+    left = np.minimum(np.rint(f[:, 1] * ww).astype(np.int64), ww - cw)
+    return top, left, ch, cw
 
 
 # --- where a view's crop comes from (picklable: they travel to the workers) ------------------------
@@ -192,13 +202,15 @@ class FolderDataset(Dataset):
         widths = torch.tensor([im.shape[-1] for im in images])
         crops = self.crops.params(epochs, idx, heights, widths)
         out = torch.empty(len(idx), self.channels, *self.view.size, dtype=torch.uint8)
-        for j, img in enumerate(images):
-            if crops is None:
+        if crops is None:
+            for j, img in enumerate(images):
                 out[j] = self._centre(img)
-                continue
-            top, left, h, w = crop_pixels(crops[j], img.shape[-2], img.shape[-1])
-            view = self._resize(img[:, top:top + h, left:left + w], self.view.size)  # crop first: less to resize
-            out[j] = view.flip(-1) if int(crops[j, 4]) else view
+        else:
+            boxes = np.stack(crop_boxes(crops, heights, widths), 1).tolist()  # [B, 4] pixels, one numpy pass
+            flips = crops[:, 4].tolist()
+            for j, (img, (top, left, h, w)) in enumerate(zip(images, boxes)):
+                view = self._resize(img[:, top:top + h, left:left + w], self.view.size)  # crop first: less to resize
+                out[j] = view.flip(-1) if flips[j] else view
         batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx}
         if crops is not None:
             batch["crops"] = crops
@@ -225,7 +237,8 @@ class FolderPermutation(EpochPermutation):
     """EpochPermutation's order, each index tagged with its epoch: (epoch, index)."""
 
     def __iter__(self):
-        return ((self.epoch, i) for i in self.permutation().tolist())
+        # in pieces: a whole ImageNet permutation as Python ints is some 50 MB per epoch
+        return ((self.epoch, i) for piece in self.permutation().split(1 << 16) for i in piece.tolist())
 
 
 def folder_loader(dataset, batch_size, workers, device, shuffle=False, seed=0):
@@ -236,6 +249,9 @@ def folder_loader(dataset, batch_size, workers, device, shuffle=False, seed=0):
     them."""
     workers = default_workers() if workers is None else workers
     sampler = FolderPermutation(len(dataset), seed) if shuffle else None
+    if isinstance(getattr(dataset, "crops", None), DrawnCrops) and dataset.crops.view is None and not shuffle:
+        raise ValueError("DrawnCrops without a view draws epoch e's view from FolderPermutation's (epoch, index) "
+                         "keys: give it a view, or shuffle")
     extra = dict(persistent_workers=shuffle, prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", **extra)
@@ -281,6 +297,10 @@ class FolderSplit:
 
     def file_hashes(self):
         return self.index.file_hashes()
+
+    def worker_count(self):
+        """The DataLoader workers per process that decode this split (--num-workers, or the default)."""
+        return default_workers() if self.workers is None else self.workers
 
     def listing_path(self, run_dir, fingerprint=None):
         return Path(run_dir) / ".folders" / f"{fingerprint or self.fingerprint()}.safetensors"

@@ -219,6 +219,7 @@ def _bench_folder():
     return module
 
 
+@pytest.mark.slow  # a child process of its own that imports torchvision
 def test_folder_bench_quick_runs_every_case(tmp_path):
     """bench/folder.py --quick (tiny synthetic JPEG folders, 1 rep): every case runs and is in
     the JSON with its ratios and the machine; the memory case's sizes ran in processes of their

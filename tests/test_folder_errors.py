@@ -65,6 +65,7 @@ def test_a_bad_file_is_one_line_naming_it(tmp_path, how, fmt):
     assert "\n" not in str(error) and str(bad) in str(error) and str(error).startswith("cannot read image"), error
 
 
+@pytest.mark.slow  # torch then takes ~5 s per worker to stop them
 def test_a_bad_file_met_by_a_worker_is_one_line_naming_it(tmp_path):
     """torch re-raises a worker's KDError with the worker's traceback in its message; the line
     the user sees is the worker's own. (torch then takes ~5 s per worker to shut them down after

@@ -518,3 +518,33 @@ def test_evaluation_and_precompute_leave_no_worker_behind(folder, accelerator):
     loader = train.train_data().loader(accelerator, 50, seed=0)
     next(iter(loader))
     assert len(set(multiprocessing.active_children()) - before) == 2  # the training loader's, kept
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_folder(tmp_path):
+    """Issue 19, item 5, small: 1000 classes, N = 2,000 and 20,000 tiny grey PNGs; distill.py
+    (teacher, full fp32 cache, student) in a fresh process each, decoding in-process, malloc's
+    defaults. The cache at N = 20,000 holds 80 MB of logits, and an [N, C] float32 anywhere would
+    add 72 MB between the two: the peak anonymous memory may grow by less than half of that
+    (the folder's listing, 8-byte hashes and per-sample bookkeeping are a few MB)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def run(n):
+        root = tmp_path / f"n{n}"
+        g = torch.Generator().manual_seed(n)
+        x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+        write_image_folder(root / "train", x, torch.arange(n) % 1000)
+        write_image_folder(root / "val", x[:1000], torch.arange(1000))
+        env = {**os.environ, "KD_ACCEL_KEEP_FREED_MEMORY": "0", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "folder_memory.py"), str(root),
+                               str(tmp_path / f"run{n}")], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    small, big = run(2000), run(20000)
+    assert big["cache_bytes"] > 80e6 > 10 * small["cache_bytes"] / 1.2  # the caches do scale with N
+    assert big["peak"] - small["peak"] < 36, (small, big)

@@ -129,3 +129,28 @@ def folder_order(labels):
     import torch
 
     return torch.as_tensor(sorted(range(len(labels)), key=lambda i: (f"c{int(labels[i])}", i)))
+
+
+def precompute_killed_and_resumed(accelerator, cfg, teacher, train, folder, monkeypatch, capsys, crash_after):
+    """A K-view precompute (teaching.precompute) into folder/whole.safetensors; the same one into
+    folder/c.safetensors stopped after view `crash_after` (nothing written), then run again.
+    Returns (whole, resumed, the views the second run computed, what it printed)."""
+    from kd_accel import teaching
+    from kd_accel.errors import KDError
+
+    whole, out = folder / "whole.safetensors", folder / "c.safetensors"
+    teaching.precompute(accelerator, cfg, teacher, train, whole)
+
+    def crash(view):
+        if view == crash_after:
+            raise KDError(f"simulated crash after view {crash_after}")
+
+    monkeypatch.setattr(teaching, "VIEW_HOOKS", [crash])
+    with pytest.raises(KDError, match="simulated crash"):
+        teaching.precompute(accelerator, cfg, teacher, train, out)
+    assert not out.exists()
+    computed = []
+    monkeypatch.setattr(teaching, "VIEW_HOOKS", [computed.append])
+    capsys.readouterr()
+    teaching.precompute(accelerator, cfg, teacher, train, out)
+    return whole, out, computed, capsys.readouterr().out

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kd_accel import cli, teaching, training
+from kd_accel import cli, training
 from kd_accel.augment import stream_seed
 from kd_accel.cache import CacheKey, compress_topk, open_cache, read_metadata, save_cache
 from kd_accel.cache_stream import CacheWriter
@@ -26,11 +26,10 @@ from kd_accel.config import from_flags
 from kd_accel.data import EpochPermutation, load_folder
 from kd_accel.data.folder import scan
 from kd_accel.data.streamed import DrawnCrops, FolderDataset, View, crop_pixels, folder_loader
-from kd_accel.errors import KDError
 from kd_accel.models import load_model, save_model
 from kd_accel.roles import build
 
-from conftest import folder_order, run_main, write_image_folder
+from conftest import folder_order, precompute_killed_and_resumed, run_main, write_image_folder
 
 # torchvision 0.29 deprecates torchvision.io's decoders (in favour of TorchCodec): once per decoded batch
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -428,23 +427,9 @@ def test_a_killed_folder_precompute_resumes_at_the_next_view(accelerator, folder
     train = load_folder(folder, "train", channels=1, workers=2)
     teacher_file = notebook_teacher(train, tmp_path / "teacher.safetensors")
     cfg = from_flags(dataset="imagefolder", channels=1, augment="rrc", views=3)
-    whole = tmp_path / "whole.safetensors"
-    teaching.precompute(accelerator, cfg, teacher_file, train, whole)
-
-    def crash(view):
-        if view == 0:
-            raise KDError("simulated crash after view 0")
-
-    out = tmp_path / "c.safetensors"
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [crash])
-    with pytest.raises(KDError, match="simulated crash"):
-        teaching.precompute(accelerator, cfg, teacher_file, train, out)
-    assert not out.exists()
-    computed = []
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [computed.append])
-    capsys.readouterr()
-    teaching.precompute(accelerator, cfg, teacher_file, train, out)
-    assert computed == [1, 2] and "1 of 3 views kept from an interrupted precompute" in capsys.readouterr().out
+    whole, out, computed, printed = precompute_killed_and_resumed(accelerator, cfg, teacher_file, train, tmp_path,
+                                                                  monkeypatch, capsys, crash_after=0)
+    assert computed == [1, 2] and "1 of 3 views kept from an interrupted precompute" in printed
     all_same(whole, out)
     assert read_metadata(whole) == read_metadata(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "teacher.safetensors", "whole.safetensors"]

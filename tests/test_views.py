@@ -16,7 +16,7 @@ from kd_accel.data import to_float
 from kd_accel.errors import KDError
 from kd_accel.models import load_model, state_fingerprint
 
-from conftest import ROOT, launch_cmd, tiny_split
+from conftest import ROOT, launch_cmd, precompute_killed_and_resumed, tiny_split
 
 SHIFT = dict(augment="shift", views=3, limit_train=None)
 
@@ -105,23 +105,9 @@ def test_fixed_mode_is_inconsistent_and_online_is_consistent(accelerator, tiny_t
 def test_precompute_resumes_at_the_first_missing_view(accelerator, tiny_teacher, tmp_path, monkeypatch, capsys):
     train = tiny_split(50)
     cfg = from_flags(**SHIFT)
-    whole = tmp_path / "whole.safetensors"
-    teaching.precompute(accelerator, cfg, tiny_teacher, train, whole)
-
-    def crash(view):
-        if view == 1:
-            raise KDError("simulated crash after view 1")
-
-    out = tmp_path / "c.safetensors"
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [crash])
-    with pytest.raises(KDError, match="simulated crash"):
-        teaching.precompute(accelerator, cfg, tiny_teacher, train, out)
-    assert not out.exists()
-    computed = []
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [computed.append])
-    capsys.readouterr()
-    teaching.precompute(accelerator, cfg, tiny_teacher, train, out)
-    assert computed == [2] and "2 of 3 views kept from an interrupted precompute" in capsys.readouterr().out
+    whole, out, computed, printed = precompute_killed_and_resumed(accelerator, cfg, tiny_teacher, train, tmp_path,
+                                                                  monkeypatch, capsys, crash_after=1)
+    assert computed == [2] and "2 of 3 views kept from an interrupted precompute" in printed
     a, b = load_file(whole), load_file(out)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed cache is the uninterrupted one
     assert not any(p.name.startswith(".c.safetensors.views") for p in tmp_path.iterdir())  # parts cleaned up

@@ -510,8 +510,8 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
     """Issue 19, item 5, small: 1000 classes, N = 1,000 and 10,000 tiny grey PNGs; distill.py
     (teacher, full fp32 cache, student) in a fresh process each, decoding in-process, malloc's
     defaults. The cache at N = 10,000 holds 40 MB of logits, and an [N, C] float32 anywhere would
-    add 36 MB between the two: the peak anonymous memory may grow by less than half of that
-    (the folder's listing, 8-byte hashes and per-sample bookkeeping are a few MB)."""
+    add 36 MB between the two: each phase's peak anonymous memory may grow by less than half of
+    that (the folder's listing, 8-byte hashes and per-sample bookkeeping are a few MB)."""
     import os
     import subprocess
     import sys
@@ -524,7 +524,7 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
         x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
         write_image_folder(root / "train", x, torch.arange(n) % 1000)
         write_image_folder(root / "val", x[:1000], torch.arange(1000))
-        env = {**os.environ, "KD_ACCEL_KEEP_FREED_MEMORY": "0", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "KD_ACCEL_KEEP_FREED_MEMORY": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "folder_memory.py"), str(root),
                                str(tmp_path / f"run{n}")], capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -532,4 +532,5 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
 
     small, big = run(1000), run(10000)
     assert big["cache_bytes"] > 40e6 > 10 * small["cache_bytes"] / 1.2  # the caches do scale with N
-    assert big["peak"] - small["peak"] < 18, (small, big)
+    for phase in ("teacher", "precompute", "student"):  # each phase's own peak: one cannot hide another's
+        assert big["peak"][phase] - small["peak"][phase] < 18, (phase, small, big)

@@ -1,8 +1,9 @@
-"""Peak anonymous memory (RssAnon, MB) of this process while distill.py precomputes a folder's
-cache and trains a student from it: `python folder_memory.py DATA_DIR OUT_DIR`. Decoding in this
-process (--num-workers 0) and malloc's defaults (KD_ACCEL_KEEP_FREED_MEMORY=0, set by the
-caller), so what is measured is what the run holds, not what workers or a kept heap add.
-Prints one JSON line: {"before": MB at the start of the run, "peak": MB, "cache_bytes": ...}."""
+"""Peak anonymous memory (RssAnon, MB) of this process in each phase of a distill.py run from an
+image folder: `python folder_memory.py DATA_DIR OUT_DIR`. Decoding in this process
+(--num-workers 0) and malloc's defaults (KD_ACCEL_KEEP_FREED_MEMORY=0, set by the caller), so
+what is measured is what the run holds, not what workers or a kept heap add. The phase is
+tagged by the training loop's batch hook (its label) and around the precompute. Prints one JSON
+line: {"peak": {phase: MB}, "cache_bytes": ...}."""
 import json
 import sys
 import threading
@@ -19,16 +20,29 @@ def anon_mb():
 
 def main():
     data, out = sys.argv[1], Path(sys.argv[2])
-    from kd_accel import cli
+    from kd_accel import cli, teaching, training
 
-    peak, stop = [0.0], threading.Event()
+    phase, peak, stop = ["start"], {}, threading.Event()
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], anon_mb())
-            time.sleep(0.01)
+            peak[phase[0]] = max(peak.get(phase[0], 0.0), anon_mb())
+            time.sleep(0.005)
 
-    before = anon_mb()
+    def tag(label, batch):
+        phase[0] = label
+
+    precompute = teaching.precompute_streamed
+
+    def tagged_precompute(*args, **kwargs):
+        phase[0] = "precompute"
+        try:
+            return precompute(*args, **kwargs)
+        finally:
+            phase[0] = "after precompute"
+
+    training.BATCH_HOOKS.append(tag)
+    teaching.precompute_streamed = tagged_precompute
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     cli.distill_main(["--dataset", "imagefolder", "--data-dir", data, "--channels", "1", "--image-size", "8",
@@ -38,7 +52,7 @@ def main():
     stop.set()
     thread.join()
     cache = next(out.glob("teacher_logits*.safetensors"))
-    print(json.dumps({"before": before, "peak": peak[0], "cache_bytes": cache.stat().st_size}))
+    print(json.dumps({"peak": peak, "cache_bytes": cache.stat().st_size}))
 
 
 if __name__ == "__main__":

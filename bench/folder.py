@@ -326,8 +326,9 @@ def setup_fit(folder, batch, workers, views, side=28):
     from kd_accel.data import load_folder
     from kd_accel.pipeline import make_accelerator
 
-    cfg = from_flags(epochs=1, batch_size=batch, augment="rrc", teacher_mode="cache", views=views, seed=0,
-                     augment_seed=0, lr=1e-3, schedule="constant")
+    # dataset imagefolder: the Accelerator set up as for a folder run (malloc's defaults on CPU)
+    cfg = from_flags(dataset="imagefolder", channels=1, epochs=1, batch_size=batch, augment="rrc", teacher_mode="cache",
+                     views=views, seed=0, augment_seed=0, lr=1e-3, schedule="constant")
     accelerator = make_accelerator(cfg, cpu=True)
     split = load_folder(str(folder), "train", channels=1, workers=workers).at(notebook_prep(side))
     return cfg, accelerator, split

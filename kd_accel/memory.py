@@ -10,7 +10,9 @@ faults a step): on a 2-core AMD EPYC, 1.6-2x faster steps in a bare loop and 1.2
 to 1.30x (distillation) faster epochs in bench/speed.py (docs/performance.md).
 Nothing about the arithmetic changes; the process keeps up to TRIM_THRESHOLD of freed memory.
 
-Applied by pipeline.make_accelerator on CPU runs only (glibc only), and never when the user
+Applied by pipeline.make_accelerator on CPU runs of the in-memory data sets only (glibc only;
+an image folder's epochs measured no faster with it, and its kept heap grew with the epoch's
+length: docs/performance.md), and never when the user
 chose an allocator setting (MALLOC_*_ / GLIBC_TUNABLES) or another allocator (LD_PRELOAD), or
 turned it off with KD_ACCEL_KEEP_FREED_MEMORY=0.
 """

@@ -21,7 +21,7 @@ from .augment import get_spec, stream_seed
 from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, Stamp, check_stamp, resume_progress
 from .config import stamped_fields
-from .data import FolderSplit, balanced_subset, ensure_downloaded, open_split
+from .data import FOLDER_DATASET, FolderSplit, balanced_subset, ensure_downloaded, open_split
 from .determinism import set_deterministic
 from .errors import KDError
 from .evaluation import evaluate
@@ -68,8 +68,11 @@ def make_accelerator(cfg, script=None, **kwargs):
     # every physical core unless the user chose (accelerate launch's default is 1 thread); on a
     # GPU too, where the host still decodes, gathers and launches
     accelerator.print(set_cpu_threads(), flush=True)
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()  # no page-fault storm per step (kd_accel/memory.py); same arithmetic
+    # no page-fault storm per step (kd_accel/memory.py); same arithmetic. Not for an image folder:
+    # its epochs measured no faster with it, and the kept heap grew with the epoch's length
+    # (docs/performance.md), where a folder run's memory must not grow with the data
+    if accelerator.device.type == "cpu" and cfg.data.dataset != FOLDER_DATASET:
+        keep_freed_memory()
     remove_overhead()  # Accelerate's per-step package probe, gc over torch's objects (kd_accel/overhead.py)
     if cfg.run.report_to == "all":
         accelerator.print(f"--report-to all: {', '.join(trackers) or 'no tracker installed, nothing logged'}")

@@ -54,7 +54,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from machine import machine_info  # noqa: E402
 
 from kd_accel.data import EpochPermutation, load_split, to_float  # noqa: E402
-from kd_accel.errors import KDError  # noqa: E402
+from kd_accel.errors import KDError, first_line  # noqa: E402
 from kd_accel.losses import hinton_kd_loss  # noqa: E402
 from kd_accel.models import Student, Teacher  # noqa: E402
 
@@ -371,12 +371,8 @@ def folder_child(args):
                         rates.append(n / (time.perf_counter() - t))
                 out["gpu_decode"] = statistics.median(rates)
             except Exception as e:  # no nvjpeg in this build, or another failure: say which
-                out["gpu_decode_error"] = f"{type(e).__name__}: {first_line_of(e)}"
+                out["gpu_decode_error"] = f"{type(e).__name__}: {first_line(e)}"
     print(json.dumps(out), flush=True)
-
-
-def first_line_of(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def run_child(args, seconds, flag, extra):

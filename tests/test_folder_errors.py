@@ -212,3 +212,22 @@ def test_a_changed_folder_refuses_resume_and_reuse_naming_the_file(folder, tmp_p
     with pytest.raises(KDError) as e:  # the run's own teacher, made from the folder as it was
         run_main(cli.distill_main, [*args, "--resume", "latest"])
     assert "teacher" in str(e.value) and "first differing path: c1/00000extra.png" in str(e.value), str(e.value)
+
+
+def test_a_teacher_with_non_finite_logits_writes_no_folder_cache(folder, tmp_path, accelerator):
+    """The streamed precompute refuses a teacher whose logits are NaN, in one line, and writes no
+    cache (its partial file, with no view recorded done, is started afresh by the next run)."""
+    from kd_accel import teaching
+    from kd_accel.config import from_flags
+    from kd_accel.models import build_model, save_model
+
+    teacher = build_model("teacher", 3, (1, 224, 224))  # a file without a record: the data's default size
+    with torch.no_grad():
+        next(teacher.parameters()).fill_(float("nan"))
+    path = tmp_path / "teacher.safetensors"
+    save_model(teacher, path, "teacher", 3)
+    cfg = from_flags(dataset="imagefolder", channels=1, augment="none", teacher=str(path))
+    out = tmp_path / "cache.safetensors"
+    with pytest.raises(KDError, match="non-finite logits for 60 of 60 training samples"):
+        teaching.precompute(accelerator, cfg, path, load_folder(folder, "train", channels=1, workers=0), out)
+    assert not out.exists()

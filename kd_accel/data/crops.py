@@ -6,11 +6,11 @@ run), by torchvision's RandomResizedCrop.get_params algorithm: up to 10 tries of
 `scale` and a log-uniform aspect ratio in `ratio`, else the whole image's central crop at the
 nearest allowed ratio. It is stored as FKD stores it, fractions of the image (top, left,
 height, width) plus the flip, so a student replays the teacher's crop at any resolution
-(crop_box). Not yet used by a data source: the folder source that decodes images in workers
-comes with issue 19.
+(crop_boxes). The folder source (streamed.py) draws and replays them in its DataLoader workers.
 """
 import math
 
+import numpy as np
 import torch
 
 TRIES = 10  # torchvision's
@@ -52,9 +52,19 @@ def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 /
     return torch.cat([fractions, flip], 1).float()
 
 
+def crop_boxes(fractions, heights, widths):
+    """Stored crop fractions [B, >=4] (top, left, height, width) on images heights x widths [B]
+    -> (top, left, h, w) in pixels, each int64 [B]: the same crop at any resolution, at least one
+    pixel, inside the image. One numpy pass per batch; np.rint rounds half to even, as round()."""
+    f = np.asarray(fractions, dtype=np.float64)[:, :4]
+    hh, ww = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
+    ch = np.clip(np.rint(f[:, 2] * hh).astype(np.int64), 1, hh)
+    cw = np.clip(np.rint(f[:, 3] * ww).astype(np.int64), 1, ww)
+    top = np.minimum(np.rint(f[:, 0] * hh).astype(np.int64), hh - ch)
+    left = np.minimum(np.rint(f[:, 1] * ww).astype(np.int64), ww - cw)
+    return top, left, ch, cw
+
+
 def crop_box(params, height, width):
-    """(top, left, height, width) in pixels of stored crop fractions [5] on an image of
-    height x width: the same crop at any resolution, at least one pixel, inside the image."""
-    top, left, h, w = (float(v) for v in params[:4])
-    ch, cw = max(1, round(h * height)), max(1, round(w * width))
-    return min(round(top * height), height - ch), min(round(left * width), width - cw), ch, cw
+    """(top, left, height, width) in pixels of one stored crop [5] on an image of height x width."""
+    return tuple(int(v[0]) for v in crop_boxes(torch.as_tensor(params, dtype=torch.float64)[None], [height], [width]))

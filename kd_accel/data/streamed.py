@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import KDError, first_line
-from .crops import draw_crops
+from .crops import crop_boxes as fraction_boxes, draw_crops
 from .folder import differences, load_listing, save_listing, scan
 from .loading import EpochPermutation
 
@@ -62,15 +62,8 @@ def crop_pixels(q, height, width):
 
 
 def crop_boxes(q, heights, widths):
-    """crop_pixels for a batch, in numpy: stored crops uint16 [B, 5] on images heights x widths
-    [B] -> (top, left, h, w), each int64 [B]. np.rint rounds half to even, as Python's round."""
-    f = np.asarray(q, dtype=np.float64)[:, :4] / CROP_LEVELS
-    hh, ww = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
-    ch = np.clip(np.rint(f[:, 2] * hh).astype(np.int64), 1, hh)
-    cw = np.clip(np.rint(f[:, 3] * ww).astype(np.int64), 1, ww)
-    top = np.minimum(np.rint(f[:, 0] * hh).astype(np.int64), hh - ch)
-    left = np.minimum(np.rint(f[:, 1] * ww).astype(np.int64), ww - cw)
-    return top, left, ch, cw
+    """crops.crop_boxes of stored uint16 crops [B, 5]: (top, left, h, w) in pixels, each int64 [B]."""
+    return fraction_boxes(dequantize(q), heights, widths)
 
 
 # --- where a view's crop comes from (picklable: they travel to the workers) ------------------------

@@ -363,6 +363,11 @@ def _layout(meta, tensors, path):
         layout["params"] = ((views, n, tensors["params"].shape[-1] if tensors["params"].dim() else 0), PARAM_DTYPES)
     if "file_hashes" in tensors:  # an image folder's files (data/folder.py), to name what changed
         layout["file_hashes"] = ((n,), torch.int64)
+    if "content" in tensors:  # their bytes' digests (data/content.py); caches before it have none
+        layout["content"] = ((n,), torch.int64)
+    if "file_paths" in tensors:  # their relative paths, to name a removed file
+        layout["file_paths"] = ((tensors["file_paths"].numel(),), torch.uint8)
+        layout["file_path_offsets"] = ((n + 1,), torch.int64)
     return layout, k
 
 
@@ -413,6 +418,10 @@ class SoftTargets:
         """[N, C] teacher logits of `view` (every row of gather)."""
         return self.gather(view, slice(None))
 
+    def content(self):
+        """[N] int64 digests of the image files the cache was made from (data/content.py), or None."""
+        return self._tensors.get("content")
+
     def params(self, view):
         """[N, P] augmentation parameters of `view` (float32; an image folder's crops uint16), or
         None when the cache has none."""
@@ -425,11 +434,13 @@ def _folder_change(meta, path, data):
     class list and file hashes: data/folder.differences), or None when that is not known."""
     if not hasattr(data, "index") or "classes" not in meta:
         return None
-    from .data.folder import differences
+    from .data.folder import differences, paths_from_tensors
 
     try:
-        hashes = _mmap_or_refuse(path)["file_hashes"]
-        return differences(json.loads(meta["classes"]), hashes, data.index)
+        tensors = _mmap_or_refuse(path)
+        paths = (paths_from_tensors(tensors["file_paths"].numpy(), tensors["file_path_offsets"].numpy())
+                 if "file_paths" in tensors else None)
+        return differences(json.loads(meta["classes"]), tensors["file_hashes"], data.index, paths)
     except (KDError, KeyError, ValueError):
         return None
 

@@ -37,10 +37,11 @@ def partial_paths(path):
 class CacheWriter:
     """Write a cache for `key` (cache.CacheKey) of `views` views row by row: write(view, idx,
     logits, params), view_done(view), finish(). labels [N] int64; params_cols P of uint16
-    crops per view (None: none); file_hashes [N] int64 and classes of an image folder."""
+    crops per view (None: none); file_hashes [N] int64, classes and paths (folder.PathList) of an
+    image folder, whose files' digests (`content`, [N] int64, data/content.py) each write brings."""
 
     def __init__(self, path, key, views, labels, dtype="fp16", topk=None, params_cols=None, file_hashes=None,
-                 classes=None):
+                 classes=None, paths=None):
         _check_dtype(dtype)
         self.path, (self.tmp, self.state) = Path(path), partial_paths(path)
         n, c = key.num_samples, key.num_classes
@@ -55,6 +56,11 @@ class CacheWriter:
             layout["params"] = ((views, n, params_cols), torch.uint16)
         if file_hashes is not None:
             layout["file_hashes"] = ((n,), torch.int64)
+            layout["content"] = ((n,), torch.int64)
+        if paths is not None:
+            path_buffer, path_offsets = paths.tensors()
+            layout["file_paths"] = ((len(path_buffer),), torch.uint8)
+            layout["file_path_offsets"] = ((n + 1,), torch.int64)
         self.layout = layout
         self.meta = {"format_version": FORMAT_VERSION, **key.as_metadata(), "views": str(views), "dtype": dtype,
                      "storage": f"top{topk}" if topk else "full"}
@@ -77,6 +83,9 @@ class CacheWriter:
             self.arrays["labels"][:] = torch.as_tensor(labels, dtype=torch.int64).numpy()
             if file_hashes is not None:
                 self.arrays["file_hashes"][:] = torch.as_tensor(file_hashes, dtype=torch.int64).numpy()
+            if paths is not None:
+                self.arrays["file_paths"][:] = path_buffer.numpy()
+                self.arrays["file_path_offsets"][:] = path_offsets.numpy()
 
     def _offsets(self):
         off, out = 0, []
@@ -110,10 +119,18 @@ class CacheWriter:
             p.unlink(missing_ok=True)
         return None
 
-    def write(self, view, idx, logits, params=None):
+    def write(self, view, idx, logits, params=None, digests=None):
         """Rows `idx` [B] of view `view`: logits [B, C] (stored as the cache's dtype, or as their
-        top-k log-probabilities) and params [B, P] (uint16 crops)."""
+        top-k log-probabilities), params [B, P] (uint16 crops) and the digests [B] of the files
+        read (the same in every view: a file rewritten during the precompute is refused)."""
         rows = idx.cpu().numpy()
+        if digests is not None and "content" in self.arrays:
+            digests, known = digests.cpu().numpy().astype(np.int64), self.arrays["content"][rows]
+            bad = np.flatnonzero((known != 0) & (known != digests))
+            if len(bad):
+                raise KDError(f"cache {self.path}: the image at index {int(rows[bad[0]])} changed during the precompute "
+                              "(its bytes differ from an earlier view's): keep the folder still while it runs")
+            self.arrays["content"][rows] = digests
         logits = logits.detach().float().cpu()
         if self.topk:
             _check_finite(logits, self.path, "logits", "given")

@@ -34,19 +34,20 @@ from .roles import build, recipe_record, check_fitnets, file_preprocessing, inpu
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .runlock import hold_run_folder
-from .threads import set_cpu_threads, share_with_workers
+from .threads import set_cpu_threads, share_with_workers, threads_line
 from .teaching import cache_dtype, cache_views
 from .training import fit, make_objective, online_objective, topk_objective
 
 TEACHER_FILE = "teacher.safetensors"
 
 
-def make_accelerator(cfg, script=None, **kwargs):
+def make_accelerator(cfg, script=None, say_threads=True, **kwargs):
     """The Accelerator every script uses. It owns no randomness: the data order belongs to each
     trained model's loader (data.EpochPermutation, from that model's seed and the epoch), so one
     Accelerator can train many seeds (compare.py) and each still gets its own order.
     With --report-to, it carries the trackers (log_with); TensorBoard writes under
-    <run>/tensorboard/<script>/."""
+    <run>/tensorboard/<script>/. It sets the CPU threads and prints them, unless `say_threads`
+    is False (an image folder's run: load_data prints the one true line once it knows the workers)."""
     trackers = tracking.resolve(cfg.run.report_to)
     if trackers:
         logging_dir = cfg.run_dir / "tensorboard" / (script or "run")
@@ -67,7 +68,9 @@ def make_accelerator(cfg, script=None, **kwargs):
         raise KDError("fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)")
     # every physical core unless the user chose (accelerate launch's default is 1 thread); on a
     # GPU too, where the host still decodes, gathers and launches
-    accelerator.print(set_cpu_threads(), flush=True)
+    threads = set_cpu_threads()
+    if say_threads:
+        accelerator.print(threads, flush=True)
     # no page-fault storm per step (kd_accel/memory.py); same arithmetic. Not for an image folder:
     # its epochs measured no faster with it, and the kept heap grew with the epoch's length
     # (docs/performance.md), where a folder run's memory must not grow with the data
@@ -79,13 +82,15 @@ def make_accelerator(cfg, script=None, **kwargs):
     return accelerator
 
 
-def setup(cfg, script):
+def setup(cfg, script, run_folder=True):
     """Accelerator, seed and run folder. The configuration is written by `write_config` once the
     script's work is done: written here, a failed run would leave a finished run's results
-    beside a config.json that did not make them."""
-    accelerator = make_accelerator(cfg, script)
+    beside a config.json that did not make them. `run_folder` False (precompute_logits.py --out
+    alone, which names the one file to write): no run folder is made or locked.
+    Call load_data next: an image folder's run prints its CPU threads there."""
+    accelerator = make_accelerator(cfg, script, say_threads=cfg.data.dataset != FOLDER_DATASET)
     set_seed(cfg.run.seed)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and run_folder:
         make_dir(cfg.run_dir)
         # before anything is written or removed here; the other ranks write under rank 0's lock.
         # Refused, rank 0 exits 2 and the launcher stops the others (waiting in the next barrier).
@@ -129,22 +134,29 @@ def set_aside_previous_result(accelerator, cfg):
     accelerator.wait_for_everyone()
 
 
-def load_data(accelerator, cfg):
+def load_data(accelerator, cfg, run_folder=True):
     """(train, test) splits: tensors, or an image folder's listings (kd_accel/data); the main
-    process downloads first if it must."""
+    process downloads first if it must. An image folder's listings are kept in the run folder
+    (none without one: `run_folder` False, as setup's); its CPU threads line is printed here."""
     d = cfg.data
     with accelerator.main_process_first():
         ensure_downloaded(d.dataset, d.data_dir)
     train, test = (open_split(d.dataset, split, d.data_dir, d.channels, d.num_workers) for split in ("train", "test"))
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
-    if isinstance(train, FolderSplit):
+    if isinstance(train, FolderSplit) and run_folder:
+        # the listings, so that a later run can name what changed in the folder; the ledgers of the
+        # files' bytes, checked and filled as the workers read them (data/content.py)
         if accelerator.is_main_process:
-            train.keep_listing(cfg.run_dir)  # so that a later run can name what changed in the folder
-        if accelerator.device.type == "cpu":  # the cores are shared with the decoding workers
-            line = share_with_workers(train.worker_count())
-            if line:
-                accelerator.print(line)
+            for split in (train, test):
+                split.keep_listing(cfg.run_dir)
+        accelerator.wait_for_everyone()
+        for split in (train, test):
+            split.use_ledger(cfg.run_dir)
+    if isinstance(train, FolderSplit):  # the one threads line of a folder run (setup left it to here)
+        # on a CPU the cores are shared with the decoding workers
+        shared = accelerator.device.type == "cpu" and share_with_workers(train.worker_count())
+        accelerator.print(shared or threads_line(), flush=True)
     return train, test
 
 

@@ -181,7 +181,7 @@ def precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, vie
     inputs = inputs_for(SPECS["none"], model.preprocessing)  # the workers made the crop at the teacher's size
     writer = CacheWriter(out_path, key, views, train.labels, dtype, cfg.kd.cache_topk, params_cols=5 if
                          spec.name != "none" else None, file_hashes=train.file_hashes(),
-                         classes=train.index.classes) if accelerator.is_main_process else None
+                         classes=train.index.classes, paths=train.index.paths) if accelerator.is_main_process else None
     done = [sorted(writer.done) if writer else []]
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -197,15 +197,17 @@ def precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, vie
         loader = split.inference_loader(accelerator, inference_batch(accelerator.device), crops)
         bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
 
-        def write(idx, logits, *crops):
+        def write(idx, logits, digests, *crops):
             nonlocal bad
             finite = torch.isfinite(logits).all(dim=1)
             bad += (~finite).sum()
             if writer is not None:
-                writer.write(v, idx, logits, crops[0] if crops else None)
+                writer.write(v, idx, logits, crops[0] if crops else None, digests)
 
         try:
-            predict_rows(accelerator, model, loader, len(split), inputs, write, extra=("crops",) if spec.name != "none" else (),
+            # each file's digest (data/content.py) rides along: the cache records the bytes it was made from
+            predict_rows(accelerator, model, loader, len(split), inputs, write,
+                         extra=("digests", "crops") if spec.name != "none" else ("digests",),
                          desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
         except KDError:
             if not int(bad):  # the cache's own check (e.g. beyond fp16's range)
@@ -246,6 +248,7 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
                      for name, value in want.items() if getattr(soft, name) != value]
             if diffs:
                 raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
+            train.expect_content(soft)  # a cache made from other bytes of the folder's files: refused
             accelerator.print(f"cache: hit {path} (no teacher forward pass)")
             return soft, True, path
         except KDError as e:
@@ -255,7 +258,9 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
     else:
         accelerator.print(f"cache: miss, {path} does not exist; precomputing teacher logits")
     precompute(accelerator, cfg, teacher_path, train, path)
-    return load_cache(path, key, views=views, data=train), False, path
+    soft = load_cache(path, key, views=views, data=train)
+    train.expect_content(soft)
+    return soft, False, path
 
 
 def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_id, train):

@@ -54,6 +54,10 @@ class PathList:
     def head(self, n):
         return PathList(self[:n])
 
+    def tensors(self):
+        """(buffer uint8 [bytes], offsets int64 [N+1]): how a listing or a cache stores the paths."""
+        return torch.from_numpy(self.buffer.copy()), torch.from_numpy(self.offsets.copy())
+
 
 @dataclass(frozen=True, eq=False)
 class FolderIndex:
@@ -113,10 +117,20 @@ def scan(root, extensions=IMG_EXTENSIONS):
                        np.asarray(sizes, dtype=np.int64))
 
 
-def differences(old_classes, old_hashes, index):
+def paths_from_tensors(buffer, offsets):
+    """A PathList from its stored form (PathList.tensors)."""
+    paths = PathList([])
+    paths.buffer = np.asarray(buffer, dtype=np.uint8)
+    paths.offsets = np.asarray(offsets, dtype=np.int64)
+    return paths
+
+
+def differences(old_classes, old_hashes, index, old_paths=None):
     """None if `index` (a folder now) is the folder that `old_classes` and `old_hashes`
     (FolderIndex.file_hashes, stored) describe; otherwise one line: the class list's change, or
-    how many files differ and the first differing path of the folder now."""
+    how many files differ and the first that did, by name: removed, added, or changed in size
+    (`old_paths`, a PathList of the stored listing, names removed files; without it, stores made
+    before paths were kept, the first position that differs is named)."""
     if tuple(old_classes) != index.classes:
         added = sorted(set(index.classes) - set(old_classes))
         removed = sorted(set(old_classes) - set(index.classes))
@@ -127,6 +141,19 @@ def differences(old_classes, old_hashes, index):
     old = torch.as_tensor(old_hashes, dtype=torch.int64)
     if len(old) == len(new) and torch.equal(old, new):
         return None
+    counts = f"({len(old)} files then, {len(new)} now)"
+    if old_paths is not None and len(old_paths) == len(old):
+        then = dict(zip(old_paths, old.tolist()))
+        now = dict(zip(index.paths, new.tolist()))
+        removed = sorted(set(then) - set(now))
+        added = sorted(set(now) - set(then))
+        changed = sorted(p for p in set(then) & set(now) if then[p] != now[p])
+        kinds = [(removed, "removed"), (added, "added"), (changed, "changed in size")]
+        first = min((names[0], word) for names, word in kinds if names) if any(n for n, _ in kinds) else None
+        said = ", ".join(f"{len(names)} {word}" for names, word in kinds if names)
+        if first is None:  # the same files in another order: a label or sample order changed
+            return f"the files were reordered {counts}"
+        return f"{said} {counts}; first: {first[0]} ({first[1]})"
     old_set, new_set = set(old.tolist()), set(new.tolist())
     added, removed = len(new_set - old_set), len(old_set - new_set)
     n = min(len(old), len(new))
@@ -138,23 +165,28 @@ def differences(old_classes, old_hashes, index):
 
 
 def save_listing(path, index):
-    """Keep a folder's class list and file hashes (a few bytes per file) at `path`, atomically:
-    what `differences` compares a later folder with."""
+    """Keep a folder's class list, file hashes and relative paths (some 50 bytes per file) at
+    `path`, atomically: what `differences` compares a later folder with, naming the files."""
     from safetensors.torch import save_file
 
     from ..io import atomic_path
 
+    buffer, offsets = index.paths.tensors()
     with atomic_path(path) as tmp:
-        save_file({"file_hashes": index.file_hashes()}, str(tmp), metadata={"classes": json.dumps(list(index.classes))})
+        save_file({"file_hashes": index.file_hashes(), "file_paths": buffer, "file_path_offsets": offsets}, str(tmp),
+                  metadata={"classes": json.dumps(list(index.classes))})
 
 
 def load_listing(path):
-    """(classes, file hashes [N] int64) saved by save_listing, or None when unreadable."""
+    """(classes, file hashes [N] int64, paths: a PathList or None for listings saved before paths
+    were kept) saved by save_listing, or None when unreadable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["classes"]), f.get_tensor("file_hashes")
+            names = set(f.keys())
+            paths = (paths_from_tensors(f.get_tensor("file_paths").numpy(), f.get_tensor("file_path_offsets").numpy())
+                     if {"file_paths", "file_path_offsets"} <= names else None)
+            return json.loads(f.metadata()["classes"]), f.get_tensor("file_hashes"), paths
     except Exception:  # noqa: BLE001 - missing or damaged: the change is then named by fingerprint only
         return None
-

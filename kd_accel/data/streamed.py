@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import KDError, first_line
 from .crops import crop_boxes as fraction_boxes, draw_crops
+from .content import Ledger, digest, ledger_path
 from .folder import differences, load_listing, save_listing, scan
 from .loading import EpochPermutation
 
@@ -158,9 +159,22 @@ class FolderDataset(Dataset):
     """Map-style: `__getitems__` turns a batch of keys (sample indices, or (epoch, index) from
     FolderPermutation) into one batch, in the worker that draws it."""
 
-    def __init__(self, index, channels, view, crops=CentreCrop()):
+    def __init__(self, index, channels, view, crops=CentreCrop(), ledger=None):
         self.root, self.paths, self.labels = index.root, index.paths, index.labels
-        self.channels, self.view, self.crops = channels, view, crops
+        self.channels, self.view, self.crops, self.ledger = channels, view, crops, ledger
+
+    def _path(self, i):
+        return os.path.join(self.root, self.paths[i])
+
+    def _read(self, i):
+        """(image uint8 [C, H, W], digest of the file's bytes) of sample i."""
+        path = self._path(i)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise KDError(f"cannot read image {path}: {e.strerror or e}") from None
+        return _decode(path, self.channels), digest(data)
 
     def __len__(self):
         return len(self.paths)
@@ -190,7 +204,10 @@ class FolderDataset(Dataset):
         tagged = bool(keys) and isinstance(keys[0], (tuple, list))
         epochs = [k[0] for k in keys] if tagged else None
         idx = np.asarray([k[1] for k in keys] if tagged else keys, dtype=np.int64)
-        images = [_decode(os.path.join(self.root, self.paths[i]), self.channels) for i in idx.tolist()]
+        images, digests = zip(*[self._read(i) for i in idx.tolist()]) if len(idx) else ((), ())
+        digests = np.asarray(digests, dtype=np.int64)
+        if self.ledger is not None:  # a file whose bytes changed since the run folder read it: refused here
+            self.ledger.check(idx, digests, self._path)
         heights = torch.tensor([im.shape[-2] for im in images])
         widths = torch.tensor([im.shape[-1] for im in images])
         crops = self.crops.params(epochs, idx, heights, widths)
@@ -204,7 +221,8 @@ class FolderDataset(Dataset):
             for j, (img, (top, left, h, w)) in enumerate(zip(images, boxes)):
                 view = self._resize(img[:, top:top + h, left:left + w], self.view.size)  # crop first: less to resize
                 out[j] = view.flip(-1) if flips[j] else view
-        batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx}
+        batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx,
+                 "digests": torch.from_numpy(digests)}
         if crops is not None:
             batch["crops"] = crops
         return batch
@@ -261,8 +279,9 @@ class FolderSplit:
     dataset = DATASET
     norm = None  # pixels scaled to [0, 1]; a model's mean/std come from its weights or --normalize
 
-    def __init__(self, index, split, channels, view=View(), workers=None):
+    def __init__(self, index, split, channels, view=View(), workers=None, ledger=None):
         self.index, self.split, self.channels, self.view, self.workers = index, split, channels, view, workers
+        self.ledger = ledger  # content.Ledger: the run folder's digests of these files (use_ledger)
         self.labels = torch.from_numpy(index.labels)
         self.num_classes = len(index.classes)
 
@@ -280,7 +299,7 @@ class FolderSplit:
         """This split decoded for a model of preprocessing record `prep` (its size, the resize
         of its evaluation transform, its interpolation)."""
         view = View(tuple(prep["image_size"]), prep.get("resize_size"), prep.get("interpolation") or "bilinear")
-        return FolderSplit(self.index, self.split, self.channels, view, self.workers)
+        return FolderSplit(self.index, self.split, self.channels, view, self.workers, self.ledger)
 
     def fingerprint(self):
         """The folder's identity (class list, relative paths, sizes: folder.FolderIndex) and how
@@ -302,14 +321,32 @@ class FolderSplit:
         """Save this folder's listing in the run folder (once per folder state), so that a later
         run refusing this run's checkpoints or models can name the files that changed."""
         path = self.listing_path(run_dir)
-        if not path.exists():
+        kept = load_listing(path) if path.exists() else None
+        if kept is None or kept[2] is None:  # none yet, or one saved before listings kept the paths
             save_listing(path, self.index)
+        Ledger.open(ledger_path(path), len(self))
+
+    def use_ledger(self, run_dir):
+        """Check every file read from now on against the run folder's ledger of their bytes (made
+        by keep_listing, on the main process), recording the ones read first (content.py)."""
+        self.ledger = Ledger(ledger_path(self.listing_path(run_dir)), len(self))
+
+    def expect_content(self, soft):
+        """A cache's record of the bytes it was made from (`content`, [N] digests) against the run
+        folder's ledger: refused where they differ, taken where the ledger has none; so the
+        workers refuse a file changed since the cache was made. Caches made before the column
+        existed bring none."""
+        content = soft.content()
+        if content is None or self.ledger is None:
+            return
+        self.ledger.merge(content.numpy(), f"logits cache {soft.path}",
+                          lambda i: os.path.join(self.index.root, self.index.paths[i]))
 
     def explain_change(self, run_dir, old_fingerprint):
         """One line: how this folder differs from the one of `old_fingerprint` (kept in the run
         folder by keep_listing), or None when that one's listing is not there."""
         old = load_listing(self.listing_path(run_dir, old_fingerprint))
-        return old and differences(old[0], old[1], self.index)
+        return old and differences(old[0], old[1], self.index, old[2])
 
     def check_augment(self, spec):
         if spec.name not in ("none", "rrc"):
@@ -317,7 +354,7 @@ class FolderSplit:
                           "(RandomResizedCrop + flip) or none")
 
     def dataset_for(self, crops=CentreCrop()):
-        return FolderDataset(self.index, self.channels, self.view, crops)
+        return FolderDataset(self.index, self.channels, self.view, crops, self.ledger)
 
     def inference_loader(self, accelerator, batch_size, crops=CentreCrop()):
         """Every sample once, in index order, with the given crops (evaluation: the centre)."""

@@ -10,8 +10,9 @@ from .reporting import progress_bar
 
 # Rows per forward pass when nothing is trained (evaluation, precompute). On a CPU a batch of 200
 # keeps the teacher's activations in cache: measured 2-2.4x faster than 1000 on a 2-core AMD
-# EPYC (docs/performance.md), and the same logits bit for bit there as with 1000 (tests/
-# test_bench.py checks it). On an accelerator larger batches mean fewer launches.
+# EPYC (docs/performance.md), and the same logits bit for bit there as with 1000 (on an AVX-512/AMX
+# Xeon the same within float rounding, 4e-8: tests/test_bench.py checks it). On an accelerator
+# larger batches mean fewer launches.
 CPU_INFERENCE_BATCH = 200
 DEVICE_INFERENCE_BATCH = 1000
 

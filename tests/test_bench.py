@@ -103,7 +103,9 @@ def test_machine_info_names_the_machine():
 
 def test_cpu_inference_batch_gives_the_same_logits_and_accuracy(accelerator, mnist_dir):
     """Evaluation and precompute run in cache-sized batches on a CPU (a speed change only): the
-    logits and the accuracy equal those of the old batch of 1000, bit for bit."""
+    logits equal those of the old batch of 1000 within float rounding (bit for bit on the AVX2
+    EPYC; on an AVX-512/AMX Xeon oneDNN's kernels for the two batch sizes differ in the last
+    bits, 4e-8 seen) and so does every prediction, hence the accuracy."""
     from kd_accel.data import load_split
     from kd_accel.evaluation import evaluate, inference_batch, predict_logits
     from kd_accel.models import Teacher
@@ -116,7 +118,8 @@ def test_cpu_inference_batch_gives_the_same_logits_and_accuracy(accelerator, mni
         teacher.train()(split.images[:500].float() / 255)
     old = predict_logits(accelerator, teacher, split, batch_size=1000)
     new = predict_logits(accelerator, teacher, split)
-    assert torch.equal(old, new)
+    assert torch.allclose(old, new, rtol=1e-6, atol=1e-6), (old - new).abs().max()
+    assert torch.equal(old.argmax(1), new.argmax(1))
     assert evaluate(accelerator, teacher, split) == evaluate(accelerator, teacher, split, batch_size=1000)
 
 
@@ -192,7 +195,10 @@ def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
 @pytest.mark.slow
 def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
     """bash bench/gpu.sh on a machine without CUDA, from a copy of the tree with no install of
-    its own: a CPU dry run of every case, its JSON written, the copy's package used."""
+    its own: a CPU dry run of every case, its JSON written, the copy's package used. OUT is a
+    folder (issue 25: it ended in IsADirectoryError): OUT/gpu.json and OUT/gpu.log, nothing in
+    the current folder (a file OUT: tests/test_gpu_path.py; the argument handling:
+    tests/test_trust_scripts.py)."""
     import shutil
     import subprocess
 
@@ -200,11 +206,18 @@ def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
     tree = tmp_path / "tree"
     for part in ("kd_accel", "bench"):
         shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run(["bash", str(tree / "bench" / "gpu.sh"), str(out), "--steps", "3", "--no-zoo"],
-                          capture_output=True, text=True, timeout=400, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    folder, cwd = tmp_path / "out", tmp_path / "cwd"
+    folder.mkdir()
+    cwd.mkdir()
+    proc = subprocess.run(["bash", str(tree / "bench" / "gpu.sh"), str(folder), "--steps", "3", "--no-zoo"],
+                          capture_output=True, text=True, timeout=400, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                          cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no CUDA device: a CPU dry run" in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["gpu.json", "gpu.log"] and not any(cwd.iterdir())
+    log = (folder / "gpu.log").read_text()
+    assert "no CUDA device: a CPU dry run" in log and "warm-up nb_distill_epoch" in log and "total " in log
+    out = folder / "gpu.json"
     saved = json.loads(out.read_text())
     assert saved["partial"] is False and saved["machine"]["kd_accel_from"] == str(tree / "kd_accel")
     assert saved["cases"]["kd_fit_epoch"]["n"] == 1 and saved["resume"]["same_weights"] is True

@@ -5,7 +5,8 @@ A folder's fingerprint (folder.py) is its class list, paths and sizes: `stat` on
 rewritten with the same size (BMP, PPM, uncompressed TIFF always are; two images swapped; any
 edit with its mtime restored) keeps it. Hashing every file up front would read the whole data
 set at every start (140 GB for ImageNet). Instead each file's bytes are hashed as a worker reads
-them to decode (blake2b, 8 bytes: about 1 GB/s, a few per cent of a decode), and compared with
+them to decode (sha256's first 8 bytes: about 2 GB/s where the CPU has SHA instructions, 2-4% of
+a decode: bench/content.py, docs/performance.md), and compared with
 
 - the run folder's ledger, `<run>/.folders/<fingerprint>.content`: [N] int64, one digest per
   file (0: not read yet), a plain file memory-mapped by every process and worker of the run,
@@ -32,7 +33,7 @@ from ..io import atomic_path
 
 def digest(data):
     """64-bit digest of a file's bytes, as an int64; never 0 (0 marks a file not read yet)."""
-    value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+    value = int.from_bytes(hashlib.sha256(data).digest()[:8], "little", signed=True)
     return value or 1
 
 

@@ -469,6 +469,26 @@ def run_resume_check(args, seconds):
 
 
 # ---------------------------------------------------------------- driver
+def json_path(given):
+    """--json as the file to write: a folder (existing, or a path ending in /) holds gpu.json;
+    its folder is made now, so a path that cannot be written stops the script in one line
+    before any case runs (not with a traceback at the first case's save)."""
+    if given is None:
+        return None
+    if not given:
+        raise SystemExit("--json '': give a file or a folder")
+    path = Path(given) / "gpu.json" if Path(given).is_dir() or given.endswith(("/", os.sep)) else Path(given)
+    if path.is_dir():
+        raise SystemExit(f"--json {given}: {path} is a folder; give a file or a folder without a gpu.json folder in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SystemExit(f"--json {given}: {path.parent} is a file, not a folder") from None
+    except OSError as e:
+        raise SystemExit(f"--json {given}: cannot make the folder {path.parent}: {e.strerror or e}") from None
+    return str(path)
+
+
 def timed(fn, device):
     """(seconds, result) of fn(); a case that times itself returns {"seconds": ...}, which is used."""
     sync(device)
@@ -491,7 +511,9 @@ def main(argv=None):
                    help="kd_step modes (default: graph and compile on CUDA, eager and compile on CPU)")
     p.add_argument("--no-fit", action="store_true", help="skip kd_accel's fit case")
     p.add_argument("--synthetic", action="store_true", help="random images instead of MNIST (tests)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the results here: a JSON file, or a folder (one that exists, or a path ending in /) "
+                        "to hold gpu.json")
     p.add_argument("--budget-s", type=float, default=240,
                    help="start no further rep after this many seconds (the precompute still runs)")
     p.add_argument("--no-zoo", action="store_true", help="skip the zoo pair (own models)")
@@ -517,6 +539,7 @@ def main(argv=None):
         return folder_child(args)
     if args.resume_child:
         return resume_child(args)
+    args.json = json_path(args.json)  # before any case: a path it cannot write is one line, not a lost run
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -269,17 +269,23 @@ def train_teacher_main(argv=None):
 
 @ends_training
 def precompute_main(argv=None):
-    cfg, _ = parse(precompute_parser(), ALL, argv)
+    cfg, args = parse(precompute_parser(), ALL, argv)
     if not cfg.run.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
     out = Path(cfg.run.out) if cfg.run.out else cache_path(cfg)
+    # --out alone names the one file to write: no run folder (its lock, config.precompute_logits.json,
+    # an image folder's listings) is made for it, in ./runs or anywhere; the cache's own metadata
+    # stamps what made it. --output-dir or --run-name asks for a run folder, which gets them.
+    run_folder = not cfg.run.out or args.get("output_dir") is not None or args.get("run_name") is not None
     # before the teacher runs: nothing written on refusal
     outputs.check([outputs.Output("--out" if cfg.run.out else "--output-dir", out, "cache"),
-                   *run_outputs(cfg, {"config.precompute_logits.json": "json"})], run_inputs(cfg))
-    accelerator = setup(cfg, "precompute_logits")
-    train, _ = load_data(accelerator, cfg)
+                   *(run_outputs(cfg, {"config.precompute_logits.json": "json"}) if run_folder else [])],
+                  run_inputs(cfg))
+    accelerator = setup(cfg, "precompute_logits", run_folder)
+    train, _ = load_data(accelerator, cfg, run_folder)
     precompute(accelerator, cfg, cfg.run.teacher, train, out)
-    write_config(accelerator, cfg, "precompute_logits")
+    if run_folder:
+        write_config(accelerator, cfg, "precompute_logits")
 
 
 @ends_training

@@ -67,12 +67,18 @@ def choose_threads(env=None, cores=None, local_processes=None, launcher_default=
     return n, f"{n} per process ({cores} physical cores / {local} local process{'es' * (local > 1)})"
 
 
+def threads_line(env=None):
+    """The line saying choose_threads's choice and why (what set_cpu_threads applies)."""
+    _, why = choose_threads(env)
+    return f"cpu threads: {why}; set OMP_NUM_THREADS or accelerate launch {LAUNCHER_FLAG} N to choose"
+
+
 def set_cpu_threads(env=None):
-    """Apply choose_threads (for CPU runs); returns the line to print once."""
-    n, why = choose_threads(env)
+    """Apply choose_threads (for CPU runs); returns the line to print once (threads_line)."""
+    n, _ = choose_threads(env)
     if n is not None:
         torch.set_num_threads(n)
-    return f"cpu threads: {why}; set OMP_NUM_THREADS or accelerate launch {LAUNCHER_FLAG} N to choose"
+    return threads_line(env)
 
 
 def share_with_workers(workers, env=None):

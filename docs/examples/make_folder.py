@@ -1,11 +1,14 @@
 """Write an in-memory data set (MNIST, Fashion-MNIST, CIFAR-10) as an image folder in
 torchvision's ImageFolder layout, for trying --dataset imagefolder on real images offline:
 
-    python docs/examples/make_folder.py --dataset fashion-mnist --out /tmp/fmnist-folder [--format png|jpg]
+    python docs/examples/make_folder.py --dataset fashion-mnist --out /tmp/fmnist-folder [--format png|jpg] \
+        [--limit-train N] [--limit-val N]
 
 DIR/train/<class>/<index>.<ext> and DIR/val/<class>/<index>.<ext>; class folders are the
 class numbers zero-padded ("00".."09"), so their sorted order is the label order, and files are
-the sample index zero-padded. Existing files are kept (delete DIR to write it anew).
+the sample index zero-padded. --limit-train N / --limit-val N write only the first N samples of
+the training / test split (N >= 1; all of them without the flag, or where the split has fewer).
+Existing files are kept (delete DIR to write it anew).
 """
 import argparse
 from pathlib import Path
@@ -13,19 +16,26 @@ from pathlib import Path
 from torchvision.io import encode_jpeg, encode_png
 
 from kd_accel.data import load_split
+from kd_accel.errors import KDError, run_cli
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("png", "jpg"), default="png")
-    p.add_argument("--limit-train", type=int)
-    a = p.parse_args()
-    for split, sub in (("train", "train"), ("test", "val")):
+    p.add_argument("--limit-train", type=int, metavar="N", help="only the first N training samples (train/)")
+    p.add_argument("--limit-val", type=int, metavar="N", help="only the first N test samples (val/)")
+    a = p.parse_args(argv)
+    for flag, value in (("--limit-train", a.limit_train), ("--limit-val", a.limit_val)):
+        if value is not None and value < 1:
+            raise KDError(f"{flag} must be >= 1, got {value} (leave it out for the whole split)")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise KDError(f"--out {a.out} is a file, not a folder: give a folder (made if missing)")
+    for split, sub, limit in (("train", "train", a.limit_train), ("test", "val", a.limit_val)):
         s = load_split(a.dataset, split, a.data_dir)
-        n = len(s) if split == "test" or not a.limit_train else min(a.limit_train, len(s))
+        n = len(s) if limit is None else min(limit, len(s))
         for i in range(n):
             path = Path(a.out) / sub / f"{int(s.labels[i]):02d}" / f"{i:05d}.{a.format}"
             if path.exists():
@@ -37,4 +47,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from .errors import KDError
 from .hashing import tensor_digest
 from .io import atomic_path
+from .validate import check_finite, file_kind, reads_tensors
 
 # 3: K views per sample (logits [K, N, C]), optional top-k storage and augmentation parameters,
 # the augmentation stamped in the key; 2 checksummed the labels too (1 covered the logits only).
@@ -233,6 +234,9 @@ def read_metadata(path):
     except FileNotFoundError:
         raise KDError(f"logits cache not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
+        kind = file_kind(path)
+        if kind and kind.startswith(("a PyTorch", "a pickle", "an empty")):  # not a cache at all
+            raise KDError(f"logits cache {path} is {kind}, not a teacher-logits cache") from None
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
 
 
@@ -445,6 +449,7 @@ def _folder_change(meta, path, data):
         return None
 
 
+@reads_tensors("logits cache")
 def open_cache(path, key=None, verify=True, views=1, data=None):
     """The SoftTargets in `path`, checked against `key` (the run that wants it) when given, and
     holding at least `views` views; `verify` checks every tensor's stored checksum (reads the
@@ -466,6 +471,7 @@ def open_cache(path, key=None, verify=True, views=1, data=None):
     tensors = _mmap_or_refuse(path)
     layout, k = _layout(meta, tensors, path)
     _check_tensors(tensors, meta if verify else None, layout, path)
+    check_finite(tensors, f"logits cache {path}")  # the checksums say the bytes are the writer's, not that it checked
     return SoftTargets(tensors, meta, k, path)
 
 
@@ -523,6 +529,7 @@ def save_part(out, view, logits, params, key, dtype):
         save_file(tensors, str(tmp), metadata=meta)
 
 
+@reads_tensors("view part")
 def load_part(out, view, key, dtype):
     """(logits [N, C] as `dtype`, params [N, P] float32 or None) of a finished view, or None when
     there is none. A part made for another key, view or dtype, or corrupted, is deleted and None
@@ -541,6 +548,7 @@ def load_part(out, view, key, dtype):
             p = tensors["params"]
             layout["params"] = ((key.num_samples, p.shape[-1] if p.dim() else 0), torch.float32)
         _check_tensors(tensors, meta, layout, path, "view part")
+        check_finite(tensors, path)
         # copies: the caller stacks and may modify them; the mapping is read-only
         return tensors["logits"].clone(), tensors["params"].clone() if "params" in tensors else None
     except KDError:

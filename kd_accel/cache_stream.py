@@ -25,6 +25,7 @@ from .cache import DTYPES, FORMAT_VERSION, _NP_DTYPES, _ST_DTYPES, _check_dtype,
 from .errors import KDError
 from .hashing import tensor_digest
 from .io import write_json
+from .validate import nonfinite, reads_tensors
 
 _DIGEST_LEN = 32  # hashing.tensor_digest's hex digits
 
@@ -40,6 +41,7 @@ class CacheWriter:
     crops per view (None: none); file_hashes [N] int64, classes and paths (folder.PathList) of an
     image folder, whose files' digests (`content`, [N] int64, data/content.py) each write brings."""
 
+    @reads_tensors("partial cache")
     def __init__(self, path, key, views, labels, dtype="fp16", topk=None, params_cols=None, file_hashes=None,
                  classes=None, paths=None):
         _check_dtype(dtype)
@@ -79,6 +81,7 @@ class CacheWriter:
         self.arrays = {name: np.memmap(self.tmp, dtype=_NP_DTYPES[_ST_DTYPES[d]], mode="r+",
                                        offset=self.data_start + off, shape=s)
                        for name, (s, d), off in zip(layout, layout.values(), self._offsets())}
+        self.done = self._verified(self.done)  # a resumed view is used only as it was written
         if not self.done:
             self.arrays["labels"][:] = torch.as_tensor(labels, dtype=torch.int64).numpy()
             if file_hashes is not None:
@@ -112,6 +115,7 @@ class CacheWriter:
         try:
             state = json.loads(self.state.read_text())
             if state.get("meta") == self.meta and self.tmp.stat().st_size == self.size:
+                self._digests = state.get("digests") or {}
                 return set(state["done"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -151,7 +155,34 @@ class CacheWriter:
         for a in self.arrays.values():
             a.flush()
         self.done.add(int(view))
-        write_json(self.state, {"meta": self.meta, "done": sorted(self.done)})
+        self._digests = {**getattr(self, "_digests", {}), **self._view_digests(view)}
+        write_json(self.state, {"meta": self.meta, "done": sorted(self.done), "digests": self._digests})
+
+    def _view_digests(self, view):
+        """{"<view>/<name>": digest} of view `view`'s rows of each [K, N, ...] tensor, and
+        {"<name>": digest} of the others (labels, file hashes) as they are now."""
+        return {f"{view}/{name}" if self._per_view(a) else name:
+                tensor_digest(torch.from_numpy(np.asarray(a[view] if self._per_view(a) else a)))
+                for name, a in self.arrays.items()}
+
+    def _per_view(self, array):
+        return array.ndim >= 2 and array.shape[0] == self.views
+
+    def _verified(self, done):
+        """The views of `done` (resumed from the partial file) whose rows are what view_done
+        recorded (checksums) and finite; all of none if the other tensors changed. A view that
+        fails is written again, never used."""
+        if not done:
+            return done
+        want, kept = getattr(self, "_digests", {}), set()
+        for view in sorted(done):
+            have = self._view_digests(view)
+            if any(want.get(k) != d for k, d in have.items() if "/" not in k):
+                return set()  # labels or file hashes changed: start the file over
+            rows = {name: torch.from_numpy(np.asarray(a[view])) for name, a in self.arrays.items() if self._per_view(a)}
+            if all(want.get(k) == d for k, d in have.items() if "/" in k) and nonfinite(rows) is None:
+                kept.add(view)
+        return kept
 
     def finish(self):
         """Checksums into the header, then the file renamed over the cache."""

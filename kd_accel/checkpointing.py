@@ -12,11 +12,13 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
+from pickle import UnpicklingError
 
 from safetensors import SafetensorError, safe_open
 
 from .errors import KDError
 from .losses import loss_name
+from .validate import nonfinite, reads_tensors
 
 PROGRESS = "progress.json"
 _STEP = re.compile(r"^step_(\d+)$")
@@ -91,10 +93,13 @@ def resume_progress(path):
         raise KDError(f"--resume {path}: not a usable checkpoint: {e}") from None
 
 
+@reads_tensors("accelerate checkpoint")
 def checkpoint_problem(path):
     """Why checkpoint `path` cannot be resumed, or None. Checked before `load_state`, which would
     fail half-way (weights loaded, optimizer not) on a truncated file, or only log a warning on a
-    missing RNG file and so silently break bit-exact resumption."""
+    missing RNG file and so silently break bit-exact resumption. Every tensor `load_state` takes
+    (the model's parameters and buffers, the optimizer's state) must be finite: fit never saves
+    non-finite weights, so such a checkpoint was damaged since."""
     path = Path(path)
     try:
         progress = read_progress(path)
@@ -108,17 +113,23 @@ def checkpoint_problem(path):
         if f"random_states_{rank}.pkl" not in names:
             return f"no random_states_{rank}.pkl"
     for f in sorted(path.iterdir()):
+        bad = None
         try:
             if f.suffix == ".safetensors":
                 with safe_open(str(f), framework="pt") as st:
-                    for key in st.keys():
-                        st.get_tensor(key)
+                    bad = nonfinite({key: st.get_tensor(key) for key in st.keys()})
             elif f.suffix in (".bin", ".pkl"):  # torch.save zip archives: testzip checks every CRC
                 with zipfile.ZipFile(f) as z:
                     if z.testzip() is not None:
                         raise zipfile.BadZipFile("bad CRC")
-        except (SafetensorError, OSError, ValueError, RuntimeError, zipfile.BadZipFile) as e:
+                if f.name.startswith(("model", "optimizer")):  # weights (torch.save), the optimizer's moments
+                    import torch
+
+                    bad = nonfinite(torch.load(f, map_location="cpu", weights_only=True))
+        except (SafetensorError, OSError, ValueError, RuntimeError, EOFError, UnpicklingError, zipfile.BadZipFile) as e:
             return f"{f.name} truncated or unreadable ({type(e).__name__}: {e})"
+        if bad:
+            return f"{f.name}: {bad}; refusing to use it"
     return None
 
 
@@ -188,6 +199,7 @@ def save_checkpoint(accelerator, folder, global_step, progress, keep):
     return final
 
 
+@reads_tensors("accelerate checkpoint")
 def load_checkpoint(accelerator, path, phase, settings, log=print):
     """Restore Accelerate's state from `path`, or, if it is damaged, from the newest usable older
     checkpoint beside it (saying which was skipped and why). Its stamp must be `phase` with

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .augment import make_inputs
 from .errors import KDError
 from .models import arch_spec, build_from_spec, load_weights, meta_record, parse_arch
-from .models.preprocessing import describe, norm_of, of_data, resolve
+from .models.preprocessing import describe, mix_note, norm_of, of_data, resolve
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def build(recipe, train, role, log=print):
     if recipe.weights:
         notes = notes + load_weights(model, recipe.weights)
         notes.append(f"weights from {recipe.weights}")
+    notes += [n for n in [mix_note(recipe.arch, recipe.weights, record["preprocessing"])] if n]
     for note in notes:
         log(f"{role}: {note}")
     return model, record

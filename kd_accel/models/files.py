@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 from ..errors import KDError
 from ..hashing import tensor_digest
 from ..io import atomic_path
+from ..validate import check_finite, file_kind, reads_tensors
 from . import notebook
 from .notebook import DEFAULT_INPUT_SHAPE, _mismatch, check_input_shape
-from .zoo import arch_spec, build_from_spec
+from .zoo import arch_spec, build_from_spec, drop_aux_heads
 
 
 def count_params(model):
@@ -54,8 +55,13 @@ def save_model(model, path, role, num_classes, input_shape=None, record=None, **
         save_file(state, str(tmp), metadata=metadata)
 
 
+WEIGHTS_HINT = "a weights file is given as --weights / --teacher-weights, with its architecture's --arch"
+
+
+@reads_tensors("kd_accel model file")
 def read_checkpoint(path):
-    """(state_dict, metadata) from a safetensors checkpoint, with one-line errors."""
+    """(state_dict, metadata) from a kd_accel model file (safetensors), with one-line errors;
+    every tensor finite (parameters and buffers)."""
     from safetensors import safe_open
 
     if Path(path).is_dir():
@@ -63,11 +69,18 @@ def read_checkpoint(path):
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
+        if "format_version" in metadata and "views" in metadata:  # what cache.save_cache stamps; not read whole
+            raise KDError(f"{path} is a kd_accel teacher-logits cache, not a model (a cache is read by --logits)")
         state = load_file(str(path))
     except FileNotFoundError:
         raise KDError(f"checkpoint not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
+        kind = file_kind(path)
+        if kind and ("PyTorch" in kind or "pickle" in kind):  # weights, not a model file
+            raise KDError(f"cannot read checkpoint {path}: it is {kind}, not a kd_accel model file (safetensors); "
+                          f"{WEIGHTS_HINT}") from None
         raise KDError(f"cannot read checkpoint {path} (truncated or not safetensors?): {e}") from None
+    check_finite(state, path)
     return state, metadata
 
 
@@ -108,6 +121,9 @@ def meta_record(meta, path):
         except ValueError:
             raise KDError(f"{path}: metadata arch_spec is not JSON") from None
     role = meta.get("arch")
+    if role is None:
+        raise KDError(f"{path} is a safetensors file without kd_accel's model metadata (plain weights?); "
+                      f"{WEIGHTS_HINT}")
     if role not in notebook.MODELS:
         raise KDError(f"{path}: metadata names no architecture kd_accel knows ({role!r})")
     num_classes = meta_number(meta, "num_classes", path, int) if "num_classes" in meta else 10
@@ -139,6 +155,7 @@ def load_model(path, expect_arch=None, expect_input_shape=None):
         model, _ = build_from_spec(record)
     except KDError as e:
         raise KDError(f"{path}: metadata arch_spec: {e}") from None
+    drop_aux_heads(state, model.state_dict())  # a file saved when inception_v3/googlenet were built with them
     problem = _mismatch(state, model.state_dict())
     if problem:
         raise KDError(f"{path}: weights do not fit {record['spec']!r} with {record['num_classes']} classes: {problem}")

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from ..errors import KDError
+from . import zoo
 from .zoo import _timm, parse_arch
 
 KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
@@ -43,6 +44,8 @@ def _timm_preprocessing(name, weights_name):
     from timm.data import resolve_data_config
 
     tagged = f"{name.split('.')[0]}.{weights_name}" if weights_name else name
+    if "." in tagged:  # a tag timm does not know: one line naming those it does
+        zoo._check_timm_tag(f"timm:{tagged}", *tagged.split(".", 1))
     cfg = timm.models.get_pretrained_cfg(tagged)
     if cfg is None:
         raise KDError(f"timm:{name} has no pretrained configuration {weights_name!r}")
@@ -137,8 +140,43 @@ def resolve(spec, weights_path, image_size, normalize, data_norm, data_hw, chann
     size = [image_size, image_size] if image_size else known_size or list(data_hw)
     return {"image_size": [int(v) for v in size], "mean": _per_channel(mean, channels, spec),
             "std": _per_channel(std, channels, spec), "interpolation": interpolation,
-            "resize_size": known["resize_size"] if known else None,
+            "resize_size": scaled_resize(known and known["resize_size"], known_size, size),
             "source": source + (f", {size[0]}x{size[1]} from --image-size" if image_size else "")}
+
+
+def scaled_resize(resize_size, known_size, size):
+    """The evaluation resize (short side before the centre crop) for inputs of `size` [H, W]: the
+    weights' resize_size scaled by size / their crop size known_size, so the crop keeps the
+    share of the image it had (224 of 256 -> 28 of 32 for 32 px: resize 36), never the central
+    32 px of a 256 px image. None where the weights say none."""
+    if not resize_size or not known_size or list(size) == list(known_size):
+        return resize_size or None
+    return max(min(size), math.floor(min(size) * resize_size / min(known_size)))
+
+
+# a crop that keeps less of the image than this share of its side, or an input this many times
+# smaller (or larger) than the weights were trained at, is said in the log (mix_note)
+CROP_SHARE, SIZE_FACTOR = 1 / 1.5, 2.0
+
+
+def mix_note(spec, weights_path, record):
+    """One line for the log when the preprocessing mixes what the weights expect with what a flag
+    or the data chose so that the model sees something else than it was trained on: a centre crop
+    keeping less than 2/3 of the image's side, or an input size far from the weights' own. None
+    otherwise (also when nothing is known of the weights)."""
+    h, w = record["image_size"]
+    resize = record.get("resize_size")
+    notes = []
+    if resize and min(h, w) < CROP_SHARE * resize:
+        notes.append(f"the evaluation view resizes to {resize} px and keeps the central {h}x{w}: "
+                     f"{min(h, w) / resize:.0%} of the image's side")
+    known, source = known_preprocessing(spec, weights_path)
+    known_size = known and known["image_size"]
+    known_size = known_size if isinstance(known_size, list) else known_size and [known_size] * 2
+    if known_size and not 1 / SIZE_FACTOR <= min(h, w) / min(known_size) <= SIZE_FACTOR:
+        notes.append(f"inputs of {h}x{w}, the weights ({source}) were trained on {known_size[0]}x{known_size[1]}: "
+                     "expect them to do worse than at their own size unless fine-tuned")
+    return f"preprocessing: {'; '.join(notes)}" if notes else None
 
 
 def of_data(data_norm, data_hw):
@@ -154,7 +192,10 @@ def describe(record):
     h, w = record["image_size"]
     def nums(v):
         return None if v is None else "[" + ",".join(f"{x:.6g}" for x in v) + "]"
-    return f"{h}x{w} {record['interpolation']} mean={nums(record['mean'])} std={nums(record['std'])}"
+    # the evaluation resize shapes an image folder's un-augmented view (the cache's, the test
+    # set's): said where there is one (records without one read as before it was added)
+    resize = f" resize={record['resize_size']}" if record.get("resize_size") else ""
+    return f"{h}x{w} {record['interpolation']} mean={nums(record['mean'])} std={nums(record['std'])}{resize}"
 
 
 def norm_of(record):

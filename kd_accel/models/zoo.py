@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import KDError, first_line as _first_line
+from ..validate import check_finite, file_kind, reads_tensors
 from . import notebook
 
 SOURCES = ("torchvision", "timm", "notebook")
@@ -26,6 +27,8 @@ LIST_HINT = "list them with --list-models PATTERN"
 # what wrappers put in front of every key: DDP / DataParallel, and torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 RECORD_KEYS = ("spec", "num_classes", "in_chans", "input_shape", "preprocessing")
+# torchvision's models with auxiliary classifiers (built without them) and those heads' modules
+AUX_HEADS = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -91,11 +94,28 @@ def parse_arch(spec):
         raise KDError(f"unknown model source {source!r} in {spec!r}{_listing(' (did you mean ', close, '?)')}; "
                       f"choose from {', '.join(SOURCES)}")
     names = _names(source, f"architecture {spec!r}")
-    base = name.split(".", 1)[0] if source == "timm" else name  # timm: NAME.TAG
+    base, dot, tag = name.partition(".") if source == "timm" else (name, "", "")  # timm: NAME.TAG
     if base not in names:
         close = _closest(base, [f"{source}:{n}" for n in names])
         raise KDError(f"unknown architecture {spec!r}{_listing('; closest: ', close)}; {LIST_HINT}")
+    if dot:
+        _check_timm_tag(spec, base, tag)
     return source, name
+
+
+def _check_timm_tag(spec, base, tag):
+    """A timm pretrained tag ("a1_in1k" in timm:resnet18.a1_in1k) that timm knows for `base`,
+    or one line naming the tag and the closest of those it has."""
+    tags = [n.partition(".")[2] for n in _timm(f"architecture {spec!r}").list_pretrained(f"{base}.*")]
+    if tag in tags:
+        return
+    if not tags:
+        raise KDError(f"timm:{base} has no pretrained tag {tag!r}: timm knows no pretrained weights for it; "
+                      f"give timm:{base}")
+    close = difflib.get_close_matches(tag, tags, n=3)
+    listed = ", ".join(tags[:8]) + (", ..." if len(tags) > 8 else "")
+    raise KDError(f"unknown pretrained tag {tag!r} in {spec!r}{_listing('; closest: ', close)}; "
+                  f"timm:{base} has {len(tags)}: {listed}")
 
 
 # --- building ------------------------------------------------------------------------------
@@ -154,8 +174,102 @@ def build_zoo_model(spec, num_classes, in_chans=3, image_size=None):
         return _timm(f"architecture {spec!r}").create_model(name, pretrained=False, num_classes=num_classes,
                                                            in_chans=in_chans), []
     import torchvision.models as tvm
-    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    # no auxiliary classifiers: in training mode they make the forward give a tuple, not the logits
+    extra = {"aux_logits": False} if name in AUX_HEADS else {}
+    model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     return model, ([] if in_chans == 3 else [_adapt_input_conv(model, spec, in_chans)])
+
+
+# --- the input size a model runs at --------------------------------------------------------
+
+# sizes tried, smallest first above the one refused, to name one a model runs at; with the sizes
+# its source says it takes (timm's pretrained_cfg, torchvision's weights: _size_hints)
+SIZE_LADDER = (32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
+_NOT_LOGITS = "not a tensor of logits"
+_RUNS = {}  # (spec, C, H, W, train) -> None (runs) or _refusal's: each model and size tried once per process
+
+
+def _forward_problem(model, shape, train=False):
+    """Why `model` does not run on zero inputs of `shape` (C, H, W), or None; on the CPU, no grad.
+    Evaluation: one input in eval mode (BatchNorm in training mode fails on one 1x1 map).
+    Training (train=True): two inputs in training mode, giving a tensor of logits (torchvision's
+    inception_v3 gives a tuple with its auxiliary logits); the BatchNorm statistics are put back."""
+    was = model.training
+    buffers = {k: v.clone() for k, v in model.named_buffers()} if train else {}
+    model.train(train)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2 if train else 1, *shape))
+        if not isinstance(out, torch.Tensor):
+            return f"in training mode it gives a {type(out).__name__}, {_NOT_LOGITS}"
+        return None
+    except Exception as e:  # noqa: BLE001 - too small an input fails as RuntimeError, AssertionError, ValueError...
+        return _first_line(e)[:200]
+    finally:
+        model.train(was)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                if k in buffers:
+                    v.copy_(buffers[k])
+
+
+def _runs(model, shape, train):
+    """Why `model` does not evaluate (and, if train, train) on `shape` inputs, or None."""
+    return _forward_problem(model, shape) or (_forward_problem(model, shape, True) if train else None)
+
+
+def _size_hints(model, spec):
+    """Input sides the architecture is said to take: timm's pretrained_cfg (min_input_size,
+    input_size), torchvision's weights (min_size, crop size)."""
+    source, name = parse_arch(spec)
+    sides = []
+    if source == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        sides += [cfg[k][-1] for k in ("min_input_size", "input_size") if isinstance(cfg.get(k), (tuple, list))]
+    elif source == "torchvision":
+        import torchvision.models as tvm
+
+        try:
+            for w in tvm.get_model_weights(name):
+                sides += [min(w.meta.get("min_size", (0, 0))), w.transforms().crop_size[0]]
+        except (KeyError, ValueError, AttributeError, TypeError):
+            pass
+    return [int(s) for s in sides if isinstance(s, Integral) and s > 0]
+
+
+def check_input_size(model, spec, shape, flag=None, train=True):
+    """Refuse, in one line, a model that does not run on inputs of `shape` (C, H, W), naming a
+    size it runs at and the flag that chooses it (e.g. `timm:vit_tiny_patch16_224 does not run
+    on 28x28 inputs (...); it needs 224x224: use --image-size 224`); found by forward passes of
+    zero inputs at each size tried (smallest first, above the refused one). train: the model will
+    be trained, so it must also run in training mode and give a tensor of logits there."""
+    c, h, w = (int(v) for v in shape)
+    key = (spec, c, h, w, bool(train))
+    if key not in _RUNS:
+        _RUNS[key] = _refusal(model, spec, (c, h, w), train)
+    if _RUNS[key]:
+        line, s = _RUNS[key]
+        raise KDError(line.format(use=f"use {flag} {s}" if flag else f"give it {s}x{s} inputs"))
+
+
+def _refusal(model, spec, shape, train):
+    """None if the model runs on `shape`; else (the line, with {use} where the flag goes, and the
+    size it runs at)."""
+    c, h, w = shape
+    problem = _runs(model, shape, train)
+    if problem is None:
+        return None
+    sides = sorted(set(SIZE_LADDER) | set(_size_hints(model, spec)))
+    side = min(h, w)
+    quoted = problem.replace("{", "{{").replace("}", "}}")
+    for s in [side] + [s for s in sides if s > side] + [s for s in reversed(sides) if s < side]:
+        found = problem if s == side else _runs(model, (c, s, s), train)
+        if found and _NOT_LOGITS in found:  # no size mends that
+            found = found.replace("{", "{{").replace("}", "}}")
+            return f"{spec} cannot be trained here: {found} (kd_accel trains models whose forward gives the logits)", s
+        if found is None:
+            return f"{spec} does not run on {h}x{w} inputs ({quoted}); it needs {s}x{s}: {{use}}", s
+    return f"{spec} does not run on {h}x{w} inputs, nor on any size from {sides[0]} to {sides[-1]}: {quoted}", side
 
 
 # --- weights from a file -------------------------------------------------------------------
@@ -171,26 +285,51 @@ def _is_safetensors(path):
 
 
 def _read_safetensors(path):
+    """{name: tensor} of a safetensors file; a kd_accel logits cache is named as what it is."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    kind = file_kind(path)
+    if kind and "logits cache" in kind:
+        raise KDError(f"{path} is {kind}, not model weights (a cache is read by --logits)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise KDError(f"cannot read weights {path} (truncated or corrupt safetensors?): {_first_line(e)}") from None
 
 
+# what torch's weights-only unpickler says of a pickle that would run code: a global it does not
+# allow ("Unsupported global: GLOBAL x", "unsupported GLOBAL posix.system whose module posix is
+# blocked"), or a call or object it would have to make ("reduce for unrecognized function f")
+_NEEDS_CODE = (r"GLOBAL (\S+)", r"unrecognized function (.+?)(?: which belongs|$)",
+               r"Can only (?:create new object|build) .* but got (.+)$")
+
+
+def _needs_code(e):
+    """What a weights-only refusal says the file needs to run (a global's name), or None."""
+    for line in str(e).splitlines():
+        for pattern in _NEEDS_CODE:
+            m = re.search(pattern, line.strip())
+            if m:
+                return m[1].rstrip(".")
+    return None
+
+
 def _read_torch(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # never runs the file's code
     except UnpicklingError as e:
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        code = _needs_code(e)
         if code:
-            raise KDError(f"{path} needs pickled code to load ({code[1]}), which is never run; "
+            raise KDError(f"{path} needs pickled code to load ({code}), which is never run; "
                           "save the model's state_dict() instead") from None
-        raise KDError(f"cannot read weights {path} (not a PyTorch or safetensors file?)") from None
+        raise KDError(f"cannot read weights {path}: not a PyTorch weights file (it is {file_kind(path) or 'unknown'}: "
+                      f"{_first_line(e)[:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise KDError(f"cannot read weights {path} (truncated or corrupt?): {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - bytes that are no pickle fail inside the unpickler in many ways
+        raise KDError(f"cannot read weights {path}: not a PyTorch or safetensors file "
+                      f"({file_kind(path) or type(e).__name__})") from None
 
 
 def _unwrap(obj, path):
@@ -209,12 +348,16 @@ def _unwrap(obj, path):
     return state
 
 
+@reads_tensors("torch.save state dict", "safetensors state dict", "training checkpoint")
 def read_weights(path):
-    """{name: tensor} from a .pth/.pt/.bin (torch.save) or .safetensors file, with one-line errors."""
+    """{name: tensor} from a .pth/.pt/.bin (torch.save) or .safetensors file, with one-line
+    errors; every tensor finite (parameters and buffers)."""
     path = Path(path)
     if not path.is_file():
         raise KDError(f"weights file not found: {path}" if not path.exists() else f"weights {path} is not a file")
-    return _unwrap(_read_safetensors(path) if _is_safetensors(path) else _read_torch(path), path)
+    state = _unwrap(_read_safetensors(path) if _is_safetensors(path) else _read_torch(path), path)
+    check_finite(state, path)
+    return state
 
 
 def _adapt_file_conv(model, state, expected, path):
@@ -259,7 +402,30 @@ def _reset_head(model, state, expected):
     fresh = model.state_dict()
     state.update({k: fresh[k] for k in fresh if k.rpartition(".")[0] in heads})
     (n_file, n_model), = counts
-    return [f"classifier {', '.join(heads)} re-initialised: the file has {n_file} classes, the data {n_model}"]
+    note = f"classifier {', '.join(heads)} re-initialised: the file has {n_file} classes, the data {n_model}"
+    return [HeadReset(note, n_file, n_model)]
+
+
+class HeadReset(str):
+    """The note (a str, for the log) that load_weights re-initialised the classifier: the
+    weights file was for n_file classes, the model is for n_model."""
+
+    def __new__(cls, text, n_file, n_model):
+        note = super().__new__(cls, text)
+        note.n_file, note.n_model = n_file, n_model
+        return note
+
+
+def drop_aux_heads(state, expected):
+    """Remove from a file's `state` the tensors of auxiliary classifiers (AUX_HEADS: torchvision's
+    published inception_v3 and googlenet files hold them) that the model, built without them,
+    does not have; the note for the log, or none."""
+    heads = {h for names in AUX_HEADS.values() for h in names}
+    aux = [k for k in state if k not in expected and k.split(".", 1)[0] in heads]
+    for k in aux:
+        del state[k]
+    return [f"auxiliary classifier {', '.join(sorted({k.split('.', 1)[0] for k in aux}))} of the file not used "
+            "(kd_accel trains on the main logits)"] if aux else []
 
 
 def _fill_bn_counters(state, expected):
@@ -277,7 +443,8 @@ def load_weights(model, path):
     path = Path(path)
     state, expected = read_weights(path), model.state_dict()
     _fill_bn_counters(state, expected)
-    notes = _adapt_file_conv(model, state, expected, path) + _reset_head(model, state, expected)
+    notes = drop_aux_heads(state, expected) + _adapt_file_conv(model, state, expected, path) \
+        + _reset_head(model, state, expected)
     problem = notebook._mismatch(state, expected)
     if problem:
         raise KDError(f"{path}: weights do not fit this {type(model).__name__}: {problem}")

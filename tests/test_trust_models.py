@@ -465,6 +465,33 @@ def test_inception_and_googlenet_train_on_their_logits_and_load_published_files(
     assert isinstance(model.train()(torch.zeros(2, 3, 64, 64)), torch.Tensor)
 
 
+def test_published_googlenet_weights_see_the_input_torchvision_gives_them(tmp_path):
+    """torchvision turns on transform_input when it loads googlenet's (and inception_v3's)
+    published weights itself; kd_accel builds the model weightless and normalises with the
+    0.5 / 0.5 that transform_input amounts to: the same logits as torchvision's own model with
+    its own transforms, on the same pixels (with ImageNet's mean/std and no transform_input,
+    the check fails)."""
+    import torchvision.models as tvm
+
+    from kd_accel.models.preprocessing import known_preprocessing
+
+    weights = tvm.GoogLeNet_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    theirs = tvm.googlenet(weights=None, num_classes=1000, aux_logits=False, init_weights=True, transform_input=True)
+    path = tmp_path / Path(weights.url).name  # googlenet-1378be20.pth: recognised by its published name
+    torch.save(theirs.state_dict(), path)
+    prep, source = known_preprocessing("torchvision:googlenet", path)
+    assert source and prep["mean"] == [0.5] * 3 and prep["std"] == [0.5] * 3
+    ours, _ = zoo.build_zoo_model("torchvision:googlenet", 1000, 3)
+    zoo.load_weights(ours, path)
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor(weights.transforms().mean)[:, None, None], torch.tensor(weights.transforms().std)[:, None, None]
+    with torch.no_grad():
+        expected = theirs.eval()((pixels - mean) / std)
+        got = ours.eval()((pixels - torch.tensor(prep["mean"])[:, None, None]) / torch.tensor(prep["std"])[:, None, None])
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
 # --- 5. a teacher for other classes ---------------------------------------------------------------
 
 def test_a_teacher_file_for_other_classes_is_refused_before_any_work(tmp_path):

@@ -22,6 +22,8 @@ from . import zoo
 from .zoo import _timm, parse_arch
 
 KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
+# torchvision models it builds with transform_input=True for their published weights
+TRANSFORM_INPUT = ("inception_v3", "googlenet")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what torch.nn.functional.interpolate does of them
 
 
@@ -35,7 +37,15 @@ def _torchvision_preprocessing(name, weights_name):
         raise KDError(f"torchvision:{name} has no weights {weights_name!r}; "
                       f"choose from {', '.join(w.name for w in tvm.get_model_weights(name))}") from None
     t = weights.transforms()  # ImageClassification: resize to resize_size, centre-crop crop_size
-    return {"image_size": t.crop_size[0], "resize_size": t.resize_size[0], "mean": list(t.mean), "std": list(t.std),
+    mean, std = list(t.mean), list(t.std)
+    if name in TRANSFORM_INPUT:
+        # torchvision builds these with transform_input=True when it loads their published weights
+        # itself: the model maps ImageNet-normalised input x to x * std / 0.5 + (mean - 0.5) / 0.5,
+        # i.e. the pixels p to (p - 0.5) / 0.5, what the weights (ported from TensorFlow) were
+        # trained on. kd_accel builds them without (weights come from a file), so it normalises with
+        # 0.5 / 0.5 itself: the same input to the first convolution.
+        mean, std = [0.5] * 3, [0.5] * 3
+    return {"image_size": t.crop_size[0], "resize_size": t.resize_size[0], "mean": mean, "std": std,
             "interpolation": t.interpolation.value}
 
 

@@ -21,7 +21,7 @@ from .augment import get_spec, stream_seed
 from .cache import SoftTargets, check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, Stamp, check_stamp, resume_progress
 from .config import stamped_fields
-from .data import FOLDER_DATASET, FolderSplit, balanced_subset, ensure_downloaded, open_split
+from .data import FOLDER_DATASET, FolderSplit, balanced_subset, ensure_downloaded, open_splits
 from .determinism import set_deterministic
 from .errors import KDError
 from .evaluation import evaluate
@@ -29,6 +29,8 @@ from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
 from .io import make_dir, write_json
 from .losses import loss_name
 from .models import count_params, load_model, meta_number, meta_record, meta_role, read_checkpoint, save_model, state_fingerprint
+from .models import build_from_spec, load_weights
+from .models.zoo import HeadReset, check_input_size
 from .models.preprocessing import describe
 from .roles import build, recipe_record, check_fitnets, file_preprocessing, inputs_for, resolved_recipe
 from .memory import keep_freed_memory
@@ -141,7 +143,7 @@ def load_data(accelerator, cfg, run_folder=True):
     d = cfg.data
     with accelerator.main_process_first():
         ensure_downloaded(d.dataset, d.data_dir)
-    train, test = (open_split(d.dataset, split, d.data_dir, d.channels, d.num_workers) for split in ("train", "test"))
+    train, test = open_splits(d.dataset, d.data_dir, d.channels, d.num_workers)  # val labelled by train's classes
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
     if isinstance(train, FolderSplit) and run_folder:
@@ -182,13 +184,46 @@ def check_against_data(cfg, train):
     for recipe in (cfg.student, cfg.teacher):
         if recipe.augment:
             train.check_augment(get_spec(recipe.augment))
-    # each model's preprocessing for these data (e.g. --normalize weights where none is known),
-    # and a student's --weights against its architecture: before the teacher trains
-    recipes = [cfg.student] + [cfg.teacher] * (not cfg.run.teacher)
-    for recipe in recipes:
-        recipe_record(recipe, train)
-    if cfg.student.weights:
-        build(cfg.student, train, "student", log=lambda line: None)
+    # each model for these data, before the teacher trains (check_model); a teacher file's classes
+    for role, recipe in [("student", cfg.student)] + [("teacher", cfg.teacher)] * (not cfg.run.teacher):
+        check_model(recipe, train, role)
+    if cfg.run.teacher:
+        check_teacher_classes(read_checkpoint(cfg.run.teacher)[1], cfg.run.teacher, train)
+
+
+# the flag that sets each role's input size (train_teacher.py takes the teacher's unprefixed)
+SIZE_FLAGS = {"student": "--image-size", "teacher": "--teacher-image-size (train_teacher.py: --image-size)"}
+
+
+def check_model(recipe, train, role):
+    """The model `recipe` names, for these data, before any work: its preprocessing (e.g.
+    --normalize weights where none is known); its --weights read (finite), fitting the
+    architecture; a teacher used as its weights give it (epochs 0) whose classifier they do not
+    fit (it would teach from a random head); and the input size: the model must run on the
+    preprocessing's size (and train there, unless a teacher used as it is), or it is refused
+    naming a size it runs at (zoo.check_input_size)."""
+    record = recipe_record(recipe, train)
+    model, notes = build_from_spec(record)
+    if recipe.weights:
+        notes = notes + load_weights(model, recipe.weights)
+    used_as_is = role == "teacher" and recipe.epochs == 0
+    for note in notes:
+        if used_as_is and isinstance(note, HeadReset):
+            raise KDError(f"--teacher-weights {recipe.weights} are for {note.n_file} classes, the data have "
+                          f"{note.n_model}: the classifier would be re-initialised, and --teacher-epochs 0 uses the "
+                          f"teacher untrained (a random teacher); fine-tune it (--teacher-epochs N) or give weights "
+                          f"for {note.n_model} classes")
+    check_input_size(model, record["spec"], record["input_shape"], SIZE_FLAGS[role], train=not used_as_is)
+
+
+def check_teacher_classes(meta, path, data):
+    """A teacher file (--teacher) made for the data's class count, or one line naming both
+    counts: its logits would fill a cache for other classes."""
+    n = meta_record(meta, path)["num_classes"]
+    if n != data.num_classes:
+        raise KDError(f"--teacher {path} is a teacher for {n} classes, the data ({data.dataset}) have "
+                      f"{data.num_classes}: its logits cannot teach these classes; give a teacher trained on these "
+                      "data, or fine-tune one from its weights (--teacher-arch A --teacher-weights W)")
 
 
 def teacher_arch(cfg):
@@ -318,6 +353,7 @@ def teacher_info_from_checkpoint(accelerator, path, test):
     model, meta = load_model(path, None, test.input_shape)  # e.g. an MNIST teacher given for CIFAR-10: refused
     if meta_role(meta) != "teacher":
         raise KDError(f"{path} holds a {meta_role(meta)!r} model, not a teacher")
+    check_teacher_classes(meta, path, test)
     prep = file_preprocessing(meta, path, test)
     if meta.get("test_fingerprint") == test.fingerprint() and "test_accuracy" in meta:
         acc = meta_number(meta, "test_accuracy", path)

@@ -16,6 +16,7 @@ files differ and the first differing path (differences).
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,27 +91,122 @@ class FolderIndex:
         return h.hexdigest()[:32]
 
 
-def scan(root, extensions=IMG_EXTENSIONS):
+def _check_utf8(name, path, what):
+    """One line when `name` (a part of `path`) is not valid UTF-8: os gives such bytes as lone surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KDError(f"{what} {os.fsencode(path)!r} has a name that is not valid UTF-8; kd_accel writes its paths "
+                      "into JSON and safetensors metadata, which need UTF-8: rename it") from None
+
+
+def _dangling(path):
+    return KDError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist (or cannot be reached): "
+                   "what it stands for cannot be known (a missing file would stop the run later; a missing folder "
+                   "would leave images out and shift the samples after them): remove the link or restore its target")
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISSOCK, "socket"))
+
+
+def _walk(class_dir):
+    """[(folder, [file DirEntry])] under class_dir, every folder once, in torchvision's order (its
+    make_dataset walks os.walk(followlinks=True), sorted): links to folders are followed, but one
+    pointing back at a folder that holds it is refused (os.walk would follow it until the kernel's
+    link limit, listing every image under it once per level); a folder that cannot be listed,
+    or a dangling link, is one line (os.walk skips both silently: images left out)."""
+    out = []
+    top = os.path.realpath(class_dir)
+    stack = [(os.fspath(class_dir), top, frozenset([top]))]
+    while stack:
+        folder, real, chain = stack.pop()  # real: its path without links; chain: those of it and the folders above
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            raise KDError(f"cannot list folder {folder}: {e.strerror or e} (its images would be left out, shifting the "
+                          "samples after them)") from None
+        files = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows links, as os.walk(followlinks=True) does
+            except OSError:
+                is_dir = False
+            if is_dir:
+                inner = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                if inner in chain:
+                    raise KDError(f"{e.path} is a symbolic link to {os.readlink(e.path)}, a folder that holds it: "
+                                  "following it would list the same images again at every level (torchvision's "
+                                  "ImageFolder does); remove the link")
+                stack.append((e.path, inner, chain | {inner}))
+            elif e.is_symlink() and not os.path.exists(e.path):
+                raise _dangling(e.path)
+            else:
+                files.append(e)
+        out.append((folder, files))
+    return sorted(out, key=lambda t: t[0])
+
+
+def scan(root, extensions=IMG_EXTENSIONS, classes=None):
     """The FolderIndex of ROOT, or one line saying what is wrong: not a folder, no class
-    folders, or a class folder without a single image (torchvision refuses it too: an empty class
-    would shift every label after it)."""
+    folders, or a training class folder without a single image (torchvision refuses it too: an
+    empty class would shift every label after it); a name that is not valid UTF-8, a dangling symbolic link,
+    a link looping back to a folder above it, a folder that cannot be listed, an image name on
+    something that is not a regular file (a named pipe would block a worker for ever): each named
+    at scan time, before any work.
+
+    `classes`: the training split's class list, when ROOT is the validation split: its labels are
+    then the training split's indices of its class folders' names, whose list the index keeps
+    (so the model's outputs and the labels agree), ROOT may lack some of them, and a class
+    folder the training split lacks is one line (the model has no output for it)."""
     root = Path(root)
     if not root.is_dir():
         raise KDError(f"image folder {root} {'is not a folder' if root.exists() else 'not found'}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
+    found = []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            _check_utf8(e.name, e.path, "class folder")
+            found.append(e.name)
+        elif e.is_symlink() and not os.path.exists(e.path):  # perhaps a class folder: its class would vanish
+            raise _dangling(e.path)
+    if not found:
         raise KDError(f"image folder {root} has no class folders (expected {root}/<class>/<image files>)")
+    validation = classes is not None
+    classes = classes if validation else found
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        them = "them" if len(extra) > 1 else "it"
+        raise KDError(f"{root} has class folder{'s' * (len(extra) > 1)} {', '.join(extra[:3])}"
+                      f"{' ...' if len(extra) > 3 else ''} that the training split lacks: the model has no output for "
+                      f"{them}; remove {them} from {root} or add {them} to the training split")
+    label = {name: c for c, name in enumerate(classes)}
     paths, labels, sizes = [], [], []
-    for c, name in enumerate(classes):
+    for name in found:
         before = len(paths)
-        for folder, _, files in sorted(os.walk(root / name, followlinks=True)):  # torchvision's order
-            for f in sorted(files):
-                if f.lower().endswith(extensions):
-                    full = os.path.join(folder, f)
-                    paths.append(Path(os.path.relpath(full, root)).as_posix())
-                    labels.append(c)
-                    sizes.append(os.stat(full).st_size)
-        if len(paths) == before:
+        for folder, files in _walk(root / name):  # torchvision's order
+            for e in sorted(files, key=lambda e: e.name):
+                if not e.name.lower().endswith(extensions):
+                    continue
+                rel = Path(os.path.relpath(e.path, root)).as_posix()
+                if not rel.isascii():
+                    _check_utf8(rel, e.path, "image file")
+                try:
+                    st = e.stat()
+                except OSError as err:
+                    raise KDError(f"cannot read {e.path}: {err.strerror or err}") from None
+                if not stat.S_ISREG(st.st_mode):
+                    kind = next((k for test, k in _NOT_REGULAR if test(st.st_mode)), "special file")
+                    raise KDError(f"{e.path} is a {kind}, not a regular file: reading it could block or never end; "
+                                  "remove it")
+                paths.append(rel)
+                labels.append(label[name])
+                sizes.append(st.st_size)
+        if len(paths) == before and not validation:  # validation: a class it lacks keeps training's labels
             raise KDError(f"class folder {root / name} holds no image file ({', '.join(extensions)}); "
                           "remove it or add its images: an empty class would shift every label after it")
     return FolderIndex(str(root), tuple(classes), PathList(paths), np.asarray(labels, dtype=np.int64),

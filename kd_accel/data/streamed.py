@@ -4,7 +4,7 @@ batch by batch, and nothing holds the data set (the second kind beside memory.py
     DIR/train/<class>/**/<image>     DIR/val/<class>/**/<image>     (torchvision's ImageFolder)
 
 A worker turns sample indices into a batch as torchvision's reference pipeline would, in
-uint8 until the end: read the file, decode it (torchvision.io; PIL for BMP/PPM/TIFF), crop,
+uint8 until the end: read the file, decode it (decode.py: as PIL's convert gives it), crop,
 resize to the model's size, flip; the float conversion and normalisation happen on the training
 device (augment.make_inputs). What a worker returns is what a batch of the in-memory kind holds:
 "images" uint8 [B, C, H, W], "labels" and "idx" [B] int64, plus "crops" uint16 [B, 5] (the view's
@@ -26,7 +26,6 @@ index-keyed logit after it.
 """
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import KDError, first_line
+from ..errors import KDError
 from .crops import crop_boxes as fraction_boxes, draw_crops
+from .decode import _decode
 from .content import Ledger, digest, ledger_path
 from .folder import differences, load_listing, save_listing, scan
 from .loading import EpochPermutation
@@ -44,7 +44,6 @@ DATASET = "imagefolder"
 SPLIT_DIRS = {"train": "train", "test": "val"}
 FOLDER_SIZE = 224  # the model input side when neither --image-size nor the weights say one (torchvision, timm)
 CROP_LEVELS = 65535  # crop fractions stored as uint16 x / 65535
-_TV_DECODES = (b"\xff\xd8", b"\x89PNG", b"RIFF", b"GIF8")  # jpeg, png, webp, gif: torchvision.io decodes them
 
 
 def quantize(fractions):
@@ -126,33 +125,6 @@ class View:
     size: tuple = (FOLDER_SIZE, FOLDER_SIZE)
     resize_size: int = None
     interpolation: str = "bilinear"
-
-
-def _decode(path, channels):
-    """uint8 [C, H, W] of the image file at `path`, or one line naming it."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if not data:
-            raise ValueError("empty file")
-        if data.startswith(_TV_DECODES):
-            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
-        from io import BytesIO
-
-        from PIL import Image
-
-        with Image.open(BytesIO(data)) as im:  # BMP, PPM/PGM, TIFF
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = torch.from_numpy(np.asarray(im).copy())
-        return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1).contiguous()
-    except Exception as e:  # noqa: BLE001 - truncated, not an image, unreadable: each fails its own way
-        # torchvision prefixes its C++ function, file and line: "decode_jpeg, /.../decode_jpeg.cpp:171, "
-        why = re.sub(r"^[\w():<>~ ]+, \S+\.(cpp|h):\d+, ", "", first_line(e))
-        raise KDError(f"cannot read image {path}: {why} (a bad file would shift every sample after it: fix or "
-                      "remove it)") from None
 
 
 class FolderDataset(Dataset):
@@ -398,12 +370,21 @@ class FolderData:
         return batch
 
 
-def load_folder(data_dir, split, channels=3, workers=None):
-    """The split ("train" or "test": DIR/train, DIR/val) of the image folder DIR."""
+def load_folder(data_dir, split, channels=3, workers=None, classes=None):
+    """The split ("train" or "test": DIR/train, DIR/val) of the image folder DIR. `classes`: the
+    training split's class list, for the test split: its samples are labelled by the training
+    split's index of their class folder's name, a class it lacks is said in one line (its
+    accuracy is then over the classes it has), and one the training split lacks is refused
+    (folder.scan)."""
     if not data_dir:
         raise KDError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<images>, DIR/val/<class>/...)")
     root = os.path.join(str(data_dir), SPLIT_DIRS[split])
-    index = scan(root)
+    index = scan(root, classes=classes)
     if len(index) == 0:
         raise KDError(f"image folder {root} holds no image file")
+    lacking = [c for c, n in zip(index.classes, np.bincount(index.labels, minlength=len(index.classes))) if n == 0]
+    if lacking and not int(os.environ.get("RANK") or 0):  # once per run, as rank 0 prints
+        print(f"{root} lacks {len(lacking)} of the training split's {len(index.classes)} classes "
+              f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}): each of its samples is labelled "
+              "with its class's index in the training split; its accuracy covers the classes it has", flush=True)
     return FolderSplit(index, split, channels or 3, workers=workers)

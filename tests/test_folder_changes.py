@@ -60,8 +60,9 @@ def change(data, how):
     if how == "moved to another class":
         c1[2].rename(train / "c2" / c1[2].name)
         return [f"c1/{c1[2].name} (removed)", "1 removed, 1 added"]
-    if how == "class renamed":
-        (train / "c1").rename(train / "d1")
+    if how == "class renamed":  # in both splits (renamed in train/ alone, val/ would hold a class train/ lacks)
+        for split in (train, data / "val"):
+            (split / "c1").rename(split / "d1")
         return ["class list changed (added d1; removed c1)"]
     if how == "rewritten, same size and mtime":
         stat = c1[2].stat()

@@ -40,6 +40,10 @@ import torch
 
 from ..errors import KDError, first_line
 
+# Part of every image folder's fingerprint (streamed.FolderSplit): a change to the pixels any file
+# decodes to is a change of the data. 1: torchvision.io first, then PIL (to
+# 12925bf and just after); 2: decoded as PIL's convert gives it, or refused (issue 25).
+DECODER_VERSION = 2
 FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")  # PIL's names; PPM reads PBM/PGM/PPM/PFM
 FORMAT_NAMES = "JPEG, PNG, PPM/PGM, BMP, TIFF, WebP, GIF"
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16-bit grey modes

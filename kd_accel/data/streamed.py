@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import KDError
 from .crops import crop_boxes as fraction_boxes, draw_crops
-from .decode import _decode
+from .decode import DECODER_VERSION, _decode
 from .content import Ledger, digest, ledger_path
 from .folder import differences, load_listing, save_listing, scan
 from .loading import EpochPermutation
@@ -146,7 +146,7 @@ class FolderDataset(Dataset):
                 data = f.read()
         except OSError as e:
             raise KDError(f"cannot read image {path}: {e.strerror or e}") from None
-        return _decode(path, self.channels), digest(data)
+        return _decode(path, self.channels, data), digest(data)  # the bytes read once: decoded and hashed
 
     def __len__(self):
         return len(self.paths)
@@ -275,8 +275,10 @@ class FolderSplit:
 
     def fingerprint(self):
         """The folder's identity (class list, relative paths, sizes: folder.FolderIndex) and how
-        it is read (channels): stamped on caches, checkpoints and models."""
-        h = hashlib.sha256(f"{DATASET}/{self.split}/channels={self.channels}/{self.index.fingerprint()}".encode())
+        it is read (channels, the decoder's version: decode.py's pixels changed for some kinds of
+        file in version 2): stamped on caches, checkpoints and models."""
+        h = hashlib.sha256(f"{DATASET}/{self.split}/channels={self.channels}/decoder={DECODER_VERSION}/"
+                           f"{self.index.fingerprint()}".encode())
         return h.hexdigest()
 
     def file_hashes(self):

@@ -20,41 +20,7 @@ import torch.nn.functional as F
 
 from .data import to_float
 from .errors import KDError
-
-_MASK64 = (1 << 64) - 1
-
-
-def _to_signed(x):
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-# splitmix64's constants, as signed int64 (torch has no uint64 arithmetic; int64 wraps the same)
-_GOLDEN = _to_signed(0x9E3779B97F4A7C15)
-_MIX1 = _to_signed(0xBF58476D1CE4E5B9)
-_MIX2 = _to_signed(0x94D049BB133111EB)
-
-
-def _shr(x, k):
-    """Logical right shift of int64 tensors (torch's >> is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
-def _splitmix64(x):
-    x = x + _GOLDEN
-    x = (x ^ _shr(x, 30)) * _MIX1
-    x = (x ^ _shr(x, 27)) * _MIX2
-    return x ^ _shr(x, 31)
-
-
-def uniforms(seed, view, index, count):
-    """[len(index), count] floats in [0, 1): a pure function of (seed, view, index, column),
-    the same on every device and rank. index: int64 tensor of sample indices."""
-    index = torch.as_tensor(index, dtype=torch.int64)
-    key = _splitmix64(torch.tensor(_to_signed((int(seed) * 0x100000001B3 + int(view)) & _MASK64), dtype=torch.int64))
-    cols = torch.arange(count, dtype=torch.int64, device=index.device)
-    x = _splitmix64(_splitmix64(key.to(index.device) ^ index)[:, None] + cols[None, :] * _GOLDEN)
-    return _shr(x, 11).double().mul_(2.0 ** -53).float()  # top 53 bits -> [0, 1)
-
+from .rng import uniforms  # noqa: F401 - re-exported: augmentation parameters are drawn with it
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -185,25 +151,68 @@ def make_inputs(spec, norm=None, size=None, interpolation="bilinear"):
     return inputs
 
 
-def drawn_views(spec, stream, n):
-    """epoch -> {"aug_params": [N, 5]}: a fresh view per epoch (view e in epoch e) of every sample,
-    from the stream's counter-based generator (teacher, baseline, and the fixed and online
-    students). None when the phase does not augment."""
+class DrawnViews:
+    """A fresh view per epoch (view e in epoch e) of every sample, from one stream's
+    counter-based generator (the teacher, the baseline, the fixed and online students): the
+    in-memory augmentations as a per-epoch column of parameters the step applies on the device,
+    an image folder's crops drawn in its DataLoader workers (data.ViewPlan)."""
+
+    def __init__(self, spec: AugmentSpec, stream: int):
+        self.spec, self.stream = spec, stream
+
+    def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
+        """{"aug_params": [N, 5]} of view `epoch`; nothing where the workers draw the view (rrc)."""
+        if self.spec.name in ("none", "rrc"):
+            return {}
+        return {"aug_params": draw_params(self.spec, self.stream, epoch, torch.arange(n))}
+
+    def crops(self, view: int | None = None) -> object | None:
+        """Where a streamed source's workers take each sample's crop: view `view`, or epoch e's
+        view in epoch e (None); None for the in-memory augmentations."""
+        from .data.streamed import DrawnCrops  # noqa: PLC0415 - the worker-side half of the same views
+
+        return DrawnCrops(self.stream, view) if self.spec.name == "rrc" else None
+
+
+class CachedViews:
+    """View e mod K of a K-view cache in epoch e (K = `views`, the run's: a cache may hold more, of
+    which the run uses the first K): the parameters the teacher's view was made with (a column
+    for the in-memory augmentations; for an image folder the crops its workers replay from the
+    cache file) and the teacher's logits on it, so the student sees exactly what the teacher
+    saw (data.ViewPlan)."""
+
+    def __init__(self, soft: object, views: int):
+        if not 1 <= views <= soft.views:
+            raise ValueError(f"the run reads {views} views, the cache holds {soft.views}")
+        self.soft, self.views = soft, views
+        # the cache's augmentation (its key's canonical spec): rrc crops are the workers' to make
+        self.replayed_in_workers = soft.meta.get("augment", "").startswith("rrc")
+
+    def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
+        view = epoch % self.views
+        cols = dict(self.soft.columns(view))
+        if not self.replayed_in_workers:
+            cols["aug_params"] = self.soft.params(view)
+        return cols
+
+    def crops(self, view: int | None = None) -> object | None:
+        if not self.replayed_in_workers:
+            return None
+        from .data.streamed import CachedCrops  # noqa: PLC0415
+
+        return CachedCrops(str(self.soft.path), self.views, self.soft.meta["params_sha256"])
+
+
+def drawn_views(spec: AugmentSpec, stream: int, n: int):
+    """epoch -> {"aug_params": [N, 5]}: DrawnViews' columns as a function (None when the phase
+    does not augment)."""
     if spec.name == "none":
         return None
-    index = torch.arange(n)
-    return lambda epoch: {"aug_params": draw_params(spec, stream, epoch, index)}
+    views = DrawnViews(spec, stream)
+    return lambda epoch: views.columns(epoch, n)
 
 
-def cached_views(soft, views):
-    """epoch -> view e mod K of a K-view cache (K = `views`, the run's: a cache may hold more,
-    of which the run uses the first K): the parameters the teacher's view was made with and the
-    teacher's logits on it, so the student sees exactly what the teacher saw."""
-    if not 1 <= views <= soft.views:
-        raise ValueError(f"the run reads {views} views, the cache holds {soft.views}")
-
-    def cols(epoch):
-        view = epoch % views
-        return {**soft.columns(view), "aug_params": soft.params(view)}
-
-    return cols
+def cached_views(soft: object, views: int):
+    """epoch -> CachedViews' columns as a function."""
+    plan = CachedViews(soft, views)
+    return lambda epoch: plan.columns(epoch, 0)

@@ -3,15 +3,17 @@
 The flags are config.py's settings; the choices that come from registries (data sets, losses,
 augmentations, cache dtypes, trackers) and the checks against files are added here, where the
 command line is built."""
+from __future__ import annotations
+
 import argparse
 import functools
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import outputs, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
-from .data.streamed import DATASET as FOLDER_DATASET
 from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
 from .config import (
@@ -19,7 +21,7 @@ from .config import (
     layered_defaults, settings_with_flags,
 )
 from .models import parse_arch
-from .data import DATA_DIR_ENV, DATASETS, data_files
+from .data import DATA_DIR_ENV, DATASETS, NAMES as DATA_NAMES, data_files
 from .errors import KDError
 from .io import write_json
 from .losses import KD_LOSSES, loss_name
@@ -31,19 +33,29 @@ from .reporting import experiment_metrics, print_summary
 from .roles import TeacherId, check_fitnets
 from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+    from .config import Config, Groups
+    from .study import Variant
+
+    Main = Callable[[Sequence[str] | None], None]  # a launch script's entry point: its flags
+
 # which groups of settings each script takes ({Config field: flag prefix, None: the group's own})
 ALL = ALL_GROUPS
 CACHE = ("cache_dtype", "cache_topk", "views", "augment_seed")
 
 
-def registries():
+def registries() -> tuple[dict[str, list[str]], dict[str, Callable[[str], object]]]:
     """Choices and types of the flags whose values are registered elsewhere in the package."""
-    choices = {"dataset": sorted([*DATASETS, FOLDER_DATASET]), "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
+    choices = {"dataset": sorted(DATA_NAMES), "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
                "teacher_augment": list(AUGMENTS), "cache_dtype": sorted(DTYPES), "report_to": list(tracking.REPORT_TO)}
     return choices, {"kd_loss": loss_name}  # an old loss name ('seed-mse') is the same loss
 
 
-def build_parser(description, groups, extra=None, defaults=None, only=None):
+def build_parser(description: str, groups: Groups, extra: Callable[[argparse.ArgumentParser], object] | None = None,
+                 defaults: Mapping[str, object] | None = None,
+                 only: Collection[str] | None = None) -> argparse.ArgumentParser:
     """An argparse parser for the settings of `groups` (all their flags, or those named in `only`)."""
     # no abbreviations: distill.py's --out would silently mean --output-dir
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
@@ -63,7 +75,8 @@ def build_parser(description, groups, extra=None, defaults=None, only=None):
 class ListModels(argparse.Action):
     """--list-models [PATTERN]: print the matching "SOURCE:NAME" specs, one a line, and exit."""
 
-    def __call__(self, parser, namespace, pattern, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, pattern: str,
+                 option_string: str | None = None) -> None:
         from .models import list_models
 
         names = list_models(pattern)
@@ -71,7 +84,8 @@ class ListModels(argparse.Action):
         parser.exit(0 if names else 1)
 
 
-def parse(parser, groups, argv=None):
+def parse(parser: argparse.ArgumentParser, groups: Groups,
+          argv: Sequence[str] | None = None) -> tuple[Config, dict[str, Any]]:
     """Flags over the preset's over the data set's defaults; a Config, checked; and the raw dict."""
     pre, _ = parser.parse_known_args(argv)
     known = {a.dest for a in parser._actions}
@@ -83,7 +97,7 @@ def parse(parser, groups, argv=None):
     return cfg, args
 
 
-def validate(cfg, groups=ALL):
+def validate(cfg: Config, groups: Groups = ALL) -> None:
     """One clear line per bad value, before any work starts."""
     try:
         check_bounds(cfg, groups)  # finite, within each setting's declared range
@@ -108,7 +122,7 @@ def validate(cfg, groups=ALL):
         check_cache_file(cfg.run.logits, "--logits")
 
 
-def check_models(cfg, groups=ALL):
+def check_models(cfg: Config, groups: Groups = ALL) -> None:
     """The architectures by name, their weights files and epochs, before any work (the weights'
     fit to the architecture and the preprocessing are checked once the data are read:
     pipeline.check_against_data)."""
@@ -116,7 +130,7 @@ def check_models(cfg, groups=ALL):
         if group not in groups:
             continue
         recipe, prefix = getattr(cfg, group), groups[group] if groups[group] is not None else GROUPS[group][1]
-        def flag(name):
+        def flag(name: str) -> str:
             return "--" + (prefix + name).replace("_", "-")
         parse_arch(recipe.arch)
         if recipe.weights and not os.path.isfile(recipe.weights):
@@ -135,7 +149,7 @@ def check_models(cfg, groups=ALL):
                           f"preprocessing; {', '.join(given)} would be ignored: give one or the other")
 
 
-def check_path_names(cfg, groups=ALL):
+def check_path_names(cfg: Config, groups: Groups = ALL) -> None:
     """Refuse, before any work, a path setting (declared path=True) whose name is not valid UTF-8.
     On Linux such bytes arrive as lone surrogates ('bad\\udcff'); the run would train and save a
     teacher, then fail where the path goes into JSON or safetensors metadata (UTF-8 only)."""
@@ -145,7 +159,7 @@ def check_path_names(cfg, groups=ALL):
                           "metadata, which need UTF-8: rename it")
 
 
-def is_utf8(text):
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -153,12 +167,12 @@ def is_utf8(text):
     return True
 
 
-def ends_training(main):
+def ends_training(main: Main) -> Main:
     """accelerator.end_training() on every way out of a script (done, KDError, Ctrl-C, a crash):
     the trackers --report-to opened in pipeline.setup finish and keep what was logged, and the run
     folder's lock taken there is released (in-process callers run again, or another script, at once)."""
     @functools.wraps(main)
-    def wrapped(argv=None):
+    def wrapped(argv: Sequence[str] | None = None) -> None:
         failed = True
         try:
             result, failed = main(argv), False
@@ -175,7 +189,7 @@ def ends_training(main):
 TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 
 
-def teacher_parser():
+def teacher_parser() -> argparse.ArgumentParser:
     return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
                         only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers", "epochs",
                               "batch_size", "lr", "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir",
@@ -184,7 +198,7 @@ def teacher_parser():
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
 
 
-def precompute_parser():
+def precompute_parser() -> argparse.ArgumentParser:
     return build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
                         only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers",
                               "batch_size", "augment", "epochs",
@@ -197,12 +211,12 @@ def precompute_parser():
 RUN_FLAGS = [dest for group in GROUPS for dest, _, _ in flag_fields(group) if dest != "out"]
 
 
-def distill_parser():
+def distill_parser() -> argparse.ArgumentParser:
     return build_parser("The whole experiment: teacher (train or reuse) -> logits cache (reuse or precompute) -> "
                         "distilled student -> baseline student -> summary.", ALL, only=RUN_FLAGS)
 
 
-def compare_parser():
+def compare_parser() -> argparse.ArgumentParser:
     return build_parser("Multi-seed comparison: does distillation beat the baseline, by how much?", ALL,
                         extra=study.add_comparison_flags, only=RUN_FLAGS)
 
@@ -212,7 +226,7 @@ def compare_parser():
 CHECKPOINTS = {"checkpoints": "folder"}
 
 
-def run_inputs(cfg):
+def run_inputs(cfg: Config) -> list[outputs.Input]:
     r = cfg.run
     resume = r.resume if r.resume not in (None, "latest") else None
     return [*(outputs.Input("--data-dir", p) for p in data_files(cfg.data.dataset, cfg.data.data_dir)),
@@ -221,32 +235,32 @@ def run_inputs(cfg):
             outputs.Input("--teacher-weights", cfg.teacher.weights and Path(cfg.teacher.weights))]
 
 
-def run_outputs(cfg, files):
+def run_outputs(cfg: Config, files: Mapping[str, str]) -> list[outputs.Output]:
     """{name: kind} of the files a script writes in the run folder, as outputs; and the lock it
     holds there while it runs (pipeline.setup)."""
     files = {runlock.LOCK_NAME: "lock", **files}
     return [outputs.Output("--output-dir", cfg.run_dir / name, kind) for name, kind in files.items()]
 
 
-def cache_output(cfg):
+def cache_output(cfg: Config) -> list[outputs.Output]:
     """The cache a run reads, or precomputes when it is missing or its own and stale (none online)."""
     if cfg.kd.teacher_mode == "online":
         return []
     return [outputs.Output("--logits" if cfg.run.logits else "--output-dir", cache_path(cfg), "cache")]
 
 
-def teacher_output(cfg):
+def teacher_output(cfg: Config) -> dict[str, str]:
     return {} if cfg.run.teacher else {TEACHER_FILE: "model"}
 
 
-def distill_outputs(cfg):
+def distill_outputs(cfg: Config) -> list[outputs.Output]:
     results = {name: ("json" if name.endswith(".json") else "model") for name in RESULT_FILES}
     files = {**teacher_output(cfg), **results, "previous": "cleared folder", **CHECKPOINTS,
              **{f"previous/{name}": kind for name, kind in results.items()}}  # the last result, set aside
     return [*run_outputs(cfg, files), *cache_output(cfg)]
 
 
-def compare_outputs(cfg, variants, seeds):
+def compare_outputs(cfg: Config, variants: Iterable[Variant], seeds: Sequence[int]) -> list[outputs.Output]:
     files = {**teacher_output(cfg), "results.json": "json", "results.md": "results table", "results.png": "png",
              "config.compare.json": "json", "compare": "folder", **CHECKPOINTS,
              **{f"{study.comparison_label(v, seed)}.safetensors": "model" for v in variants for seed in seeds}}
@@ -255,7 +269,7 @@ def compare_outputs(cfg, variants, seeds):
 
 
 @ends_training
-def train_teacher_main(argv=None):
+def train_teacher_main(argv: Sequence[str] | None = None) -> None:
     cfg, _ = parse(teacher_parser(), TEACHER_GROUPS, argv)
     outputs.check(run_outputs(cfg, {TEACHER_FILE: "model", "config.train_teacher.json": "json", **CHECKPOINTS}),
                   run_inputs(cfg))
@@ -268,7 +282,7 @@ def train_teacher_main(argv=None):
 
 
 @ends_training
-def precompute_main(argv=None):
+def precompute_main(argv: Sequence[str] | None = None) -> None:
     cfg, args = parse(precompute_parser(), ALL, argv)
     if not cfg.run.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
@@ -289,7 +303,7 @@ def precompute_main(argv=None):
 
 
 @ends_training
-def distill_main(argv=None):
+def distill_main(argv: Sequence[str] | None = None) -> None:
     cfg, _ = parse(distill_parser(), ALL, argv)
     outputs.check(distill_outputs(cfg), run_inputs(cfg))
     phases = ["teacher"] * (not cfg.run.teacher) + ["student"] + ["baseline"] * cfg.kd.baseline
@@ -313,7 +327,7 @@ def distill_main(argv=None):
 
 
 @ends_training
-def compare_main(argv=None):
+def compare_main(argv: Sequence[str] | None = None) -> None:
     """Baseline and distilled students over several seeds, one shared teacher and cache."""
     cfg, args = parse(compare_parser(), ALL, argv)
     variants, reference = study.variants_from_flags(args["variants"], args["reference"], cfg)
@@ -335,7 +349,7 @@ def compare_main(argv=None):
     study.write_comparison(accelerator, cfg, variants, reference, runs, teacher)
 
 
-def inspect_parser():
+def inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Entropy and max-probability of the cached teacher outputs softened by T.",
                                 allow_abbrev=False)
     p.add_argument("cache", help="a teacher-logits cache (safetensors)")
@@ -345,7 +359,7 @@ def inspect_parser():
     return p
 
 
-def inspect_main(argv=None):
+def inspect_main(argv: Sequence[str] | None = None) -> None:
     """Does a higher temperature flatten the teacher's outputs? Read from the cache alone."""
     a = inspect_parser().parse_args(argv)
     outputs.check([outputs.Output("--plot", a.plot and Path(a.plot), "png")], [outputs.Input("CACHE", Path(a.cache))])

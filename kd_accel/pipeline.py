@@ -18,10 +18,10 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from . import tracking
 from .augment import get_spec, stream_seed
-from .cache import SoftTargets, check_topk
+from .cache import check_topk
 from .checkpointing import RESUME_HINT, STAMP_VERSION, Stamp, check_stamp, resume_progress
 from .config import stamped_fields
-from .data import FOLDER_DATASET, FolderSplit, balanced_subset, ensure_downloaded, open_splits
+from .data import balanced_subset, ensure_downloaded, open_splits, reads_in_workers
 from .determinism import set_deterministic
 from .errors import KDError
 from .evaluation import evaluate
@@ -36,9 +36,10 @@ from .roles import build, recipe_record, check_fitnets, file_preprocessing, inpu
 from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .runlock import hold_run_folder
-from .threads import set_cpu_threads, share_with_workers, threads_line
+from .threads import set_cpu_threads
 from .teaching import cache_dtype, cache_views
-from .training import fit, make_objective, online_objective, topk_objective
+from .soft_targets import own_views, source_of
+from .training import fit, make_objective
 
 TEACHER_FILE = "teacher.safetensors"
 
@@ -76,7 +77,7 @@ def make_accelerator(cfg, script=None, say_threads=True, **kwargs):
     # no page-fault storm per step (kd_accel/memory.py); same arithmetic. Not for an image folder:
     # its epochs measured no faster with it, and the kept heap grew with the epoch's length
     # (docs/performance.md), where a folder run's memory must not grow with the data
-    if accelerator.device.type == "cpu" and cfg.data.dataset != FOLDER_DATASET:
+    if accelerator.device.type == "cpu" and not reads_in_workers(cfg.data.dataset):
         keep_freed_memory()
     remove_overhead()  # Accelerate's per-step package probe, gc over torch's objects (kd_accel/overhead.py)
     if cfg.run.report_to == "all":
@@ -90,7 +91,7 @@ def setup(cfg, script, run_folder=True):
     beside a config.json that did not make them. `run_folder` False (precompute_logits.py --out
     alone, which names the one file to write): no run folder is made or locked.
     Call load_data next: an image folder's run prints its CPU threads there."""
-    accelerator = make_accelerator(cfg, script, say_threads=cfg.data.dataset != FOLDER_DATASET)
+    accelerator = make_accelerator(cfg, script, say_threads=not reads_in_workers(cfg.data.dataset))
     set_seed(cfg.run.seed)
     if accelerator.is_main_process and run_folder:
         make_dir(cfg.run_dir)
@@ -146,19 +147,18 @@ def load_data(accelerator, cfg, run_folder=True):
     train, test = open_splits(d.dataset, d.data_dir, d.channels, d.num_workers)  # val labelled by train's classes
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
-    if isinstance(train, FolderSplit) and run_folder:
-        # the listings, so that a later run can name what changed in the folder; the ledgers of the
-        # files' bytes, checked and filled as the workers read them (data/content.py)
+    if run_folder:
+        # what a later run needs to name a change of the data (an image folder's listings), and
+        # what is checked as the data are read (its files' bytes: data/content.py)
         if accelerator.is_main_process:
             for split in (train, test):
-                split.keep_listing(cfg.run_dir)
+                split.remember(cfg.run_dir)
         accelerator.wait_for_everyone()
         for split in (train, test):
-            split.use_ledger(cfg.run_dir)
-    if isinstance(train, FolderSplit):  # the one threads line of a folder run (setup left it to here)
-        # on a CPU the cores are shared with the decoding workers
-        shared = accelerator.device.type == "cpu" and share_with_workers(train.worker_count())
-        accelerator.print(shared or threads_line(), flush=True)
+            split.use_records(cfg.run_dir)
+    line = train.threads_line(accelerator.device)  # a folder run's one threads line (setup left it to here)
+    if line:
+        accelerator.print(line, flush=True)
     return train, test
 
 
@@ -171,16 +171,9 @@ def check_against_data(cfg, train):
             check_topk(cfg.kd.cache_topk, train.num_classes)
         except KDError as e:
             raise KDError(f"--cache-topk {cfg.kd.cache_topk}: {e}") from None
+    train.check_options(cfg.data.channels, cfg.data.num_workers, cfg.data.train_subset)
     if cfg.data.train_subset:
-        if isinstance(train, FolderSplit):
-            raise KDError("--train-subset is for the in-memory data sets; for an image folder, make a folder of "
-                          "the labelled subset")
         balanced_subset(train.labels, cfg.data.train_subset)
-    if not isinstance(train, FolderSplit):
-        for flag in ("channels", "num_workers"):
-            if getattr(cfg.data, flag) is not None:
-                raise KDError(f"--{flag.replace('_', '-')} is for image folders (--dataset imagefolder); "
-                              f"{train.dataset} is read whole into memory")
     for recipe in (cfg.student, cfg.teacher):
         if recipe.augment:
             train.check_augment(get_spec(recipe.augment))
@@ -280,8 +273,7 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
     resolved = resolved_settings(accelerator, cfg, recipe, train)
     s = Stamp({"stamp": STAMP_VERSION, "phase_kind": phase, "data": train.fingerprint(),
                "processes": accelerator.num_processes})
-    if isinstance(train, FolderSplit):  # a changed folder is named: how many files, the first path
-        s.explain = partial(train.explain_change, cfg.run_dir)
+    s.explain = partial(train.explain_change, cfg.run_dir)  # a changed image folder is named by its files
     for group in PHASE_GROUPS[phase]:
         values = recipe if group in ("student", "teacher") else getattr(cfg, group)
         for name in stamped_fields(group, phase):
@@ -334,7 +326,7 @@ def train_teacher(accelerator, cfg, train, test, path):
         accelerator.print(f"teacher: {cfg.teacher.weights} used as it is (--teacher-epochs 0): {acc:.2f}% test "
                           f"accuracy, evaluated in {time.perf_counter() - start:.1f}s")
     else:
-        data = train.at(prep).train_data(drawn(spec, stream_seed("teacher", cfg.run.seed)))
+        data = train.at(prep).train_data(own_views(spec, stream_seed("teacher", cfg.run.seed)))
         model, hist = fit(accelerator, model, data, test.at(prep), cfg.teacher, cfg.run, make_objective("ce"),
                           "teacher", cfg.run_dir / "checkpoints" / "teacher", settings, inputs=inputs)
     info = run_info(model, hist)
@@ -390,39 +382,26 @@ def resolve_teacher(accelerator, cfg, train, test):
     return path, info
 
 
-def drawn(spec, seed):
-    """The views of a phase that draws a fresh one per epoch (Split.train_data): None when the
-    spec does not augment."""
-    return None if spec.name == "none" else ("drawn", spec, seed)
-
-
 def student_data(cfg, train, soft=None, online=None):
     """(training data, objective) of a student run: `train` is the split decoded for the student
     (train.at(its preprocessing)); the data are what training.fit reads.
 
-    Baseline (soft and online None): hard labels. Distilled: soft targets gathered by sample
-    index, from `soft` (cache.SoftTargets, or a [N, C] tensor: one clean view) or from the frozen
-    teacher run on the student's own view (`online`: pipeline.online_view's (teacher, inputs)). With --augment the student sees a fresh view
-    per epoch, except from a K-view cache, whose view e mod K (parameters and logits) it replays.
-    With --train-subset N only a class-balanced subset keeps its labels: the baseline trains on it
-    alone; a distilled student uses soft targets on the subset (--soft-targets subset) or on the
-    whole training set (all, the default), its hard loss then masked to the labelled samples."""
-    spec, k = get_spec(cfg.student.augment), cfg.kd
-    views, extra = drawn(spec, stream_seed("student", cfg.run.seed)), {}
-    if isinstance(soft, SoftTargets) and soft.params(0) is not None:
-        views = ("cache", soft, cache_views(cfg)[1])  # consistent: the teacher's own views, the run's K
-    elif soft is not None:  # one clean view: with --augment, the student's views are not the teacher's
-        extra = soft.columns(0) if isinstance(soft, SoftTargets) else {"teacher_logits": soft}
-    distilled = soft is not None or online is not None
-    objective = make_objective(k.kd_loss, k.temperature, k.alpha) if distilled else make_objective("ce")
-    if online is not None:
-        objective = online_objective(online[0], objective, online[1])
-    if isinstance(soft, SoftTargets) and soft.topk:
-        objective = topk_objective(soft.num_classes, objective)
+    Where the targets come from is chosen once (soft_targets.source_of): hard labels (soft and
+    online None), a K-view cache whose view e mod K (parameters and logits) the student replays,
+    one stored view's logits (`soft` a cache without view parameters, or a [N, C] tensor), or the
+    frozen teacher run on the student's own view (`online`: pipeline.online_view's (teacher,
+    inputs)); `soft` may also be a soft_targets source already. With --train-subset N only a
+    class-balanced subset keeps its labels: the baseline trains on it alone; a distilled student
+    uses soft targets on the subset (--soft-targets subset) or on the whole training set (all, the
+    default), its hard loss then masked to the labelled samples."""
+    k = cfg.kd
+    source = soft if hasattr(soft, "student_views") else source_of(soft, online, cache_views(cfg)[1])
+    views = source.student_views(get_spec(cfg.student.augment), stream_seed("student", cfg.run.seed))
+    extra, objective = source.columns(), source.objective(k.kd_loss, k.temperature, k.alpha)
     if not cfg.data.train_subset:
         return train.train_data(views, extra), objective
     keep = balanced_subset(train.labels, cfg.data.train_subset)
-    if not distilled or k.soft_targets == "subset":
+    if not source.distilled or k.soft_targets == "subset":
         return train.train_data(views, extra).subset(keep), objective
     mask = torch.zeros(len(train), dtype=torch.bool)
     mask[keep] = True
@@ -496,8 +475,8 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     model, record = build(cfg.student, train, label, accelerator.print)
     wrapped = FitNetStudent(model)
     spec = get_spec(cfg.student.augment)
-    online = online_view(online, spec, record)
-    cols, kd = student_data(cfg, train, soft, online)  # FitNets: the notebook's models on in-memory data
+    source = source_of(soft, online_view(online, spec, record), cache_views(cfg)[1])
+    cols, kd = student_data(cfg, train, source)  # FitNets: the notebook's models on in-memory data
     views = dict(inputs=inputs_for(spec, record["preprocessing"]))
     ckpt, k = cfg.run_dir / "checkpoints" / label, cfg.kd
     if k.hint_mode == "two-stage":
@@ -509,9 +488,7 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
         hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
         extra = {"hint_epochs": h1["epochs"]}
     else:
-        obj = joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta)
-        if online is not None:
-            obj = online_objective(online[0], obj, online[1])
+        obj = source.feed(joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta))
         wrapped, hist = fit(accelerator, wrapped, cols, test, cfg.student, cfg.run, obj, label, ckpt, settings, **views)
         student, extra = wrapped.student, {}
     info = run_info(student, hist, arch=record["spec"], hint_mode=k.hint_mode, **extra)

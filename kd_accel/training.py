@@ -10,7 +10,6 @@ from functools import partial
 
 import torch
 
-from .cache import topk_logits
 from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, parse_every, save_checkpoint
 from .data import TensorData, to_float
 from .distributed import sync_batchnorm
@@ -56,17 +55,6 @@ def online_objective(teacher, objective, inputs=None):
     def run(logits, batch):
         with torch.no_grad():
             batch["teacher_logits"] = teacher(inputs(batch) if inputs else batch["x"]).float()
-        return objective(logits, batch)
-
-    return run
-
-
-def topk_objective(num_classes, objective):
-    """Soft targets from a top-k cache: the batch's stored top-k columns [B, k] expanded to
-    [B, num_classes] (cache.topk_logits, row by row: the rows the whole-cache expansion would
-    give, bit for bit) just before the loss, so only [N, k] lives in memory."""
-    def run(logits, batch):
-        batch["teacher_logits"] = topk_logits(batch, num_classes)
         return objective(logits, batch)
 
     return run

@@ -8,29 +8,65 @@
   DataLoader workers; folder.py lists and fingerprints them from `stat` alone; crops.py draws
   RandomResizedCrop + flip parameters that replay.
 
-Both kinds of split offer the pipeline one interface: len, labels, num_classes, input_shape,
-norm, fingerprint(); at(preprocessing) (the split decoded for one model); train_data(views,
-extra) (what training.fit reads: batches carrying "images", "labels", "idx", and the view's
-parameters or columns); inference_loader (evaluation, precompute); check_augment.
+Both kinds of split implement one annotated interface, source.DataSource (a typing.Protocol):
+len, labels, num_classes, input_shape, norm, fingerprint(); at(preprocessing) (the split decoded
+for one model); train_data(views, extra) (what training.fit reads: batches carrying "images",
+"labels", "idx", and the views' parameters or columns; `views` a source.ViewPlan made above the
+data layer); inference_loader (evaluation, precompute); the checks of settings and
+augmentations; the records a run folder keeps of them. Nothing outside this package asks which
+kind it holds; the data layer imports neither augment nor the cache.
 
 Everything the rest of the package imports from `kd_accel.data` is re-exported here.
 """
+from __future__ import annotations
+
+from pathlib import Path
+
 from .loading import EpochPermutation, IndexedTensors, TensorData, balanced_subset, epoch_seed, make_loader, to_float
-from .memory import (DATA_DIR_ENV, DATASETS, DEFAULT_DATA_DIR, DatasetSpec, Split, data_files, ensure_downloaded,
+from .memory import (DATA_DIR_ENV, DATASETS, DEFAULT_DATA_DIR, DatasetSpec, Split, ensure_downloaded as _download,
                      get_spec, load_split, raw_dir, resolve_data_dir)
+from .memory import data_files as _memory_files
+from .source import CropPlan, DataSource, TrainData, ViewPlan
 from .streamed import DATASET as FOLDER_DATASET, FolderSplit, load_folder
 
+# every data set kd_accel reads: the in-memory ones by name, and image folders
+NAMES = (*DATASETS, FOLDER_DATASET)
 
-def open_split(dataset, split, data_dir=None, channels=None, workers=None, classes=None):
+
+def reads_in_workers(dataset: str) -> bool:
+    """Whether `dataset` is decoded in DataLoader workers as batches are drawn (an image folder),
+    rather than held in memory: such a run shares the CPU's cores with its workers, and keeps
+    malloc's defaults (docs/performance.md: a kept heap grew with a folder epoch's length)."""
+    return dataset == FOLDER_DATASET
+
+
+def data_files(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The files (or the folder) a data set is read from: the inputs no output may replace."""
+    if reads_in_workers(dataset):
+        return [Path(data_dir)] if data_dir else []  # the folder: nothing is written inside it
+    return _memory_files(dataset, data_dir)
+
+
+def ensure_downloaded(dataset: str, data_dir: str | Path | None = None, allow_download: bool = True):
+    """Make sure an in-memory data set's files exist (torchvision downloads them only into the
+    default ./data); an image folder has nothing to download (load_folder says what is missing)."""
+    if reads_in_workers(dataset):
+        return data_dir
+    return _download(dataset, data_dir, allow_download)
+
+
+def open_split(dataset: str, split: str, data_dir: str | Path | None = None, channels: int | None = None,
+               workers: int | None = None, classes: tuple[str, ...] | None = None) -> DataSource:
     """One split ("train" or "test") of a data set: an in-memory Split (its files read whole),
     or, for "imagefolder", a FolderSplit (DIR/train or DIR/val listed; images decoded as batches
     are drawn; `classes`: the training split's, to label DIR/val by: load_folder)."""
-    if dataset == FOLDER_DATASET:
+    if reads_in_workers(dataset):
         return load_folder(data_dir, split, channels, workers, classes)
     return load_split(dataset, split, data_dir)
 
 
-def open_splits(dataset, data_dir=None, channels=None, workers=None):
+def open_splits(dataset: str, data_dir: str | Path | None = None, channels: int | None = None,
+                workers: int | None = None) -> tuple[DataSource, DataSource]:
     """(train, test) of a data set. An image folder's test split is labelled by the training
     split's class list (a class it lacks keeps its index; one training lacks is refused)."""
     train = open_split(dataset, "train", data_dir, channels, workers)
@@ -41,4 +77,5 @@ def open_splits(dataset, data_dir=None, channels=None, workers=None):
 __all__ = ["EpochPermutation", "IndexedTensors", "TensorData", "balanced_subset", "epoch_seed", "make_loader", "to_float",
            "DATA_DIR_ENV", "DATASETS", "DEFAULT_DATA_DIR", "DatasetSpec", "Split", "data_files", "ensure_downloaded",
            "get_spec", "load_split", "raw_dir", "resolve_data_dir", "FOLDER_DATASET", "FolderSplit", "load_folder",
-           "open_split", "open_splits"]
+           "open_split", "open_splits", "NAMES", "reads_in_workers", "CropPlan", "DataSource", "TrainData",
+           "ViewPlan"]

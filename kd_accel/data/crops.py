@@ -1,7 +1,7 @@
 """RandomResizedCrop + horizontal flip as parameters that replay: issue 19 groundwork.
 
 The crop of view v of sample i under seed s is a pure function of (s, v, i) and the image's size,
-drawn with augment.uniforms (counter-based: the same in every DataLoader worker, rank and later
+drawn with rng.uniforms (counter-based: the same in every DataLoader worker, rank and later
 run), by torchvision's RandomResizedCrop.get_params algorithm: up to 10 tries of an area in
 `scale` and a log-uniform aspect ratio in `ratio`, else the whole image's central crop at the
 nearest allowed ratio. It is stored as FKD stores it, fractions of the image (top, left,
@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from ..rng import uniforms
+
 TRIES = 10  # torchvision's
 COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, and 0/1
 
@@ -20,8 +22,6 @@ COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, 
 def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """[B, 5] float32: (top, left, height, width) as fractions of each image, then flip (0/1),
     for samples `index` [B] (int64) whose images are heights x widths [B] pixels."""
-    from ..augment import uniforms  # augment imports the data package: imported when first used
-
     index = torch.as_tensor(index, dtype=torch.int64)
     h = torch.as_tensor(heights, dtype=torch.float64)
     w = torch.as_tensor(widths, dtype=torch.float64)

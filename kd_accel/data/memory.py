@@ -106,6 +106,24 @@ class Split:
     def expect_content(self, soft):
         """Nothing to check: an in-memory set's content is its fingerprint (the tensors hashed)."""
 
+    def check_options(self, channels, num_workers, train_subset):
+        for flag, value in (("channels", channels), ("num-workers", num_workers)):
+            if value is not None:
+                raise KDError(f"--{flag} is for image folders (--dataset imagefolder); {self.dataset} is read whole "
+                              "into memory")
+
+    def remember(self, run_dir):
+        """Nothing to keep: the fingerprint hashes the tensors themselves."""
+
+    def use_records(self, run_dir):
+        """Nothing to check as batches are read: the tensors are in memory, hashed."""
+
+    def explain_change(self, run_dir, old_fingerprint):
+        return None
+
+    def threads_line(self, device):
+        return None
+
     def check_augment(self, spec):
         if spec.name == "rrc":
             raise KDError(f"--augment rrc (RandomResizedCrop + flip) is for image folders (--dataset imagefolder); "
@@ -117,16 +135,12 @@ class Split:
         return accelerator.prepare(make_loader(to_device(columns, accelerator.device), batch_size, shuffle=False))
 
     def train_data(self, views=None, extra=None):
-        """The training data of a phase (loading.TensorData): `views` None (the images as they
-        are), ("drawn", spec, seed) (a fresh view per epoch) or ("cache", soft, K) (view e mod K of
-        a K-view cache: its parameters and logits); `extra` columns [N, ...] ride along."""
-        from ..augment import cached_views, drawn_views
-
-        per_epoch = None
-        if views and views[0] == "drawn":
-            per_epoch = drawn_views(views[1], views[2], len(self))
-        elif views and views[0] == "cache":
-            per_epoch = cached_views(views[1], views[2])
+        """The training data of a phase (loading.TensorData): `views` (source.ViewPlan) None (the
+        images as they are) or the phase's views, whose per-epoch columns (augmentation
+        parameters, a cache's logits) the step gathers by index; `extra` columns [N, ...] ride
+        along."""
+        n = len(self)
+        per_epoch = None if views is None else (lambda epoch: views.columns(epoch, n))
         return TensorData({"images": self.images, "labels": self.labels, **(extra or {})}, per_epoch)
 
     def fingerprint(self):
@@ -346,9 +360,8 @@ def raw_dir(spec, data_dir):
 
 
 def data_files(dataset, data_dir=None):
-    """The files a data set is read from, those that exist (the inputs no output may replace)."""
-    if dataset == "imagefolder":
-        return [Path(data_dir)] if data_dir else []  # the folder: nothing is written inside it
+    """The files an in-memory data set is read from, those that exist (the inputs no output may
+    replace; data.data_files answers for every kind)."""
     spec = get_spec(dataset)
     raw = raw_dir(spec, resolve_data_dir(data_dir)[0])
     return [] if raw is None else [_find(raw, f) for names in spec.files.values() for f in names]
@@ -369,8 +382,6 @@ def ensure_downloaded(dataset, data_dir=None, allow_download=True):
     """Make sure the data files exist; download with torchvision only into the default ./data.
 
     Called on the main process first (accelerator.main_process_first) so ranks don't race."""
-    if dataset == "imagefolder":  # nothing to download: streamed.load_folder says what is missing
-        return data_dir
     spec = get_spec(dataset)
     path, explicit = resolve_data_dir(data_dir)
     missing = _missing_files(spec, path)

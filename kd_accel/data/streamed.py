@@ -322,6 +322,24 @@ class FolderSplit:
         old = load_listing(self.listing_path(run_dir, old_fingerprint))
         return old and differences(old[0], old[1], self.index, old[2])
 
+    def check_options(self, channels, num_workers, train_subset):
+        if train_subset:
+            raise KDError("--train-subset is for the in-memory data sets; for an image folder, make a folder of "
+                          "the labelled subset")
+
+    def remember(self, run_dir):
+        self.keep_listing(run_dir)
+
+    def use_records(self, run_dir):
+        self.use_ledger(run_dir)
+
+    def threads_line(self, device):
+        """The one threads line of a folder run: on a CPU the training threads leave the decoding
+        workers their cores (threads.py)."""
+        from ..threads import share_with_workers, threads_line
+
+        return (torch.device(device).type == "cpu" and share_with_workers(self.worker_count())) or threads_line()
+
     def check_augment(self, spec):
         if spec.name not in ("none", "rrc"):
             raise KDError(f"--augment {spec.name} is for the in-memory data sets; an image folder takes rrc "
@@ -335,16 +353,14 @@ class FolderSplit:
         return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
 
     def train_data(self, views=None, extra=None):
-        """The training data of a phase (FolderData): `views` None (the centre crop every epoch),
-        ("drawn", spec, seed) or ("cache", soft, K); `extra` columns [N, ...] gathered by sample index."""
-        crops, per_epoch = CentreCrop(), None
-        if views and views[0] == "drawn":
-            crops = DrawnCrops(views[2])
-        elif views and views[0] == "cache":
-            soft, k = views[1], views[2]
-            crops = CachedCrops(str(soft.path), k, soft.meta["params_sha256"])
-            per_epoch = lambda epoch: soft.columns(epoch % k)  # noqa: E731 - that view's teacher logits
-        return FolderData(self, crops, extra or {}, per_epoch)
+        """The training data of a phase (FolderData): `views` (source.ViewPlan) None (the centre
+        crop every epoch) or the phase's views: the crops the workers draw or replay, and the
+        per-epoch columns (a cache's teacher logits of that view); `extra` columns [N, ...]
+        gathered by sample index."""
+        if views is None:
+            return FolderData(self, CentreCrop(), extra or {}, None)
+        n = len(self)
+        return FolderData(self, views.crops() or CentreCrop(), extra or {}, lambda epoch: views.columns(epoch, n))
 
 
 class FolderData:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from kd_accel import models, pipeline, teaching
+from kd_accel import models, phases, pipeline, teaching
 from kd_accel.cache import read_metadata
 from kd_accel.cli import distill_main
 
@@ -36,7 +36,7 @@ def test_first_run_misses_second_hits_and_never_calls_teacher(mnist_dir, tmp_pat
         raise AssertionError("teacher was run on a cache hit")
 
     monkeypatch.setattr(models.Teacher, "forward", boom)
-    monkeypatch.setattr(pipeline, "train_teacher", boom)
+    monkeypatch.setattr(phases, "train_teacher", boom)  # resolve_teacher's
     monkeypatch.setattr(teaching, "precompute", boom)
     second = run(mnist_dir, out)
     text = capsys.readouterr().out

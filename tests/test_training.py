@@ -57,10 +57,10 @@ def test_cosine_schedule_ends_at_zero():
 
 
 def _record_fit(monkeypatch):
-    """Wrap pipeline.fit: per call, the model's initial weights and every batch's sample indices."""
-    from kd_accel import pipeline
+    """Wrap the phases' fit: per call, the model's initial weights and every batch's sample indices."""
+    from kd_accel import phases
 
-    calls, real_fit = [], pipeline.fit
+    calls, real_fit = [], phases.fit
 
     def spy_fit(accelerator, model, cols, test, recipe, run, objective, label, *rest, **kwargs):
         rec = {"label": label, "init": {k: v.clone() for k, v in model.state_dict().items()}, "order": []}
@@ -72,7 +72,7 @@ def _record_fit(monkeypatch):
 
         return real_fit(accelerator, model, cols, test, recipe, run, spy, label, *rest, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", spy_fit)
+    monkeypatch.setattr(phases, "fit", spy_fit)
     return calls
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_main as run, tiny_split
-from kd_accel import cli, pipeline, teaching, training
+from kd_accel import cli, phases, pipeline, study, teaching, training
 from kd_accel.config import from_flags
 from kd_accel.errors import KDError
 from kd_accel.models import load_model, state_fingerprint
@@ -56,14 +56,14 @@ def never(*_, **__):
 @pytest.mark.parametrize("flags,words", [(["--cache-topk", "10"], "--cache-topk 10: top-k must be between 1 and 9"),
                                          (["--train-subset", "100000"], "--train-subset must be between 1 and 300")])
 def test_data_bound_settings_are_refused_before_the_teacher_trains(flags, words, tmp_path, mnist_dir, monkeypatch):
-    monkeypatch.setattr(pipeline, "train_teacher", never)
+    monkeypatch.setattr(phases, "train_teacher", never)
     with pytest.raises(KDError, match=words):
         run(cli.distill_main, ["--data-dir", mnist_dir, *TINY, "--output-dir", tmp_path / "run", *flags])
 
 
 def test_compare_checks_every_variant_before_the_first_runs(tmp_path, mnist_dir, monkeypatch):
-    monkeypatch.setattr(pipeline, "train_teacher", never)
-    monkeypatch.setattr(pipeline, "train_student", never)
+    monkeypatch.setattr(phases, "train_teacher", never)
+    monkeypatch.setattr(study, "train_student", never)  # where compare.py calls it
     with pytest.raises(KDError, match=r"variant 'hinton T=4 a=0.9 topk=10': --cache-topk 10"):
         run(cli.compare_main, ["--data-dir", mnist_dir, *TINY, "--output-dir", tmp_path / "run", "--seeds", "0",
                                "--variants", "baseline", "hinton", "hinton:topk=10"])

@@ -6,6 +6,8 @@ history) and the stamp of the phase that wrote it: its label, its run and the se
 its math (`stamp` below). It is written under a temporary name and renamed when complete, so a
 crash while saving leaves only a `.tmp_*` folder, which is never taken for a checkpoint.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -13,12 +15,18 @@ import shutil
 import zipfile
 from pathlib import Path
 from pickle import UnpicklingError
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 
 from .errors import KDError
 from .losses import loss_name
 from .validate import nonfinite, reads_tensors
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from accelerate import Accelerator
 
 PROGRESS = "progress.json"
 _STEP = re.compile(r"^step_(\d+)$")
@@ -29,7 +37,7 @@ RESUME_HINT = "rerun with the old values or use a new --output-dir"
 STAMP_VERSION = 3  # 3: the models (arch, weights, preprocessing) and the teacher's input
 
 
-def parse_every(value):
+def parse_every(value: str | int | None) -> str | int | None:
     """--checkpoint-every: None, 'epoch' or a positive number of optimizer steps."""
     if value in (None, "", "none"):
         return None
@@ -44,7 +52,7 @@ def parse_every(value):
     return n
 
 
-def complete_checkpoints(folder):
+def complete_checkpoints(folder: Path | str) -> list[Path]:
     """Complete checkpoints in `folder`, oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -54,7 +62,7 @@ def complete_checkpoints(folder):
     return [p for _, p in sorted(found)]
 
 
-def read_progress(path):
+def read_progress(path: Path | str) -> dict[str, Any]:
     """progress.json of checkpoint `path` as a dict; KDError if it is missing or unreadable."""
     try:
         progress = json.loads((Path(path) / PROGRESS).read_text())
@@ -67,7 +75,7 @@ def read_progress(path):
     return progress
 
 
-def find_resume(resume, folder, phase=None):
+def find_resume(resume: Path | str | None, folder: Path | str, phase: str | None = None) -> Path | None:
     """The checkpoint `phase` resumes from: --resume PATH if PATH is that phase's, else the newest
     complete one in `folder` (None if there is none), as with 'latest'. A PATH of another phase
     (checked at start-up, pipeline.check_resume_target) may even be gone by then, pruned by its
@@ -84,7 +92,7 @@ def find_resume(resume, folder, phase=None):
     return done[-1] if done else None
 
 
-def resume_progress(path):
+def resume_progress(path: Path | str) -> dict[str, Any]:
     """progress.json of --resume PATH, or one line saying why it is not a usable checkpoint; for
     checking PATH's phase and run before any work."""
     try:
@@ -94,7 +102,7 @@ def resume_progress(path):
 
 
 @reads_tensors("accelerate checkpoint")
-def checkpoint_problem(path):
+def checkpoint_problem(path: Path | str) -> str | None:
     """Why checkpoint `path` cannot be resumed, or None. Checked before `load_state`, which would
     fail half-way (weights loaded, optimizer not) on a truncated file, or only log a warning on a
     missing RNG file and so silently break bit-exact resumption. Every tensor `load_state` takes
@@ -141,7 +149,8 @@ class Stamp(dict):
     explain = None
 
 
-def check_stamp(what, stamp, settings, hint, explain=None):
+def check_stamp(what: str, stamp: Mapping[str, Any] | None, settings: Mapping[str, Any], hint: str,
+                explain: Callable[[str | None], str | None] | None = None) -> None:
     """Refuse to continue or reuse `what` unless its stamped settings are this run's: name each
     changed setting, old -> new. `stamp` None: made before stamps existed, settings unknown.
     A changed "data" is explained where the settings know how (Stamp.explain)."""
@@ -162,7 +171,7 @@ def check_stamp(what, stamp, settings, hint, explain=None):
         raise KDError(f"{what} was made with other settings: {', '.join(changed)}; {hint}")
 
 
-def clear_checkpoints(folder):
+def clear_checkpoints(folder: Path | str) -> int:
     """A phase that starts afresh removes its folder's old checkpoints (complete or not): left
     there, a later `--resume latest` would take the newest step of the earlier run instead of
     this one's. Returns how many were removed."""
@@ -174,7 +183,8 @@ def clear_checkpoints(folder):
     return len(old)
 
 
-def save_checkpoint(accelerator, folder, global_step, progress, keep):
+def save_checkpoint(accelerator: Accelerator, folder: Path | str, global_step: int, progress: Mapping[str, Any],
+                    keep: int) -> Path:
     """All ranks call this (save_state writes each rank's RNG state); rank 0 renames and prunes."""
     folder = Path(folder)
     final = folder / f"step_{global_step:08d}"
@@ -200,7 +210,8 @@ def save_checkpoint(accelerator, folder, global_step, progress, keep):
 
 
 @reads_tensors("accelerate checkpoint")
-def load_checkpoint(accelerator, path, phase, settings, log=print):
+def load_checkpoint(accelerator: Accelerator, path: Path | str, phase: str, settings: Mapping[str, Any],
+                    log: Callable[..., None] = print) -> tuple[Path, dict[str, Any]]:
     """Restore Accelerate's state from `path`, or, if it is damaged, from the newest usable older
     checkpoint beside it (saying which was skipped and why). Its stamp must be `phase` with
     `settings`. Returns (path used, progress dict)."""

@@ -11,16 +11,24 @@ losses, augmentations, cache dtypes) and the checks against files and installed 
 added where the command line is built (cli.py). Presets and per-data-set defaults sit under
 explicit flags; the resolved configuration is saved as config.json beside the run's outputs.
 """
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+
+    Groups = Mapping[str, str | None]  # Config field -> flag prefix (None: the group's own)
+    Setting = dataclasses.Field[Any]
 
 
-def setting(default, help, **flag):
+def setting(default: Any, help: str, **flag: Any) -> Any:  # Any, as dataclasses.field's
     """A field that is also a flag. `flag`: argparse keywords (choices, metavar), plus
     low/high (inclusive bounds), positive (> 0), default_text (what --help says when the
     default is None or depends on something) and path=True (a file or folder name, checked
@@ -158,7 +166,7 @@ class Run:
                              "installed", unstamped="what is logged, not what is trained")
 
     @property
-    def run_dir(self):
+    def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / (self.run_name or "run"))
 
 
@@ -171,7 +179,7 @@ class Config:
     run: Run = field(default_factory=Run)
     preset: str = "default"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # the teacher's unset settings follow the students' (TEACHER: batch size, augmentation)
         unset = {name: getattr(self.student, name) for name in FOLLOWS if getattr(self.teacher, name) is None}
         if unset:
@@ -180,10 +188,10 @@ class Config:
             self.run = dataclasses.replace(self.run, run_name=self.data.dataset)
 
     @property
-    def run_dir(self):
+    def run_dir(self) -> Path:
         return self.run.run_dir
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
 
 
@@ -192,7 +200,7 @@ GROUPS = {"data": (Data, ""), "student": (Recipe, ""), "teacher": (Recipe, "teac
           "run": (Run, "")}
 
 
-def group_default(group):
+def group_default(group: str) -> Data | Recipe | Distillation | Run:
     """A group's declared defaults (the teacher's: TEACHER, whose None values follow the students')."""
     return dataclasses.replace(TEACHER) if group == "teacher" else GROUPS[group][0]()
 
@@ -219,7 +227,7 @@ DATASET_DEFAULTS = {
 }
 
 
-def flag_fields(group):
+def flag_fields(group: str) -> list[tuple[str, Setting, type]]:
     """[(dest, dataclasses.Field, python type)] of one group, in declaration order."""
     cls, prefix = GROUPS[group]
     hints = typing.get_type_hints(cls)
@@ -244,7 +252,9 @@ def _help(f, default, dest, per_dataset, prefix):
     return text
 
 
-def add_flags(parser, groups, choices=None, types=None, defaults=None, only=None):
+def add_flags(parser: argparse.ArgumentParser, groups: Groups, choices: Mapping[str, Sequence[object]] | None = None,
+              types: Mapping[str, Callable[[str], object]] | None = None, defaults: Mapping[str, object] | None = None,
+              only: Collection[str] | None = None) -> argparse.ArgumentParser:
     """Add the flags of `groups` ({Config field: flag prefix or None for the group's own}) to an
     argparse parser: all of them, or those whose dest is in `only`. `choices` / `types` ({dest:
     ...}) come from the registries, which only the command-line builder knows; `defaults`
@@ -281,7 +291,7 @@ def add_flags(parser, groups, choices=None, types=None, defaults=None, only=None
 ALL_GROUPS = {group: None for group in GROUPS}
 
 
-def from_args(args, groups=ALL_GROUPS):
+def from_args(args: Mapping[str, Any], groups: Groups = ALL_GROUPS) -> Config:
     """A Config from parsed flags (a dict by dest) of `groups` (as add_flags got them); the
     groups without flags keep their defaults."""
     parts = {}
@@ -295,7 +305,7 @@ def from_args(args, groups=ALL_GROUPS):
     return Config(**parts, preset=args.get("preset", "default"))
 
 
-def from_flags(**flags):
+def from_flags(**flags: Any) -> Config:
     """A Config as the command line would give it for these flags (by dest: epochs=1,
     teacher_epochs=2, ...), without parsing, defaults layering or checks: for code and tests."""
     known = {dest for group in GROUPS for dest, _, _ in flag_fields(group)} | {"preset"}
@@ -305,7 +315,7 @@ def from_flags(**flags):
     return from_args(flags)
 
 
-def with_flags(cfg, **flags):
+def with_flags(cfg: Config, **flags: Any) -> Config:
     """`cfg` with some settings changed, named by flag dest (epochs=..., teacher_lr=...)."""
     where = {dest: (group, f.name) for group in GROUPS for dest, f, _ in flag_fields(group)}
     unknown = set(flags) - set(where)
@@ -318,7 +328,7 @@ def with_flags(cfg, **flags):
     return dataclasses.replace(cfg, **{g: dataclasses.replace(getattr(cfg, g), **v) for g, v in parts.items()})
 
 
-def layered_defaults(dataset, preset):
+def layered_defaults(dataset: str | None, preset: str) -> dict[str, Any]:
     """The defaults under explicit flags, by dest: the data set's measured ones, then the preset's."""
     return {**DATASET_DEFAULTS.get(dataset, {}), **PRESETS[preset]}
 
@@ -328,7 +338,7 @@ def _declared(group, name):
     return next(f for f in dataclasses.fields(GROUPS[group][0]) if f.name == name).metadata
 
 
-def setting_choices(group, name):
+def setting_choices(group: str, name: str) -> tuple[Any, ...]:
     """The choices a setting declares (e.g. Distillation.teacher_mode), for code that checks the
     same values outside argparse (compare's variants)."""
     return _declared(group, name)["choices"]
@@ -339,7 +349,7 @@ def _number(value):
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-def check_setting(group, name, value, flag=None):
+def check_setting(group: str, name: str, value: object, flag: str | None = None) -> None:
     """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
     meta = _declared(group, name)
     flag = flag or "--" + (GROUPS[group][1] + name).replace("_", "-")
@@ -358,14 +368,14 @@ def check_setting(group, name, value, flag=None):
         raise ValueError(f"{flag} must be at most {_number(high)}, got {shown}")
 
 
-def stamped_fields(group, phase):
+def stamped_fields(group: str, phase: str) -> list[str]:
     """The names of the settings of `group` that a `phase` stamps: all but the unstamped ones
     and those declared for other phases only."""
     return [f.name for f in dataclasses.fields(GROUPS[group][0])
             if not f.metadata.get("unstamped") and phase in f.metadata.get("phases", (phase,))]
 
 
-def settings_with_flags(cfg, groups=ALL_GROUPS):
+def settings_with_flags(cfg: Config, groups: Groups = ALL_GROUPS) -> Iterator[tuple[str, str, Setting, Any]]:
     """(group, flag, declared field, value) of every setting of `cfg` in `groups`, each flag
     spelled as `groups` gives it (train_teacher.py's --epochs is the teacher's)."""
     for group, prefix in groups.items():
@@ -374,7 +384,7 @@ def settings_with_flags(cfg, groups=ALL_GROUPS):
             yield group, "--" + (own + f.name).replace("_", "-"), f, getattr(getattr(cfg, group), f.name)
 
 
-def check_bounds(cfg, groups=ALL_GROUPS):
+def check_bounds(cfg: Config, groups: Groups = ALL_GROUPS) -> None:
     """Every setting of `cfg` within its declared bounds (ValueError, one line, naming the flag)."""
     for group, flag, f, value in settings_with_flags(cfg, groups):
         check_setting(group, f.name, value, flag)

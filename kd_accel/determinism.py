@@ -6,12 +6,14 @@ benchmarks) algorithms whose reductions differ run to run, and convolutions run 
 ("fp32" with a 10-bit mantissa; torch's default for cuDNN). --deterministic turns both off and
 makes torch refuse, in one line, an operation that has no deterministic kernel; it costs speed.
 """
+from __future__ import annotations
+
 import os
 
 import torch
 
 
-def set_deterministic(on):
+def set_deterministic(on: bool) -> None:
     """Deterministic kernels on or off (off: torch's defaults), for every later operation."""
     if on:
         # cuBLAS needs a fixed workspace to be deterministic; read when CUDA starts

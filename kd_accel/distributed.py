@@ -4,6 +4,8 @@ like one process with batch B.
 torch.nn.SyncBatchNorm only runs on GPUs and is what NCCL runs get; this one works on any
 backend (gloo on CPU too). Either is swapped in by the training code, never by the models, and
 keeps BatchNorm2d's parameter and buffer names, so checkpoints are interchangeable."""
+from __future__ import annotations
+
 import functools
 
 import torch
@@ -45,7 +47,7 @@ def _sync_normalise(bn, x):
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _sync_normalise(self, x) if _syncing(self) else super().forward(x)
 
 
@@ -75,7 +77,7 @@ def _timm_bn_act():
     return BatchNormAct2d, SyncBatchNormAct2d
 
 
-def sync_batchnorm(model, backend="gloo"):
+def sync_batchnorm(model: nn.Module, backend: str = "gloo") -> nn.Module:
     """Every batch norm of `model` synchronised across processes: BatchNorm2d and timm's
     BatchNormAct2d (same parameters, buffers and names, so checkpoints are interchangeable).
     On NCCL, torch's SyncBatchNorm (timm's converter where timm's fused layers are present):

@@ -1,8 +1,14 @@
 """One exception type for every user-facing failure, and the wrapper that turns it into a
 one-line message and a non-zero exit (no traceback wall for bad input)."""
+from __future__ import annotations
+
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # How long a rank other than 0 waits before printing its own error line (see report_error).
 OTHER_RANK_DELAY_S = 3.0
@@ -12,13 +18,13 @@ class KDError(Exception):
     """A problem the user can fix (bad flag, missing file, stale cache). Printed as one line."""
 
 
-def first_line(e):
+def first_line(e: BaseException) -> str:
     """The first line of another library's error message, or its type when it says nothing."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def close_process_group():
+def close_process_group() -> None:
     """Tear down torch.distributed before the interpreter exits. Left to interpreter shutdown,
     gloo's worker threads can be destroyed while still joinable, and a rank then dies with
     "terminate called without an active exception" (SIGABRT) after its work is done."""
@@ -27,7 +33,7 @@ def close_process_group():
         dist.destroy_process_group()
 
 
-def report_error(message):
+def report_error(message: str) -> None:
     """Print `kd_accel: error: ...` once per run, not once per process.
 
     Rank 0 (or a plain one-process run) prints at once. Under `accelerate launch` every rank
@@ -41,7 +47,7 @@ def report_error(message):
     print(f"kd_accel: error: {f'[rank {rank}] ' if rank else ''}{message}", file=sys.stderr, flush=True)
 
 
-def lost_peer(e):
+def lost_peer(e: BaseException) -> bool:
     """True for torch.distributed's DistBackendError (NCCL: a peer gone, a collective aborted)."""
     import torch.distributed as dist
 
@@ -49,7 +55,7 @@ def lost_peer(e):
     return backend_error is not None and isinstance(e, backend_error)
 
 
-def worker_message(e):
+def worker_message(e: BaseException) -> str:
     """A KDError's own line, also when a DataLoader worker raised it: torch re-raises it in the
     main process as KDError("Caught KDError in DataLoader worker process 0.\nOriginal Traceback
     ...\nkd_accel.errors.KDError: <the line>"), whose first line says nothing of the cause."""
@@ -61,7 +67,7 @@ def worker_message(e):
     return lines[-1][len(prefix):] if lines else first_line(e)
 
 
-def run_cli(main, argv=None):
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Run `main(argv)`; print KDError as `kd_accel: error: ...` and exit 2."""
     try:
         main(argv)

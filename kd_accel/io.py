@@ -1,4 +1,6 @@
 """Atomic file writes: a crash mid-write never leaves a file a later run takes as complete."""
+from __future__ import annotations
+
 import json
 import os
 import secrets
@@ -6,13 +8,17 @@ import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
 from .errors import KDError
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-def umask():
+
+def umask() -> int:
     """The process umask, read without changing it where Linux allows (no race with threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -35,7 +41,7 @@ def _pid_dead(pid):
     return False
 
 
-def remove_leftovers(path):
+def remove_leftovers(path: Path | str) -> None:
     """Delete temporaries of `path` left by earlier writers that were killed: only those made on
     this host by a process that no longer exists, so a concurrent writer keeps its own."""
     path = Path(path)
@@ -51,7 +57,7 @@ def remove_leftovers(path):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success fsync it and rename it over `path`.
 
     The rename is atomic on POSIX, so readers see either the old file or the whole new one. The
@@ -85,7 +91,7 @@ def atomic_path(path):
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def make_dir(path):
+def make_dir(path: Path | str) -> None:
     """mkdir -p `path`, or one line naming it and the OS's reason (under a file, read-only...)."""
     path = Path(path)
     try:
@@ -97,6 +103,6 @@ def make_dir(path):
         raise KDError(f"cannot create folder {path}: {why}") from None
 
 
-def write_json(path, obj):
+def write_json(path: Path | str, obj: Any) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -16,10 +16,16 @@ length: docs/performance.md), and never when the user
 chose an allocator setting (MALLOC_*_ / GLIBC_TUNABLES) or another allocator (LD_PRELOAD), or
 turned it off with KD_ACCEL_KEEP_FREED_MEMORY=0.
 """
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit: blocks up to this size come from the heap
@@ -28,7 +34,7 @@ TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it 
 _applied = None
 
 
-def user_chose_allocator(env=None):
+def user_chose_allocator(env: Mapping[str, str] | None = None) -> str | None:
     """The name of what the user set that this module must not override, or None."""
     env = os.environ if env is None else env
     if env.get("KD_ACCEL_KEEP_FREED_MEMORY") == "0":
@@ -44,7 +50,7 @@ def user_chose_allocator(env=None):
     return None
 
 
-def keep_freed_memory(env=None):
+def keep_freed_memory(env: Mapping[str, str] | None = None) -> str:
     """Raise glibc malloc's mmap and trim thresholds once per process. Returns a line saying
     what was done (or why not)."""
     global _applied

@@ -6,14 +6,20 @@ input inside a folder the run clears), nor lands on another of its own outputs, 
 existing file that is not that output's own kind (a PNG where a plot goes, a kd_accel cache where
 a cache goes). Each script lists what it reads and writes (cli.py); `check` applies the rule.
 """
+from __future__ import annotations
+
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 
 from .errors import KDError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def _inside(path, folder):
     return folder.resolve() in path.resolve().parents
 
 
-def check(outputs, inputs):
+def check(outputs: Iterable[Output], inputs: Iterable[Input]) -> None:
     """KDError (one line) unless every output may be written: see the module's rule."""
     outputs = [o for o in outputs if o.path is not None]
     inputs = [i for i in inputs if i.path is not None]

@@ -13,13 +13,15 @@
 
 Applied once per process by pipeline.make_accelerator. Both are no-ops for the arithmetic: the
 same weights bit for bit (tests/test_overhead.py)."""
+from __future__ import annotations
+
 import functools
 import gc
 
 _applied = False
 
 
-def remove_overhead():
+def remove_overhead() -> None:
     """Cache Accelerate's per-step package probe and freeze the objects that exist now."""
     global _applied
     if _applied:

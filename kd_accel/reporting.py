@@ -2,21 +2,31 @@
 
 Progress bars are drawn only on the main process and only on a terminal; in a log file (CI,
 SLURM) each epoch is one plain line instead of thousands of redraws."""
+from __future__ import annotations
+
 import platform
 import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sized
 
-def interactive(accelerator):
+    from accelerate import Accelerator
+
+    from .config import Config
+
+
+def interactive(accelerator: Accelerator) -> bool:
     return accelerator.is_main_process and sys.stderr.isatty()
 
 
 @contextmanager
-def progress_bar(accelerator, description, total):
+def progress_bar(accelerator: Accelerator, description: str, total: int) -> Iterator[Callable[..., None]]:
     """Yield an `advance(n=1)` callable backed by a rich bar (or a no-op when not interactive)."""
     if not interactive(accelerator):
         yield lambda n=1: None
@@ -27,15 +37,15 @@ def progress_bar(accelerator, description, total):
         yield lambda n=1: bar.advance(task, n)
 
 
-def fmt_pct(x):
+def fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}%"
 
 
-def fmt_secs(x):
+def fmt_secs(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}s"
 
 
-def summary_table(metrics):
+def summary_table(metrics: Mapping[str, Any]) -> Table:
     """The run's result at a glance: one row per model, then the gain and the cache status."""
     table = Table(title=f"kd_accel: {metrics['dataset']} ({metrics['run_dir']})")
     for col in ("model", "test acc", "params", "train time", "note"):
@@ -56,7 +66,7 @@ def summary_table(metrics):
     return table
 
 
-def soft_targets_source(cache):
+def soft_targets_source(cache: Mapping[str, Any]) -> str:
     """The caption's word on where the soft targets came from. A mode that reads no cache (online:
     the teacher on every batch) records only its name (teaching.resolve_soft_targets), so there
     is no hit or path to show."""
@@ -65,12 +75,14 @@ def soft_targets_source(cache):
     return f"teacher logits cache: {'hit' if cache['hit'] else 'miss'} ({cache['path']})"
 
 
-def print_summary(accelerator, metrics):
+def print_summary(accelerator: Accelerator, metrics: Mapping[str, Any]) -> None:
     if accelerator.is_main_process:
         Console().print(summary_table(metrics))
 
 
-def experiment_metrics(accelerator, cfg, train, test, teacher, student, baseline, cache):
+def experiment_metrics(accelerator: Accelerator, cfg: Config, train: Sized, test: Sized, teacher: dict[str, Any],
+                       student: dict[str, Any], baseline: dict[str, Any] | None,
+                       cache: dict[str, Any]) -> dict[str, Any]:
     """metrics.json of distill.py: each model's result, the gain over the baseline, where the soft
     targets came from, and the software and processes that produced them."""
     import torch

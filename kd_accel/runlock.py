@@ -5,6 +5,8 @@ moves, overwrites or deletes anything of the first.
 The OS drops a flock when its process dies, even by SIGKILL, so a crashed run leaves no stale lock:
 the file it leaves names a dead process and is simply taken again (--resume latest works). Only
 the main process takes it: the other ranks of the same run write under rank 0's lock."""
+from __future__ import annotations
+
 import atexit
 import errno
 import json
@@ -33,7 +35,7 @@ DETAILS_WAIT_S = 1.0
 _HELD = {}
 
 
-def hold_run_folder(run_dir, script):
+def hold_run_folder(run_dir: Path | str, script: str) -> Path | None:
     """Take `run_dir`'s lock for this process, or raise KDError naming the run that holds it.
     Returns the lock file's path, or None where the file system cannot lock (a warning is printed).
     Holding it already (the same process) is not a conflict."""
@@ -53,7 +55,7 @@ def hold_run_folder(run_dir, script):
     return path
 
 
-def release():
+def release() -> None:
     """Give up every lock this process holds: the file is removed (so a finished run folder holds
     only its results) while still locked, then the descriptor closed. Safe to call twice."""
     while _HELD:

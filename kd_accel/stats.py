@@ -5,14 +5,20 @@ runs never compare).
 Baseline and variant runs share seeds (same initialisation, same data order), so the natural
 test of "does distillation help" is paired: the per-seed differences and their t interval.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
-def mean(xs):
+def mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def std(xs):
+def std(xs: Sequence[float]) -> float:
     """Sample standard deviation (n-1); 0 for a single value."""
     if len(xs) < 2:
         return 0.0
@@ -20,14 +26,14 @@ def std(xs):
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def t_ppf(p, df):
+def t_ppf(p: float, df: float) -> float:
     """Quantile of Student's t with df degrees of freedom."""
     from scipy import stats
 
     return float(stats.t.ppf(p, df))
 
 
-def paired_ci(diffs, level=0.95):
+def paired_ci(diffs: Sequence[float], level: float = 0.95) -> dict[str, float | int | None]:
     """Mean of per-seed differences, its `level` t interval and the two-sided p-value of the
     paired t-test (a one-sample t-test of the differences against 0)."""
     from scipy import stats

@@ -1,9 +1,12 @@
 """Multi-seed comparisons of students (does distillation help, and by how much) and the
 temperature inspection of a cache. Tables are plain text/markdown; plots need matplotlib
 (`pip install -e '.[plots]'`) and are skipped with a note without it."""
+from __future__ import annotations
+
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +20,19 @@ from .pipeline import train_fitnet_student, train_student
 from .roles import TeacherId
 from .stats import mean, paired_ci, std
 from .teaching import cache_views, ignored_cache_settings, resolve_soft_targets
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
+
+    from accelerate import Accelerator
+
+    from .config import Config
+    from .data import DataSource
+
+    Runs = Mapping[str, Mapping[int, Mapping[str, Any]]]  # variant name -> seed -> the phase's info
+    Summary = Mapping[str, Mapping[str, Any]]  # variant name -> its row (summarize)
 
 
 @dataclass(frozen=True)
@@ -37,25 +53,25 @@ class Variant:
     run's)."""
 
     kind: str
-    temperature: float = None
-    alpha: float = None
-    hints: Hints = None
-    augment: str = None
-    teacher_mode: str = None
-    views: int = None
-    topk: int = None  # soft targets from a top-k cache (cache.compress_topk)
-    arch: str = None  # the student's architecture (models/zoo.py spec); None: the run's --student-arch
+    temperature: float | None = None
+    alpha: float | None = None
+    hints: Hints | None = None
+    augment: str | None = None
+    teacher_mode: str | None = None
+    views: int | None = None
+    topk: int | None = None  # soft targets from a top-k cache (cache.compress_topk)
+    arch: str | None = None  # the student's architecture (models/zoo.py spec); None: the run's --student-arch
 
     @property
-    def distilled(self):
+    def distilled(self) -> bool:
         return self.kind != "baseline"
 
     @property
-    def kd_loss(self):
+    def kd_loss(self) -> str | None:
         return {"baseline": None, "fitnets": "hinton"}.get(self.kind, self.kind)
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The name tables, plots and checkpoint folders use (stable: published results use it)."""
         suffix = "".join(f" {key}={value}" for key, value in (("augment", self.augment),
                          ("teacher", self.teacher_mode), ("K", self.views), ("topk", self.topk), ("arch", self.arch))
@@ -68,7 +84,7 @@ class Variant:
         how = f"{self.hints.epochs} hint epochs" if self.hints.mode == "two-stage" else f"joint beta={self.hints.beta:g}"
         return f"fitnets ({how}) {kd}"
 
-    def apply(self, cfg):
+    def apply(self, cfg: Config) -> Config:
         """The run's Config with this variant's settings."""
         student = dataclasses.replace(cfg.student, **{k: v for k, v in (("augment", self.augment), ("arch", self.arch))
                                                       if v is not None})
@@ -94,7 +110,7 @@ _HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("b
 _TEACHER_MODES = setting_choices("kd", "teacher_mode")  # declared once, with --teacher-mode
 
 
-def parse_variant(spec, cfg):
+def parse_variant(spec: str, cfg: Config) -> Variant:
     """A Variant from its spec: 'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9',
     'notebook-mse' (the notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless
     given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
@@ -151,7 +167,7 @@ def parse_variant(spec, cfg):
     return variant
 
 
-def summarize(runs, baseline="baseline"):
+def summarize(runs: Runs, baseline: str = "baseline") -> dict[str, dict[str, Any]]:
     """runs: {variant name: {seed: info}} -> {variant: stats}; gains are paired by seed."""
     out = {}
     base = runs.get(baseline, {})
@@ -167,7 +183,7 @@ def summarize(runs, baseline="baseline"):
     return out
 
 
-def markdown_table(summary, title=""):
+def markdown_table(summary: Summary, title: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines += ["| variant | seeds | test acc (mean ± std) | gain over baseline [95% CI] | p (paired t) | train time |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -179,7 +195,7 @@ def markdown_table(summary, title=""):
     return "\n".join(lines) + "\n"
 
 
-def grid_matrix(summary, variants):
+def grid_matrix(summary: Summary, variants: Iterable[Variant]) -> str:
     """The plain Hinton variants of a comparison (no hints, no augmentation keys) as a T x alpha
     matrix of 'gain (p)' in markdown, or '' when fewer than two such cells were run. Bold:
     significant at 5% (paired t)."""
@@ -204,7 +220,7 @@ def grid_matrix(summary, variants):
     return "\n".join(lines) + "\n"
 
 
-def curve_variants(runs, baseline="baseline", most=6):
+def curve_variants(runs: Runs, baseline: str = "baseline", most: int = 6) -> list[str]:
     """Which variants a curve plot shows: all of them up to `most`, else the baseline and the
     best `most - 1` by final mean accuracy (a plot of 15 bands is unreadable)."""
     if len(runs) <= most:
@@ -214,7 +230,7 @@ def curve_variants(runs, baseline="baseline", most=6):
     return [k for k in runs if k == baseline or k in best]
 
 
-def plot_curves(runs, path, title=""):
+def plot_curves(runs: Runs, path: Path | str, title: str = "") -> bool:
     """Test accuracy per epoch, mean over seeds with a min-max band, one line per variant
     (the baseline and the best five when more were compared)."""
     try:
@@ -245,7 +261,7 @@ def plot_curves(runs, path, title=""):
     return True
 
 
-def temperature_stats(logits, temperatures):
+def temperature_stats(logits: torch.Tensor, temperatures: Iterable[float]) -> list[dict[str, float]]:
     """Mean entropy (nats) and mean max-probability of softmax(logits / T) for each T."""
     x = logits.float()
     rows = []
@@ -257,7 +273,7 @@ def temperature_stats(logits, temperatures):
     return rows
 
 
-def plot_temperature(rows, num_classes, path):
+def plot_temperature(rows: Sequence[Mapping[str, float]], num_classes: int, path: Path | str) -> bool:
     try:
         import matplotlib
 
@@ -286,7 +302,7 @@ def plot_temperature(rows, num_classes, path):
 # compare.py: the seed x variant loop, and what it writes
 
 
-def add_comparison_flags(parser):
+def add_comparison_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     parser.add_argument("--variants", nargs="+", default=["baseline", "hinton", "notebook-mse"],
                         help="baseline, hinton[:T=..,alpha=..], notebook-mse[:T=..,alpha=..] (old name: seed-mse), "
@@ -296,7 +312,7 @@ def add_comparison_flags(parser):
                                             "(default: the first baseline listed)")
 
 
-def variants_from_flags(specs, reference, cfg):
+def variants_from_flags(specs: Sequence[str], reference: str | None, cfg: Config) -> tuple[list[Variant], str]:
     """(variants, reference name): a plain baseline is added when none is listed and no other
     reference is named (e.g. full logits as the reference of top-k ones)."""
     variants = [parse_variant(v, cfg) for v in specs]
@@ -325,7 +341,7 @@ def _check_distinct_names(specs, variants):
         seen[v.name] = spec, v
 
 
-def check_seeds(seeds):
+def check_seeds(seeds: Sequence[int]) -> None:
     """Each seed once (a repeat overwrites its own run: fewer seeds than listed, and one seed
     leaves NaN p-values), each within --seed's declared bounds."""
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -338,12 +354,12 @@ def check_seeds(seeds):
         raise KDError(str(e)) from None
 
 
-def comparison_label(variant, seed):
+def comparison_label(variant: Variant, seed: int) -> str:
     """compare.py's phase label (and checkpoint/output subfolder) of one variant and seed."""
     return "compare/" + re.sub(r"[^A-Za-z0-9.=-]+", "_", variant.name) + f"/seed{seed}"
 
 
-def comparison_phases(cfg, variants, seeds):
+def comparison_phases(cfg: Config, variants: Iterable[Variant], seeds: Iterable[int]) -> list[str]:
     """Every phase a comparison runs, in order (what --resume PATH may name)."""
     phases = ["teacher"] * (not cfg.run.teacher)
     for seed in seeds:
@@ -353,7 +369,9 @@ def comparison_phases(cfg, variants, seeds):
     return phases
 
 
-def run_comparison(accelerator, cfg, variants, seeds, train, test, teacher_path, teacher):
+def run_comparison(accelerator: Accelerator, cfg: Config, variants: Sequence[Variant], seeds: Iterable[int],
+                   train: DataSource, test: DataSource, teacher_path: Path | str,
+                   teacher: Mapping[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
     """Train every variant for every seed (seeds outer: a stopped comparison has whole seeds).
     The soft targets are resolved once per kind (one cache per augmentation and K, or the online
     teacher) and shared. Returns {variant name: {seed: info}}."""
@@ -382,7 +400,8 @@ def run_comparison(accelerator, cfg, variants, seeds, train, test, teacher_path,
     return runs
 
 
-def write_comparison(accelerator, cfg, variants, reference, runs, teacher):
+def write_comparison(accelerator: Accelerator, cfg: Config, variants: Iterable[Variant], reference: str, runs: Runs,
+                     teacher: Mapping[str, Any]) -> None:
     """results.json, results.md (table and, for a Hinton grid, the T x alpha matrix) and
     results.png in the run folder; the table printed. Main process only."""
     summary = summarize(runs, reference)

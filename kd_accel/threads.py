@@ -7,14 +7,20 @@ them. A 1 that the launcher wrote is told apart from a 1 the user asked for by l
 launcher itself (its command line and the environment it was started with): an explicit
 OMP_NUM_THREADS or --num_cpu_threads_per_process is always respected.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 LAUNCHER_FLAG = "--num_cpu_threads_per_process"
 
 
-def physical_cores():
+def physical_cores() -> int:
     """Physical cores this process may run on (affinity respected); logical ones if unknown."""
     try:
         import psutil  # a dependency of accelerate
@@ -35,7 +41,8 @@ def _read_proc(pid, name):
         return None
 
 
-def launcher_chose_one(env=None, parent_argv=None, parent_env=None):
+def launcher_chose_one(env: Mapping[str, str] | None = None, parent_argv: Sequence[str] | None = None,
+                       parent_env: Sequence[str] | None = None) -> bool:
     """True when OMP_NUM_THREADS=1 was set by `accelerate launch`'s default, not by the user:
     this process was started by accelerate, and its launcher neither had OMP_NUM_THREADS in its
     own environment nor got --num_cpu_threads_per_process on its command line."""
@@ -55,7 +62,8 @@ def launcher_chose_one(env=None, parent_argv=None, parent_env=None):
     return not any(e.startswith("OMP_NUM_THREADS=") for e in parent_env)
 
 
-def choose_threads(env=None, cores=None, local_processes=None, launcher_default=None):
+def choose_threads(env: Mapping[str, str] | None = None, cores: int | None = None, local_processes: int | None = None,
+                   launcher_default: bool | None = None) -> tuple[int | None, str]:
     """(threads, why) for this process, or (None, why) to leave torch's setting alone."""
     env = os.environ if env is None else env
     cores = physical_cores() if cores is None else cores
@@ -67,13 +75,13 @@ def choose_threads(env=None, cores=None, local_processes=None, launcher_default=
     return n, f"{n} per process ({cores} physical cores / {local} local process{'es' * (local > 1)})"
 
 
-def threads_line(env=None):
+def threads_line(env: Mapping[str, str] | None = None) -> str:
     """The line saying choose_threads's choice and why (what set_cpu_threads applies)."""
     _, why = choose_threads(env)
     return f"cpu threads: {why}; set OMP_NUM_THREADS or accelerate launch {LAUNCHER_FLAG} N to choose"
 
 
-def set_cpu_threads(env=None):
+def set_cpu_threads(env: Mapping[str, str] | None = None) -> str:
     """Apply choose_threads (for CPU runs); returns the line to print once (threads_line)."""
     n, _ = choose_threads(env)
     if n is not None:
@@ -81,7 +89,7 @@ def set_cpu_threads(env=None):
     return threads_line(env)
 
 
-def share_with_workers(workers, env=None):
+def share_with_workers(workers: int, env: Mapping[str, str] | None = None) -> str | None:
     """On a CPU run reading an image folder: this process's threads less the `workers` DataLoader
     workers that decode beside it, at least 1 (4 busy threads on 2 cores ran a folder epoch 3.7x
     slower than 1 + 2: docs/performance.md); a number the user chose is kept. Returns the line

@@ -5,14 +5,22 @@ and closed on every way out (`end_training`, see cli.ends_training).
 Each phase (teacher, student, baseline, compare.py's variants and seeds) logs under its own
 prefix with its own step count, e.g. `student/loss`, `student/soft`, `student/lr` per optimizer
 step and `student/test_accuracy`, `student/epoch_time_s`, `student/samples_per_s` per epoch."""
+from __future__ import annotations
+
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
 from .errors import KDError, first_line
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from accelerate import Accelerator
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 REPORT_TO = ("none", *TRACKERS, "all")
@@ -22,11 +30,11 @@ INSTALL = {"tensorboard": "pip install -e '.[tensorboard]' (or pip install tenso
 PROJECT = "kd_accel"  # the W&B project / MLflow experiment; TensorBoard: <run>/tensorboard/<script>/kd_accel
 
 
-def installed(name):
+def installed(name: str) -> bool:
     return bool(_AVAILABLE[name]())
 
 
-def resolve(report_to):
+def resolve(report_to: str | None) -> list[str]:
     """The trackers `--report-to` names: [] for 'none', every installed one for 'all'; a named
     tracker whose package is missing is a one-line KDError."""
     if report_to in (None, "none"):
@@ -40,7 +48,7 @@ def resolve(report_to):
     return [report_to]
 
 
-def check_logging_dir(trackers, logging_dir):
+def check_logging_dir(trackers: Sequence[str], logging_dir: Path | str) -> None:
     """Refuse, before any work, a logging folder that the trackers writing files (TensorBoard)
     could not create: a file in the way, or a folder the user cannot write in. Found only in
     init_trackers, it would stop the run after its folder exists."""
@@ -54,7 +62,7 @@ def check_logging_dir(trackers, logging_dir):
         raise KDError(f"--report-to {','.join(trackers)}: cannot create the logging folder {path}: {why}")
 
 
-def hyperparameters(values, prefix=""):
+def hyperparameters(values: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
     """The resolved configuration as trackers take it: flat ('student.epochs'), scalars and
     strings only (None -> 'none')."""
     out = {}
@@ -69,7 +77,7 @@ def hyperparameters(values, prefix=""):
 _OPEN = []  # the script's Accelerator, until end() closes it
 
 
-def start(accelerator, config, run_name):
+def start(accelerator: Accelerator, config: Mapping[str, Any], run_name: str) -> None:
     """init_trackers once per script run (a no-op without trackers); end() ends it."""
     _OPEN.append(accelerator)
     if not accelerator.log_with:
@@ -95,7 +103,7 @@ def _abandon_trackers(accelerator):
     accelerator.trackers.clear()
 
 
-def end(after_error=False):
+def end(after_error: bool = False) -> None:
     """accelerator.end_training() for the script's Accelerator: its trackers finish (TensorBoard
     closes its event file, W&B and MLflow end their run). cli.ends_training calls it on every way
     out; `after_error`: the script already failed, and that error is the one to report, so a
@@ -120,13 +128,13 @@ class PhaseLog:
     every optimizer step is a logging point, and nothing logged is lost on a resume from a
     checkpoint. Without trackers every call returns at once."""
 
-    def __init__(self, accelerator, label):
+    def __init__(self, accelerator: Accelerator, label: str) -> None:
         self.accelerator = accelerator
         self.on = bool(accelerator.log_with)  # the same on every rank (init_trackers is rank 0's)
         self.prefix = label.replace(" ", "_") + "/"
         self.names, self.acc, self.micros, self.pending = None, None, 0, []
 
-    def micro(self, parts):
+    def micro(self, parts: Mapping[str, torch.Tensor]) -> None:
         if not self.on:
             return
         vals = torch.stack([v.detach().float() for v in parts.values()])
@@ -135,14 +143,14 @@ class PhaseLog:
         self.acc = vals if self.acc is None else self.acc + vals
         self.micros += 1
 
-    def step(self, global_step, lr):
+    def step(self, global_step: int, lr: float) -> None:
         """The optimizer step's loss parts (mean over its accumulation micro-steps) and the lr it used."""
         if not self.on or self.acc is None:
             return
         self.pending.append((global_step, lr, self.acc / self.micros))
         self.acc, self.micros = None, 0
 
-    def flush(self):
+    def flush(self) -> None:
         if not self.on or not self.pending:
             return
         values = torch.stack([v for _, _, v in self.pending])
@@ -153,6 +161,6 @@ class PhaseLog:
                                  step=step)
         self.pending = []
 
-    def epoch(self, global_step, **values):
+    def epoch(self, global_step: int, **values: float) -> None:
         if self.on:
             self.accelerator.log({self.prefix + k: v for k, v in values.items()}, step=global_step)

@@ -15,9 +15,20 @@ reader (RAW_READS: load_file, torch.load, safe_open, ...) must be a registered r
 helper behind one (BEHIND), or say why it lets no unchecked tensor in (EXEMPT); the tests scan
 the package's source for such calls, so a new reader cannot be left out by accident.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 from .errors import KDError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from typing import Any, TypeVar
+
+    Reader = TypeVar("Reader", bound=Callable[..., Any])
 
 # what the tests' scan of the package counts as reading tensors from a file (regular expressions
 # over each function's source); the raw helpers of BEHIND are added to it
@@ -46,10 +57,10 @@ EXEMPT = {
 }
 
 
-def reads_tensors(*formats):
+def reads_tensors(*formats: str) -> Callable[[Reader], Reader]:
     """Register a function that brings tensors in from a file of the given formats: it must
     call check_finite on every one (tests/test_trust_models.py writes each format and checks)."""
-    def register(fn):
+    def register(fn: Reader) -> Reader:
         READERS[f"{fn.__module__}.{fn.__qualname__}"] = formats
         return fn
     return register
@@ -77,7 +88,7 @@ def _counts(t):
     return nan, inf
 
 
-def named_tensors(obj, prefix=""):
+def named_tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     """(dotted name, tensor) of every tensor in nested dicts, lists and tuples (an optimizer's
     state dict: state.0.exp_avg)."""
     if isinstance(obj, torch.Tensor):
@@ -90,7 +101,7 @@ def named_tensors(obj, prefix=""):
             yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
-def nonfinite(tensors):
+def nonfinite(tensors: object) -> str | None:
     """'tensor NAME is not finite (2 NaN, 1 inf)' for the first floating-point tensor of
     `tensors` ({name: tensor}, or nested containers of tensors) holding NaN or inf; None if all
     are finite."""
@@ -102,7 +113,7 @@ def nonfinite(tensors):
     return None
 
 
-def check_finite(tensors, path):
+def check_finite(tensors: object, path: Path | str) -> None:
     """Refuse, in one line naming `path` and the tensor, a file whose tensors (a {name: tensor}
     state dict, or nested containers of tensors) hold a NaN or an inf."""
     problem = nonfinite(tensors)
@@ -110,7 +121,7 @@ def check_finite(tensors, path):
         raise KDError(f"{path}: {problem}; refusing to use it")
 
 
-def file_kind(path):
+def file_kind(path: Path | str) -> str | None:
     """What the file at `path` is, in words, from its first bytes and (safetensors) metadata:
     'a kd_accel teacher model file', 'a kd_accel teacher-logits cache', 'a safetensors file',
     'a PyTorch (torch.save) file', 'a pickle', 'an empty file', 'a folder'; None if unknown."""

@@ -38,6 +38,21 @@ def run_main(main, args):
         reset_accelerate_state()
 
 
+def cli_error(main, argv, capsys):
+    """Run a CLI main as its launch script does (through run_cli); its stderr, checked to be one
+    `kd_accel: error:` line with exit 2 and no traceback on either stream."""
+    from kd_accel.errors import run_cli
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert e.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("kd_accel: error:"), err
+    assert "Traceback" not in out.err + out.out
+    return err
+
+
 @pytest.fixture
 def reset_accelerate():
     reset_accelerate_state()

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch.distributed as dist
 
-from conftest import ROOT
+from conftest import ROOT, cli_error
 from kd_accel import cli
 from kd_accel.config import TEACHER, Recipe
 from kd_accel.errors import KDError, run_cli
@@ -22,18 +22,6 @@ SCRIPTS = {  # launch script -> (its main, a bad flag, the words of its one erro
     "compare.py": (cli.compare_main, ["--variants", "mse"], "bad variant 'mse'"),
     "inspect_logits.py": (cli.inspect_main, ["x.safetensors", "--temperatures", "0"], "--temperatures must be"),
 }
-
-
-def cli_error(main, argv, capsys, code=2):
-    """Run `main` as its launch script does; return its stderr, checked to be one error line."""
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, [str(a) for a in argv])
-    out = capsys.readouterr()
-    err = out.err.strip()
-    assert e.value.code == code, err
-    assert len(err.splitlines()) == 1 and err.startswith("kd_accel: error:"), err
-    assert "Traceback" not in out.err + out.out
-    return err
 
 
 @pytest.mark.parametrize(

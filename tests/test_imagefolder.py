@@ -159,16 +159,18 @@ def fp16_close(got, want):
 
 def test_the_listing_and_class_order_are_torchvisions(tmp_path):
     """scan/load_folder list exactly what torchvision.datasets.ImageFolder lists: classes sorted
-    (upper case first), files walked in sorted order into nested folders, extensions matched
-    case-insensitively, other files left out; every file decodes, and the pixels of the lossless
-    formats (PNG, BMP, TIFF) are those of ImageFolder's PIL loader."""
+    as strings (upper case first, c10 before c2), files walked in sorted order into nested and
+    hidden folders, extensions matched case-insensitively, other files left out; every file
+    decodes, and the pixels of the lossless formats (PNG, BMP, TIFF) are those of ImageFolder's
+    PIL loader."""
     from torchvision.datasets import ImageFolder
     from torchvision.io import encode_jpeg, encode_png
 
     root = tmp_path / "train"
     g = torch.Generator().manual_seed(0)
     names = ["b/1.PNG", "b/0.Jpg", "b/B.png", "b/a.png", "Zebra/z.jpeg", "Zebra/deep/er/x.png", "Zebra/deep/y.PNG",
-             "Zebra/aa/w.png", "apple/v.webp", "apple/sub/u.bmp", "apple/q.tif"]
+             "Zebra/aa/w.png", "apple/v.webp", "apple/sub/u.bmp", "apple/q.tif", "c10/x.webp", "c2/w.bmp",
+             "c2/.hidden/v.png"]
     for name in names:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,13 +190,14 @@ def test_the_listing_and_class_order_are_torchvisions(tmp_path):
 
     tv = ImageFolder(str(root))
     index = scan(root)
-    assert tv.classes == ["Zebra", "apple", "b"] and list(index.classes) == tv.classes
+    assert tv.classes == ["Zebra", "apple", "b", "c10", "c2"] and list(index.classes) == tv.classes
     assert {c: i for i, c in enumerate(index.classes)} == tv.class_to_idx
     assert [(str(root / p), int(c)) for p, c in zip(index.paths, index.labels)] == tv.samples
     assert len(index) == len(names)  # every image, no .txt, no README
+    assert "b/notes.txt" not in index.paths and "b/0.Jpg" in index.paths and "c2/.hidden/v.png" in index.paths
     split = load_folder(tmp_path, "train", channels=3, workers=0)
     assert list(split.index.paths) == list(index.paths) and split.labels.tolist() == tv.targets
-    assert split.num_classes == 3
+    assert split.num_classes == 5
     batch = split.at({"image_size": [8, 8]}).dataset_for().__getitems__(list(range(len(split))))
     for i, (path, _) in enumerate(tv.samples):
         if path.lower().endswith((".png", ".bmp", ".tif")):

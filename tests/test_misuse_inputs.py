@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import cli_error, run_script
 from kd_accel import cli
 from kd_accel.cache import CacheKey, save_cache
 from kd_accel.data import load_split
@@ -16,18 +16,6 @@ from kd_accel.errors import KDError, run_cli
 from test_cifar import LABEL_NAMES, TRAIN_FILES, make_batch
 
 SEED_HIGH = 2**32 - 1  # numpy's seeding takes 0..2**32-1
-
-
-def cli_error(main, argv, capsys):
-    """Run `main` as its launch script does; its one stderr line (exit 2, no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, [str(a) for a in argv])
-    out = capsys.readouterr()
-    err = out.err.strip()
-    assert e.value.code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("kd_accel: error:"), err
-    assert "Traceback" not in out.err + out.out
-    return err
 
 
 @pytest.fixture

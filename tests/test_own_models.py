@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import kd_accel
-from conftest import run_main, tiny_split
+from conftest import cli_error, run_main, tiny_split
 from kd_accel import cli, pipeline, teaching, training
 from kd_accel.augment import SPECS
 from kd_accel.cache import CacheMismatch
@@ -231,17 +231,6 @@ def test_a_zoo_student_round_trips_through_its_file(accelerator, tmp_path):
 
 
 # --- the command line ---------------------------------------------------------------------------
-
-def cli_error(main, args, capsys):
-    from kd_accel.errors import run_cli
-
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, [str(a) for a in args])
-    assert e.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
-
 
 @pytest.mark.parametrize("args, words", [
     (["--student-arch", "torchvision:mobilenet_v3_smal"], "closest: torchvision:mobilenet_v3_small"),

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import kd_accel
-from conftest import tiny_split
+from conftest import cli_error, tiny_split
 from kd_accel import cache, cache_stream, checkpointing, validate
 from kd_accel.config import from_flags
 from kd_accel.errors import KDError
@@ -37,18 +37,6 @@ prep_mod = importlib.import_module("kd_accel.models.preprocessing")  # the packa
 
 for _m in pkgutil.walk_packages(kd_accel.__path__, "kd_accel."):  # every reader registers on import
     importlib.import_module(_m.name)
-
-
-def cli_error_line(main, args, capsys):
-    """The stderr of a CLI main that refuses its input: one line, exit 2."""
-    from kd_accel.errors import run_cli
-
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, [str(a) for a in args])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def one_line(e):
@@ -323,9 +311,9 @@ def test_a_non_finite_teacher_file_is_refused_before_any_work(tmp_path, mnist_di
     state = build_model("teacher").state_dict()
     name = poison(state, "buffer")
     torch.save(state, tmp_path / "W.pth")
-    err = cli_error_line(kd_accel.cli.distill_main, ["--data-dir", mnist_dir, "--limit-train", "50", "--teacher-arch",
-                                                     "notebook:teacher", "--teacher-weights", tmp_path / "W.pth",
-                                                     "--teacher-epochs", "0", "--output-dir", tmp_path / "r"], capsys)
+    err = cli_error(kd_accel.cli.distill_main, ["--data-dir", mnist_dir, "--limit-train", "50", "--teacher-arch",
+                                                "notebook:teacher", "--teacher-weights", tmp_path / "W.pth",
+                                                "--teacher-epochs", "0", "--output-dir", tmp_path / "r"], capsys)
     assert err == f"kd_accel: error: {tmp_path / 'W.pth'}: tensor {name} is not finite (1 inf); refusing to use it"
     assert not (tmp_path / "r" / "teacher.safetensors").exists()
 
@@ -404,8 +392,8 @@ def test_weight_names_given_apart_are_one_line():
 
 
 def test_an_unknown_tag_on_the_command_line_is_one_line(capsys, tmp_path, mnist_dir, reset_accelerate):
-    err = cli_error_line(kd_accel.cli.distill_main, ["--data-dir", mnist_dir, "--teacher-arch", "timm:resnet18.bogus",
-                                                     "--output-dir", tmp_path / "r"], capsys)
+    err = cli_error(kd_accel.cli.distill_main, ["--data-dir", mnist_dir, "--teacher-arch", "timm:resnet18.bogus",
+                                                "--output-dir", tmp_path / "r"], capsys)
     assert err.startswith("kd_accel: error: unknown pretrained tag 'bogus' in 'timm:resnet18.bogus'"), err
 
 

@@ -7,8 +7,11 @@ Metadata (strings): "role" (teacher or student), "arch" (the spec, "torchvision:
 stamps). Files written before "arch_spec" existed hold the notebook's models: their "arch" was the
 role, and they take the data as they are.
 """
+from __future__ import annotations
+
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -21,12 +24,18 @@ from . import notebook
 from .notebook import DEFAULT_INPUT_SHAPE, _mismatch, check_input_shape
 from .zoo import arch_spec, build_from_spec, drop_aux_heads
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
-def count_params(model):
+    import torch
+    from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def state_fingerprint(state_dict):
+def state_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 over names, shapes, dtypes and values of every tensor (BN buffers included,
     since they change the teacher's eval outputs)."""
     parts = []
@@ -36,7 +45,8 @@ def state_fingerprint(state_dict):
     return tensor_digest(*parts)
 
 
-def save_model(model, path, role, num_classes, input_shape=None, record=None, **meta):
+def save_model(model: nn.Module, path: Path | str, role: str, num_classes: int,
+               input_shape: Sequence[int] | None = None, record: dict[str, Any] | None = None, **meta: object) -> None:
     """Atomic safetensors checkpoint of `model` as `role` (teacher or student); metadata values
     become strings. `record` (zoo.arch_spec) says what the model is; without one the model is
     the notebook's `role`, for input_shape (C, H, W), by default the model's own."""
@@ -59,7 +69,7 @@ WEIGHTS_HINT = "a weights file is given as --weights / --teacher-weights, with i
 
 
 @reads_tensors("kd_accel model file")
-def read_checkpoint(path):
+def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state_dict, metadata) from a kd_accel model file (safetensors), with one-line errors;
     every tensor finite (parameters and buffers)."""
     from safetensors import safe_open
@@ -84,7 +94,7 @@ def read_checkpoint(path):
     return state, metadata
 
 
-def meta_number(meta, key, path, kind=float):
+def meta_number(meta: Mapping[str, str], key: str, path: Path | str, kind: Callable[[str], float] = float) -> float:
     """A checkpoint's metadata value `key` as `kind` (metadata are strings), or one line saying
     which file and key hold something else."""
     if key not in meta:
@@ -95,7 +105,7 @@ def meta_number(meta, key, path, kind=float):
         raise KDError(f"{path}: metadata {key}={meta[key]!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
-def meta_input_shape(meta, path):
+def meta_input_shape(meta: Mapping[str, str], path: Path | str) -> tuple[int, int, int]:
     """(C, H, W) a checkpoint was built for: its "input_shape" metadata "C,H,W"; files saved
     before the key existed are MNIST models, 1x28x28."""
     if "input_shape" not in meta:
@@ -107,12 +117,12 @@ def meta_input_shape(meta, path):
     return check_input_shape(parts, f"{path}: metadata input_shape")
 
 
-def meta_role(meta):
+def meta_role(meta: Mapping[str, str]) -> str | None:
     """teacher or student (files before "role" said it as "arch")."""
     return meta.get("role", meta.get("arch"))
 
 
-def meta_record(meta, path):
+def meta_record(meta: Mapping[str, str], path: Path | str) -> dict[str, Any]:
     """The architecture record (zoo.arch_spec) of a checkpoint; built from the notebook's role
     and input shape for files written before records."""
     if "arch_spec" in meta:
@@ -136,7 +146,8 @@ def _shape_words(shape):
     return "x".join(map(str, shape))
 
 
-def load_model(path, expect_arch=None, expect_input_shape=None):
+def load_model(path: Path | str, expect_arch: str | None = None,
+               expect_input_shape: Sequence[int] | None = None) -> tuple[nn.Module, dict[str, str]]:
     """Build the model the checkpoint describes and load its weights (strictly). Returns
     (model, metadata). expect_arch: the role (teacher, student) it must hold; expect_input_shape
     (C, H, W), e.g. the data's Split.input_shape: a model for other channels (or, for a model

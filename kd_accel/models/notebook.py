@@ -5,17 +5,26 @@ Models know nothing of devices, DDP or precision: Accelerate handles those. Weig
 as safetensors with the architecture name and input shape in the metadata, so a checkpoint says
 what it is.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from ..errors import KDError
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def conv_bn_relu(cin, cout, k):
+    import torch
+
+
+def conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
     # "same" padding: 5x5 -> pad 2, 3x3 -> pad 1, so only the pools shrink the map
     return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def conv_bn_relu_pool(cin, cout, k):
+def conv_bn_relu_pool(cin: int, cout: int, k: int) -> list[nn.Module]:
     """The notebook's conv -> BN -> ReLU -> 2x2 max-pool, computed as conv -> BN -> pool -> ReLU.
 
     The same function and the same gradients, bit for bit: ReLU is monotonic, so
@@ -35,7 +44,7 @@ class Teacher(nn.Module):
     1x28x28 (MNIST): [B,16,14,14], [B,32,7,7], fc 1568->300; 481,214 parameters for 10 classes.
     3x32x32 (CIFAR-10): [B,16,16,16], [B,32,8,8], fc 2048->300; 626,014 parameters for 10 classes."""
 
-    def __init__(self, num_classes=10, in_channels=1, image_size=(28, 28)):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (28, 28)) -> None:
         super().__init__()
         h, w = image_size
         self.input_shape = (in_channels, h, w)  # recorded by save_model
@@ -45,7 +54,7 @@ class Teacher(nn.Module):
         # the notebook has no activation between the two linear layers; kept as is
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), 300), nn.Linear(300, num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block3(self.block2(self.block1(x))))
 
 
@@ -55,14 +64,14 @@ class Student(nn.Module):
     1x28x28 (MNIST): [B,16,14,14], fc 3136->10; 31,562 parameters for 10 classes.
     3x32x32 (CIFAR-10): [B,16,16,16], fc 4096->10; 41,450 parameters for 10 classes."""
 
-    def __init__(self, num_classes=10, in_channels=1, image_size=(28, 28)):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: tuple[int, int] = (28, 28)) -> None:
         super().__init__()
         h, w = image_size
         self.input_shape = (in_channels, h, w)  # recorded by save_model
         self.features = nn.Sequential(*conv_bn_relu_pool(in_channels, 16, 3))  # [B,16,H/2,W/2]
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * (h // 2) * (w // 2), num_classes))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
@@ -71,7 +80,7 @@ DEFAULT_INPUT_SHAPE = (1, 28, 28)  # MNIST's; also what a checkpoint without "in
 MIN_IMAGE_SIDE = 4  # the teacher pools twice: H/4 and W/4 must stay >= 1
 
 
-def check_input_shape(input_shape, where="input shape"):
+def check_input_shape(input_shape: Sequence[int | str], where: str = "input shape") -> tuple[int, int, int]:
     """(C, H, W) as a tuple of ints, or one line saying why it cannot be built."""
     try:
         c, h, w = (int(v) for v in input_shape)
@@ -82,7 +91,7 @@ def check_input_shape(input_shape, where="input shape"):
     return c, h, w
 
 
-def build_model(arch, num_classes=10, input_shape=DEFAULT_INPUT_SHAPE):
+def build_model(arch: str, num_classes: int = 10, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> nn.Module:
     """A fresh `arch` for images of input_shape (C, H, W), e.g. Split.input_shape."""
     if arch not in MODELS:
         raise KDError(f"unknown architecture {arch!r}; choose from {', '.join(MODELS)}")

@@ -13,13 +13,21 @@ and mean/std). The model input is the data's view resized to image_size and norm
 (augment.make_inputs): a teacher and a student with different records each see their own
 version of the same view.
 """
+from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KDError
 from . import zoo
 from .zoo import _timm, parse_arch
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    Norm = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
 
 KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
 # torchvision models it builds with transform_input=True for their published weights
@@ -65,7 +73,7 @@ def _timm_preprocessing(name, weights_name):
             "std": list(data["std"]), "interpolation": data["interpolation"]}
 
 
-def preprocessing(spec, weights_name=None):
+def preprocessing(spec: str, weights_name: str | None = None) -> dict[str, Any]:
     """{image_size, resize_size, mean, std, interpolation} the pretrained weights expect
     (resize the short side to resize_size, centre-crop image_size, normalise), from
     torchvision's weight enum (weights_name e.g. "IMAGENET1K_V1"; default: DEFAULT) or timm's
@@ -93,7 +101,8 @@ def _recorded(weights_path):
     return record.get("preprocessing") if isinstance(record, dict) else None
 
 
-def known_preprocessing(spec, weights_path=None):
+def known_preprocessing(spec: str,
+                        weights_path: Path | str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """(preprocessing, source) of the weights a model starts from, where known; (None, None)
     otherwise. torchvision: a file under its published name (the enum's URL's last part, e.g.
     resnet50-11ad3fa6.pth); timm: the tag in the spec ("timm:resnet50.a1_in1k", its
@@ -128,7 +137,8 @@ def _per_channel(values, channels, what):
     raise KDError(f"{what} has {len(values)} channels of mean/std, the data {channels}")
 
 
-def resolve(spec, weights_path, image_size, normalize, data_norm, data_hw, channels):
+def resolve(spec: str, weights_path: Path | str | None, image_size: int | None, normalize: str | None,
+            data_norm: Norm | None, data_hw: Sequence[int], channels: int) -> dict[str, Any]:
     """The preprocessing record of a model built from `spec` (and `weights_path`) for data of
     `channels` channels, `data_hw` (H, W) and normalisation `data_norm` ((mean, std) or None),
     under the flags image_size (int or None) and normalize (None, "data" or "weights")."""
@@ -154,7 +164,7 @@ def resolve(spec, weights_path, image_size, normalize, data_norm, data_hw, chann
             "source": source + (f", {size[0]}x{size[1]} from --image-size" if image_size else "")}
 
 
-def scaled_resize(resize_size, known_size, size):
+def scaled_resize(resize_size: int | None, known_size: Sequence[int] | None, size: Sequence[int]) -> int | None:
     """The evaluation resize (short side before the centre crop) for inputs of `size` [H, W]: the
     weights' resize_size scaled by size / their crop size known_size, so the crop keeps the
     share of the image it had (224 of 256 -> 28 of 32 for 32 px: resize 36), never the central
@@ -169,7 +179,7 @@ def scaled_resize(resize_size, known_size, size):
 CROP_SHARE, SIZE_FACTOR = 1 / 1.5, 2.0
 
 
-def mix_note(spec, weights_path, record):
+def mix_note(spec: str, weights_path: Path | str | None, record: Mapping[str, Any]) -> str | None:
     """One line for the log when the preprocessing mixes what the weights expect with what a flag
     or the data chose so that the model sees something else than it was trained on: a centre crop
     keeping less than 2/3 of the image's side, or an input size far from the weights' own. None
@@ -189,18 +199,18 @@ def mix_note(spec, weights_path, record):
     return f"preprocessing: {'; '.join(notes)}" if notes else None
 
 
-def of_data(data_norm, data_hw):
+def of_data(data_norm: Norm | None, data_hw: Sequence[int]) -> dict[str, Any]:
     """The record of a model that takes the data as they are (a checkpoint saved before records)."""
     mean, std = (None, None) if data_norm is None else (list(data_norm[0]), list(data_norm[1]))
     return {"image_size": list(data_hw), "mean": mean, "std": std, "interpolation": "bilinear", "resize_size": None,
             "source": "data"}
 
 
-def describe(record):
+def describe(record: Mapping[str, Any]) -> str:
     """One canonical line of what shapes the input (not where it came from), for cache keys
     and stamps: "28x28 bilinear mean=None std=None"."""
     h, w = record["image_size"]
-    def nums(v):
+    def nums(v: Sequence[float] | None) -> str | None:
         return None if v is None else "[" + ",".join(f"{x:.6g}" for x in v) + "]"
     # the evaluation resize shapes an image folder's un-augmented view (the cache's, the test
     # set's): said where there is one (records without one read as before it was added)
@@ -208,6 +218,6 @@ def describe(record):
     return f"{h}x{w} {record['interpolation']} mean={nums(record['mean'])} std={nums(record['std'])}{resize}"
 
 
-def norm_of(record):
+def norm_of(record: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """(mean, std) for data.to_float, or None."""
     return None if record["mean"] is None else (tuple(record["mean"]), tuple(record["std"]))

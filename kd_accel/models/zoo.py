@@ -6,6 +6,8 @@ pretrained tag, "timm:resnet50.a1_in1k", for its preprocessing), or the notebook
 downloaded); load_weights reads what users have on disk. Builders and loaders return notes,
 lines for the log about what was adapted, each said once.
 """
+from __future__ import annotations
+
 import difflib
 import json
 import math
@@ -14,6 +16,7 @@ from numbers import Integral
 from fnmatch import fnmatchcase
 from pathlib import Path
 from pickle import UnpicklingError
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +24,9 @@ from torch import nn
 from ..errors import KDError, first_line as _first_line
 from ..validate import check_finite, file_kind, reads_tensors
 from . import notebook
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 SOURCES = ("torchvision", "timm", "notebook")
 LIST_HINT = "list them with --list-models PATTERN"
@@ -63,7 +69,7 @@ def _installed_specs():
     return specs
 
 
-def list_models(pattern="*"):
+def list_models(pattern: str = "*") -> list[str]:
     """The specs whose "SOURCE:NAME" or NAME matches the glob `pattern` (case-insensitive)."""
     pattern = pattern.lower()
     return [s for s in _installed_specs()
@@ -83,7 +89,7 @@ def _listing(lead, names, tail=""):
     return f"{lead}{', '.join(names)}{tail}" if names else ""
 
 
-def parse_arch(spec):
+def parse_arch(spec: str) -> tuple[str, str]:
     """(source, name) from "SOURCE:NAME", or one line naming the closest known names."""
     source, colon, name = str(spec).strip().partition(":")
     if not colon:
@@ -126,7 +132,7 @@ def _check_counts(num_classes, in_chans):
             raise KDError(f"{what} must be a positive integer, not {value!r}")
 
 
-def adapt_conv_weight(weight, in_chans):
+def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """A first convolution's RGB kernels [O,3,kh,kw] for in_chans inputs [O,in_chans,kh,kw], as
     timm's adapt_input_conv does. 1 channel: the sum over R, G, B, so a grey image x gives what
     the RGB kernels give on x repeated over 3 channels. Otherwise: RGB repeated and scaled by
@@ -161,7 +167,8 @@ def _adapt_input_conv(model, spec, in_chans):
     return f"first convolution {name} adapted from 3 to {in_chans} input channels"
 
 
-def build_zoo_model(spec, num_classes, in_chans=3, image_size=None):
+def build_zoo_model(spec: str, num_classes: int, in_chans: int = 3,
+                    image_size: Sequence[int] | None = None) -> tuple[nn.Module, list[str]]:
     """(model, notes): a fresh, weightless `spec` for num_classes classes and in_chans input
     channels. image_size (H, W) matters only to the notebook's models (their linear layers
     depend on it; default 28x28); torchvision and timm models pool globally."""
@@ -237,7 +244,8 @@ def _size_hints(model, spec):
     return [int(s) for s in sides if isinstance(s, Integral) and s > 0]
 
 
-def check_input_size(model, spec, shape, flag=None, train=True):
+def check_input_size(model: nn.Module, spec: str, shape: Sequence[int], flag: str | None = None,
+                     train: bool = True) -> None:
     """Refuse, in one line, a model that does not run on inputs of `shape` (C, H, W), naming a
     size it runs at and the flag that chooses it (e.g. `timm:vit_tiny_patch16_224 does not run
     on 28x28 inputs (...); it needs 224x224: use --image-size 224`); found by forward passes of
@@ -349,7 +357,7 @@ def _unwrap(obj, path):
 
 
 @reads_tensors("torch.save state dict", "safetensors state dict", "training checkpoint")
-def read_weights(path):
+def read_weights(path: Path | str) -> dict[str, torch.Tensor]:
     """{name: tensor} from a .pth/.pt/.bin (torch.save) or .safetensors file, with one-line
     errors; every tensor finite (parameters and buffers)."""
     path = Path(path)
@@ -410,13 +418,13 @@ class HeadReset(str):
     """The note (a str, for the log) that load_weights re-initialised the classifier: the
     weights file was for n_file classes, the model is for n_model."""
 
-    def __new__(cls, text, n_file, n_model):
+    def __new__(cls, text: str, n_file: int, n_model: int) -> HeadReset:
         note = super().__new__(cls, text)
         note.n_file, note.n_model = n_file, n_model
         return note
 
 
-def drop_aux_heads(state, expected):
+def drop_aux_heads(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
     """Remove from a file's `state` the tensors of auxiliary classifiers (AUX_HEADS: torchvision's
     published inception_v3 and googlenet files hold them) that the model, built without them,
     does not have; the note for the log, or none."""
@@ -436,7 +444,7 @@ def _fill_bn_counters(state, expected):
             state[k] = expected[k].clone()
 
 
-def load_weights(model, path):
+def load_weights(model: nn.Module, path: Path | str) -> list[str]:
     """Load a weights file into `model`, strictly, in place; notes for the log (a classifier
     re-initialised for another class count, a 3-channel first conv adapted). Any other misfit:
     one line naming the first missing/unexpected key, or tensor with both shapes."""
@@ -454,7 +462,8 @@ def load_weights(model, path):
 
 # --- the record of what was built ----------------------------------------------------------
 
-def arch_spec(spec, num_classes, input_shape, preprocessing=None):
+def arch_spec(spec: str, num_classes: int, input_shape: Sequence[int],
+              preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-able record of what was built, for a checkpoint's metadata: build_from_spec
     rebuilds the same model from it. input_shape (C, H, W) is the model's input (the data's
     channels at the preprocessing's size); in_chans its C; preprocessing: preprocessing.resolve's."""
@@ -465,7 +474,7 @@ def arch_spec(spec, num_classes, input_shape, preprocessing=None):
             "preprocessing": preprocessing}
 
 
-def build_from_spec(record):
+def build_from_spec(record: dict[str, Any] | str | bytes) -> tuple[nn.Module, list[str]]:
     """(model, notes) rebuilt from arch_spec's record (or its JSON text), without weights."""
     if isinstance(record, (str, bytes)):
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kd_accel.cache import CacheKey, load_cache, save_cache
+from kd_accel.cache import CacheKey, open_cache, save_cache
 
 
 def rss_mb():
@@ -54,11 +54,11 @@ def main():
     rss0 = rss_mb()
 
     t0 = time.perf_counter()
-    soft = load_cache(path, key, verify=False, views=a.views)
+    soft = open_cache(path, key, verify=False, views=a.views)
     open_s = time.perf_counter() - t0
     rss_open = rss_mb() - rss0
     t0 = time.perf_counter()
-    soft = load_cache(path, key, verify=True, views=a.views)
+    soft = open_cache(path, key, verify=True, views=a.views)
     verify_s = time.perf_counter() - t0
 
     g = torch.Generator().manual_seed(0)

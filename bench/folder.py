@@ -26,7 +26,7 @@ DataLoader workers (--workers) on both sides:
 - pipeline_profile: where a sample's time goes, in this process (1 thread, no workers), stage
   by stage, for both pipelines: the diagnostic behind the ratio.
 - kd_vs_ce: training.fit epochs of the notebook student (1x28x28, the folder decoded as grey)
-  distilled from a K-view cache written by teaching.precompute_streamed (the notebook teacher,
+  distilled from a K-view cache written by teaching.precompute_views (the notebook teacher,
   random weights; the crops replayed by CachedCrops, the logits gathered per batch) against
   plain cross-entropy on crops drawn in the workers (DrawnCrops); a fresh student per epoch, the
   sides alternated. Target kd / ce <= 1.05, at the threads make_accelerator chose and (a
@@ -283,14 +283,14 @@ def notebook_prep(side):
 
 def make_precompute(accelerator, cfg, split, path, views, classes_seed=0):
     """The notebook teacher (random weights, BN statistics from a few batches: logits that vary),
-    run by teaching.precompute_streamed over the folder's K views. Returns (SoftTargets, seconds)."""
+    run by teaching.precompute_views over the folder's K views. Returns (SoftTargets, seconds)."""
     from kd_accel.augment import get_spec
-    from kd_accel.cache import load_cache
+    from kd_accel.cache import open_cache
     from kd_accel.models import state_fingerprint
     from kd_accel.models.notebook import Teacher
     from kd_accel.models.preprocessing import describe as describe_prep
     from kd_accel.roles import TeacherId
-    from kd_accel.teaching import cache_key, precompute_streamed
+    from kd_accel.teaching import cache_key, precompute_views
 
     prep = {**notebook_prep(split.view.size[0])}
     torch.manual_seed(classes_seed)
@@ -302,22 +302,21 @@ def make_precompute(accelerator, cfg, split, path, views, classes_seed=0):
                     cfg.kd.augment_seed)
     Path(path).unlink(missing_ok=True)
     start = time.perf_counter()
-    precompute_streamed(accelerator, cfg, teacher, split, Path(path), key, spec, views, "fp16")
+    precompute_views(accelerator, cfg, teacher, split, Path(path), key, spec, views, "fp16")
     seconds = time.perf_counter() - start
-    return load_cache(path, key, views=views, data=split), seconds
+    return open_cache(path, key, views=views), seconds
 
 
 def student_fit(accelerator, cfg, split, data, objective):
     from kd_accel.augment import get_spec
     from kd_accel.models.notebook import Student
     from kd_accel.roles import inputs_for
-    from kd_accel.training import fit
+    from kd_accel.training import TrainSpec, fit
 
     torch.manual_seed(0)
     model = Student(split.num_classes, split.channels, split.view.size)
     start = time.perf_counter()
-    _, hist = fit(accelerator, model, data, None, cfg.student, cfg.run, objective, "student",
-                  inputs=inputs_for(get_spec("rrc"), notebook_prep(split.view.size[0])))
+    _, hist = fit(accelerator, model, data, None, TrainSpec.of(cfg.student, cfg.run), objective, "student", inputs=inputs_for(get_spec("rrc"), notebook_prep(split.view.size[0])))
     return time.perf_counter() - start, hist["epochs"][-1]
 
 
@@ -336,7 +335,7 @@ def setup_fit(folder, batch, workers, views, side=28):
 
 def case_kd_vs_ce(a, folder):
     from kd_accel.augment import get_spec, stream_seed
-    from kd_accel.training import make_objective
+    from kd_accel.training import TrainSpec, make_objective
 
     cfg, accelerator, split = setup_fit(folder, a.fit_batch, a.workers, a.views)
     cache = Path(a.workdir) / "kd_vs_ce.cache.safetensors"
@@ -463,7 +462,7 @@ class PeakMemory:
 def rss_child(a):
     """Each folder of --rss-child in turn (one, except in the smoke run): the precompute, then one
     whole cached-KD training epoch, with each phase's peaks. {folder: result}."""
-    from kd_accel.training import make_objective
+    from kd_accel.training import TrainSpec, make_objective
 
     mem, results = PeakMemory(), {}
     for folder in map(Path, a.rss_child):

@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from machine import machine_info  # noqa: E402
 
-from kd_accel.data import EpochPermutation, load_split, to_float  # noqa: E402
+from kd_accel.checkpointing import Checkpointer  # noqa: E402
+from kd_accel.data import EpochPermutation, TensorData, load_split, to_float  # noqa: E402
 from kd_accel.errors import KDError, first_line  # noqa: E402
 from kd_accel.losses import hinton_kd_loss  # noqa: E402
 from kd_accel.models import Student, Teacher  # noqa: E402
@@ -214,13 +215,12 @@ def kd_fit_epoch(args, images, labels, logits, device):
     from kd_accel.config import from_flags
     from kd_accel.data import Split
     from kd_accel.pipeline import columns, make_accelerator
-    from kd_accel.training import fit, make_objective
+    from kd_accel.training import TrainSpec, fit, make_objective
 
     cfg = from_flags(epochs=1, batch_size=BATCH, schedule="constant", lr=LR)
     accelerator = make_accelerator(cfg, cpu=device.type == "cpu")
     split = Split("mnist", "train", images, labels, 10)
-    _, hist = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg.student, cfg.run,
-                  make_objective("hinton", T, ALPHA), "student")
+    _, hist = fit(accelerator, Student(), TensorData(columns(split, teacher_logits=logits)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("hinton", T, ALPHA), "student")
     return {"seconds": hist["train_time_s"]}
 
 
@@ -260,7 +260,7 @@ def zoo_child(args):
     from kd_accel.data import Split
     from kd_accel.pipeline import columns, make_accelerator
     from kd_accel.roles import build, inputs_for
-    from kd_accel.training import fit, make_objective, online_objective
+    from kd_accel.training import TrainSpec, fit, make_objective, online_objective
 
     device = torch.device(args.device)
     cfg = from_flags(epochs=1, batch_size=args.zoo_batch, lr=LR, arch=args.zoo_student, teacher_arch=args.zoo_teacher,
@@ -286,7 +286,7 @@ def zoo_child(args):
             objective = {"ce": make_objective("ce"), "kd": kd, "online": online_objective(teacher, kd)}[case]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _, hist = fit(accelerator, student, cols, None, cfg.student, cfg.run, objective, "student", inputs=inputs)
+            _, hist = fit(accelerator, student, TensorData(cols), None, TrainSpec.of(cfg.student, cfg.run), objective, "student", inputs=inputs)
             if rnd:  # round 0: warm-up (cuDNN autotune, allocator)
                 out["cases"][case].append({"images_per_s": n / hist["train_time_s"],
                                            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20
@@ -412,7 +412,7 @@ def resume_child(args):
     from kd_accel.config import from_flags
     from kd_accel.data import Split
     from kd_accel.pipeline import columns, make_accelerator
-    from kd_accel.training import fit, make_objective
+    from kd_accel.training import TrainSpec, fit, make_objective
 
     how, workdir = args.resume_child
     workdir = Path(workdir)
@@ -430,10 +430,9 @@ def resume_child(args):
         def kill(label, step):
             if step == KILL_AT:
                 os.kill(os.getpid(), signal.SIGKILL)
-        training.STEP_HOOKS.append(kill)
+        training.HOOKS.step.append(kill)
     torch.manual_seed(0)
-    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg.student, cfg.run,
-                   make_objective("hinton", T, ALPHA), "student", run_dir / "checkpoints", {"check": "resume"})
+    model, _ = fit(accelerator, Student(), TensorData(columns(split, teacher_logits=logits)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("hinton", T, ALPHA), "student", Checkpointer.of(cfg.run, run_dir / "checkpoints", {"check": "resume"}))
     from safetensors.torch import save_file
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(workdir / f"{how}.safetensors"))
 

@@ -58,7 +58,8 @@ def run(tree, argv, out, log):
                "--num_cpu_threads_per_process", "1", *argv[1:]]
     elif argv[0].startswith("KILL:"):
         phase_step = argv[0][5:]
-        cmd = [sys.executable, str(ROOT / "tests" / "scripts" / "fault.py"), phase_step, "--", *argv[1:]]
+        # the tree's own fault script: it hooks that tree's training loop, whose hooks may differ
+        cmd = [sys.executable, str(Path(tree) / "tests" / "scripts" / "fault.py"), phase_step, "--", *argv[1:]]
     else:
         cmd = [sys.executable, *argv]
     with open(log, "a") as f:

@@ -117,9 +117,10 @@ def run_case(case, data_dir, device_name, workdir):
     from kd_accel.models import Student, Teacher
     from kd_accel.pipeline import columns, make_accelerator
     from kd_accel.teaching import cache_key
-    from kd_accel.cache import load_cache, save_cache
+    from kd_accel.cache import open_cache, save_cache
     from kd_accel.models import state_fingerprint
-    from kd_accel.training import fit, make_objective
+    from kd_accel.training import TrainSpec, fit, make_objective
+    from kd_accel.data import TensorData
 
     set_seed(0)
     device = torch.device(device_name)
@@ -190,17 +191,17 @@ def run_case(case, data_dir, device_name, workdir):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if case == "kd_teacher_epoch":
         t0 = time.perf_counter()
-        fit(accelerator, Teacher(), columns(train), probe, cfg.student, cfg.run, make_objective("ce"), "teacher")
+        fit(accelerator, Teacher(), TensorData(columns(train)), probe, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "teacher")
     elif case in ("kd_distill_epoch", "kd_ce_epoch"):
         logits = torch.randn(len(train), 10) * 5  # stands in for the cache: same shape, same gather
-        if "mmap" in opts:  # the real read path: a cache file, memory-mapped by load_cache
+        if "mmap" in opts:  # the real read path: a cache file, memory-mapped by open_cache
             key = cache_key(train, "0" * 32)
             save_cache(Path(workdir) / "bench_cache.safetensors", logits, train.labels, key)
-            logits = load_cache(Path(workdir) / "bench_cache.safetensors", key).logits(0)
+            logits = open_cache(Path(workdir) / "bench_cache.safetensors", key).logits(0)
         cols = columns(train, teacher_logits=logits) if case == "kd_distill_epoch" else columns(train)
         objective = make_objective("hinton", 4.0, 0.5) if case == "kd_distill_epoch" else make_objective("ce")
         t0 = time.perf_counter()
-        fit(accelerator, Student(), cols, probe, cfg.student, cfg.run, objective, "student")
+        fit(accelerator, Student(), TensorData(cols), probe, TrainSpec.of(cfg.student, cfg.run), objective, "student")
     elif case == "bare_forward":  # the floor: the teacher over pre-made float tensors, no bookkeeping
         teacher = Teacher().to(device).eval().to(memory_format=torch.channels_last)
         x = to_float(train.images).to(device)
@@ -252,12 +253,12 @@ def augmented_epoch(case, accelerator, cfg, train, probe, workdir):
     KD from a K-view cache (view e mod K replayed), or KD from the teacher run on every batch.
     Returns the start time (after the cache is made, outside the timer)."""
     from kd_accel.augment import SPECS, draw_params, make_inputs
-    from kd_accel.cache import load_cache, save_cache
+    from kd_accel.cache import open_cache, save_cache
     from kd_accel.config import with_flags
     from kd_accel.models import Student, Teacher
     from kd_accel.pipeline import student_data
     from kd_accel.teaching import cache_key, frozen_teacher
-    from kd_accel.training import fit
+    from kd_accel.training import TrainSpec, fit
 
     mode = {"kd_cache_aug_epoch": "cache", "kd_online_aug_epoch": "online"}.get(case)
     vcfg = with_flags(cfg, augment="shift", views=VIEWS, teacher_mode=mode or "cache")
@@ -267,7 +268,7 @@ def augmented_epoch(case, accelerator, cfg, train, probe, workdir):
         params = torch.stack([draw_params(SPECS["shift"], 0, v, index) for v in range(VIEWS)])
         path = Path(workdir) / "aug_cache.safetensors"
         save_cache(path, torch.randn(VIEWS, len(train), 10) * 5, train.labels, key, "fp16", params=params)
-        soft = load_cache(path, key, views=VIEWS)
+        soft = open_cache(path, key, views=VIEWS)
     elif mode == "online":
         from kd_accel.models import save_model
 
@@ -276,8 +277,7 @@ def augmented_epoch(case, accelerator, cfg, train, probe, workdir):
         online = (frozen_teacher(accelerator, vcfg, teacher_file, train), None)  # (teacher, its own inputs: the student's)
     data, objective = student_data(vcfg, train, soft, online)
     t0 = time.perf_counter()
-    fit(accelerator, Student(), data, probe, vcfg.student, vcfg.run, objective, "student",
-        inputs=make_inputs(SPECS["shift"], train.norm))
+    fit(accelerator, Student(), data, probe, TrainSpec.of(vcfg.student, vcfg.run), objective, "student", inputs=make_inputs(SPECS["shift"], train.norm))
     return t0
 
 

@@ -40,7 +40,8 @@ def run_case(case, data_dir, n, student_arch, teacher_arch):
     from kd_accel.data import load_split, make_loader
     from kd_accel.pipeline import columns, make_accelerator
     from kd_accel.roles import build, inputs_for
-    from kd_accel.training import fit, make_objective, online_objective
+    from kd_accel.training import TrainSpec, fit, make_objective, online_objective
+    from kd_accel.data import TensorData
 
     set_seed(0)
     cfg = from_flags(epochs=1, batch_size=100, arch=student_arch, teacher_arch=teacher_arch)
@@ -71,7 +72,7 @@ def run_case(case, data_dir, n, student_arch, teacher_arch):
         teacher = Timed(teacher)
         objective = online_objective(teacher, kd)
     start = time.perf_counter()
-    fit(accelerator, student, cols, None, cfg.student, cfg.run, objective, "student", inputs=inputs)
+    fit(accelerator, student, TensorData(cols), None, TrainSpec.of(cfg.student, cfg.run), objective, "student", inputs=inputs)
     return {"seconds": time.perf_counter() - start, **({"teacher_in_loop_s": teacher.total} if case == "online" else {})}
 
 

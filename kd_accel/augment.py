@@ -11,9 +11,12 @@ Specs: `shift` (pad-and-crop translation, +-2 px: digits and clothes), `affine` 
 small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour);
 `rrc` (RandomResizedCrop + flip) is the image folders', made in their DataLoader workers.
 """
+from __future__ import annotations
+
 import hashlib
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,12 @@ import torch.nn.functional as F
 from .data import to_float
 from .errors import KDError
 from .rng import uniforms  # noqa: F401 - re-exported: augmentation parameters are drawn with it
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .cache import SoftTargets
+    from .data import CropPlan
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -30,10 +39,10 @@ class AugmentSpec:
     scale: float = 0.0  # affine: scale range 1 +- scale
     flip: bool = False
 
-    def as_metadata(self):
+    def as_metadata(self) -> dict[str, str]:
         return {f"augment_{k}": str(v) for k, v in asdict(self).items()}
 
-    def describe(self):
+    def describe(self) -> str:
         """One canonical string naming the spec and its ranges: stamped on caches and runs, so a
         cache made with other ranges under the same name is refused too."""
         if self.name == "none":
@@ -54,13 +63,13 @@ SPECS = {
 }
 
 
-def get_spec(name):
+def get_spec(name: str) -> AugmentSpec:
     if name not in SPECS:
         raise KDError(f"unknown augmentation {name!r}; choose from {', '.join(SPECS)}")
     return SPECS[name]
 
 
-def stream_seed(kind, seed):
+def stream_seed(kind: str, seed: int) -> int:
     """The augmentation seed of one stream of views: 'teacher' and 'student' (fresh view e in epoch
     e, from the run's seed, so a seed varies the views as it varies weights and data order) and
     'cache' (the K stored views, from --augment-seed). sha256 keeps the streams unrelated."""
@@ -68,7 +77,7 @@ def stream_seed(kind, seed):
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def draw_params(spec, seed, view, index):
+def draw_params(spec: AugmentSpec, seed: int, view: int, index: torch.Tensor) -> torch.Tensor:
     """Per-sample parameters [B, 5] float32: dx, dy (pixels), flip (0/1), angle (degrees),
     scale. Columns a spec does not use are 0 (1 for scale)."""
     u = uniforms(seed, view, index, 5)
@@ -82,7 +91,7 @@ def draw_params(spec, seed, view, index):
     return params
 
 
-def apply(spec, images, params):
+def apply(spec: AugmentSpec, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """images [B, C, H, W] (any dtype) -> the augmented views, same shape and dtype.
 
     shift / crop-flip: zero-pad by `pad`, then crop an H x W window moved by (dx, dy): pixel
@@ -119,7 +128,8 @@ def _rotate_scale(x, degrees, scale):
     return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out.to(x.dtype)
 
 
-def augment(spec, images, seed, view, index):
+def augment(spec: AugmentSpec, images: torch.Tensor, seed: int, view: int,
+            index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The view `view` of the samples `index` (their images given): params drawn, then applied.
     Returns (views, params)."""
     params = draw_params(spec, seed, view, index)
@@ -130,7 +140,8 @@ def augment(spec, images, seed, view, index):
 # turn an epoch into its per-sample parameters and a batch into the model's input.
 
 
-def make_inputs(spec, norm=None, size=None, interpolation="bilinear"):
+def make_inputs(spec: AugmentSpec, norm: tuple[Sequence[float], Sequence[float]] | None = None,
+                size: Sequence[int] | None = None, interpolation: str = "bilinear") -> Callable[[dict], torch.Tensor]:
     """batch -> the model's float input: each sample's view built from the batch's "aug_params"
     (when the phase augments), then scaled (and normalised per channel: `norm`), then resized to
     `size` (H, W) where the model expects another size than the data's (its preprocessing,
@@ -166,7 +177,7 @@ class DrawnViews:
             return {}
         return {"aug_params": draw_params(self.spec, self.stream, epoch, torch.arange(n))}
 
-    def crops(self, view: int | None = None) -> object | None:
+    def crops(self, view: int | None = None) -> CropPlan | None:
         """Where a streamed source's workers take each sample's crop: view `view`, or epoch e's
         view in epoch e (None); None for the in-memory augmentations."""
         from .data.streamed import DrawnCrops  # noqa: PLC0415 - the worker-side half of the same views
@@ -181,7 +192,7 @@ class CachedViews:
     cache file) and the teacher's logits on it, so the student sees exactly what the teacher
     saw (data.ViewPlan)."""
 
-    def __init__(self, soft: object, views: int):
+    def __init__(self, soft: SoftTargets, views: int):
         if not 1 <= views <= soft.views:
             raise ValueError(f"the run reads {views} views, the cache holds {soft.views}")
         self.soft, self.views = soft, views
@@ -195,15 +206,15 @@ class CachedViews:
             cols["aug_params"] = self.soft.params(view)
         return cols
 
-    def crops(self, view: int | None = None) -> object | None:
+    def crops(self, view: int | None = None) -> CropPlan | None:
         if not self.replayed_in_workers:
             return None
         from .data.streamed import CachedCrops  # noqa: PLC0415
 
-        return CachedCrops(str(self.soft.path), self.views, self.soft.meta["params_sha256"])
+        return CachedCrops(self.soft.column("params"), self.views)
 
 
-def drawn_views(spec: AugmentSpec, stream: int, n: int):
+def drawn_views(spec: AugmentSpec, stream: int, n: int) -> Callable[[int], dict[str, torch.Tensor]] | None:
     """epoch -> {"aug_params": [N, 5]}: DrawnViews' columns as a function (None when the phase
     does not augment)."""
     if spec.name == "none":
@@ -212,7 +223,7 @@ def drawn_views(spec: AugmentSpec, stream: int, n: int):
     return lambda epoch: views.columns(epoch, n)
 
 
-def cached_views(soft: object, views: int):
+def cached_views(soft: SoftTargets, views: int) -> Callable[[int], dict[str, torch.Tensor]]:
     """epoch -> CachedViews' columns as a function."""
     plan = CachedViews(soft, views)
     return lambda epoch: plan.columns(epoch, 0)

@@ -1,51 +1,72 @@
-"""The teacher-logits cache: one safetensors file holding K views of every training sample.
+"""The teacher-logits cache: one safetensors file holding K views of every training sample,
+written by one writer (CacheWriter) and read by open_cache. The format is defined here and
+nowhere else.
 
 A view is one pass over the training set as the teacher saw it: view v of sample i is the image
-augmented with the parameters kd_accel.augment draws for (augment_seed, v, i) (with no
-augmentation, view 0 is the plain image). Tensors, row i = training sample i:
+augmented with the parameters drawn for (augment_seed, v, i) (with no augmentation, view 0 is
+the plain image). Tensors, row i = training sample i:
 
 - `labels` [N] int64.
 - full storage: `logits` [K, N, C], fp32 or fp16.
 - top-k storage (FKD's compression): `topk_logp` [K, N, k], fp32 or fp16, the teacher's
   log-probabilities at T=1, the k largest of each row sorted descending, and `topk_index`
-  [K, N, k] int16, their classes. The other C - k entries are rebuilt by expand_topk, which
-  spreads the remaining mass evenly over them. A view of a sample costs 4k bytes in fp16 (6k in
-  fp32) against 2C (4C) for the full logits: C / 2k times less, 100x for ImageNet at k = 5.
-- `params` [K, N, P] float32, optional: the augmentation parameters each view was made with
-  (P = 5 for kd_accel.augment: dx, dy, flip, angle, scale), so a student rebuilds exactly the
-  image whose logits it is taught.
+  [K, N, k], their classes in the smallest integer type that holds C. The other C - k entries
+  are rebuilt by expand_topk, which spreads the remaining mass evenly over them. A view of a
+  sample costs 4k bytes in fp16 (6k in fp32) against 2C (4C) for the full logits: C / 2k times
+  less, 100x for ImageNet at k = 5.
+- `params` [K, N, P], optional: the parameters each view was made with, so a student rebuilds
+  exactly the image whose logits it is taught. Their dtype is their augmentation's: float32 for
+  the in-memory augmentations (P = 5: dx, dy, flip, angle, scale; kd_accel.augment), uint16 for
+  an image folder's RandomResizedCrop (P = 5: top, left, height, width as fractions x 65535 and
+  the flip; data/streamed.py, FKD's format). They are different parameters, not one quantity
+  in two dtypes: the affine view's angle and scale are fractions of a degree and of 1, which
+  uint16 cannot hold, and a crop's fractions in uint16 are exact at half the bytes.
+- an image folder's identity, optional: `file_hashes` [N] int64 (each file's path and size),
+  `content` [N] int64 (the first 8 bytes of the sha256 of the bytes the precompute read),
+  `file_paths` uint8 and `file_path_offsets` [N+1] int64 (the relative paths), and the class
+  list in the metadata (`classes`): a folder changed since is refused naming the file.
 
 Metadata stamps what produced it: format version, every CacheKey field (data set and split,
 sample count, class count, fingerprints of the teacher's weights and of the data, augmentation
-spec and seed), the view count `views`, the `dtype`, the `storage` ("full" or "top<k>") and a
-checksum of every stored tensor. Loading checks every stamp against what the run uses and
-refuses a mismatch by name: a stale cache is never silently used. A cache with more views than a
-run needs serves it (the run reads the first ones); fewer is refused.
+spec and seed, the teacher's input), the view count `views`, the `dtype`, the `storage` ("full"
+or "top<k>") and a checksum of every stored tensor. Loading checks every stamp against what the
+run uses and refuses a mismatch by name: a stale cache is never silently used. A cache with more
+views than a run needs serves it (the run reads the first ones); fewer is refused.
 
-Resumable precompute: each finished view is first written as its own part file in a hidden
-folder beside the cache (parts_dir), stamped with the key, view index and dtype and checksummed,
-so a killed K-view precompute restarts at the first missing view; the parts are deleted once the
-whole cache is written (remove_parts).
+Writing (CacheWriter): the file is laid out up front (the safetensors header, then each tensor's
+bytes, memory-mapped) and filled row by row at the sample indices each batch names, so no
+process holds [K, N, C] (2.6 GB per view of ImageNet in fp16). It grows as `.<name>.partial`
+beside the cache with `.<name>.partial.json` listing the finished views and their checksums: a
+killed precompute restarts at the first unfinished view of a partial file made for the same key
+and layout, and uses a finished view only if its rows still match their checksums and are
+finite. The checksums of the whole file are computed once every view is in, written into the
+header's reserved space, and the file is renamed over the cache: readers see the old cache or
+the whole new one. save_cache writes whole tensors through the same writer.
 """
+from __future__ import annotations
+
+import hashlib
 import json
 import math
 import operator
 import os
-import shutil
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import KDError
 from .hashing import tensor_digest
-from .io import atomic_path
-from .validate import check_finite, file_kind, reads_tensors
+from .io import make_dir, write_json
+from .validate import check_finite, file_kind, nonfinite, reads_tensors
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # 3: K views per sample (logits [K, N, C]), optional top-k storage and augmentation parameters,
 # the augmentation stamped in the key; 2 checksummed the labels too (1 covered the logits only).
@@ -54,10 +75,12 @@ FORMAT_VERSION = "3"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 MAX_TOPK_CLASSES = 1 << 31  # topk_index is the smallest type that holds the classes: uint8, int16 or int32
 PARAM_DTYPES = (torch.float32, torch.uint16)  # params: float32 (in-memory augmentations), uint16 crop fractions (folders)
+IDENTITY = ("file_hashes", "file_paths", "file_path_offsets")  # an image folder's listing, as CacheWriter takes it
 # the remaining mass outside the top k when it rounds to <= 0: the smallest normal float32, so
 # its log (-87.3) stays finite and the other classes keep a (negligible) probability
 _TINY = torch.finfo(torch.float32).tiny
-_PART_ROWS = 1 << 16  # rows compressed at a time: log_softmax makes a float32 copy of its input
+_PART_ROWS = 1 << 16  # rows compressed or written at a time: log_softmax makes a float32 copy of its input
+_DIGEST_LEN = 32  # hashing.tensor_digest's hex digits
 
 
 class CacheMismatch(KDError):
@@ -77,23 +100,24 @@ class CacheKey:
     augment: str = "none"  # canonical spec, e.g. "shift(pad=2)"; compared exactly
     augment_seed: int = 0
     # the teacher's input: size, interpolation, mean/std (models/preprocessing.describe)
-    teacher_input: str = None
+    teacher_input: str | None = None
 
-    def as_metadata(self):
+    def as_metadata(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items()}
 
 
-def _checksum(t):
-    """sha256 of the tensor's bytes, hashed in 64 MiB pieces (no second copy of a big cache)."""
-    return tensor_digest(t)
+def _checksum(t: torch.Tensor | np.ndarray) -> str:
+    """sha256 of a tensor's bytes (hashing.tensor_digest: in 64 MiB pieces, no second copy of a
+    big cache): what the metadata's `<name>_sha256` holds."""
+    return tensor_digest(torch.from_numpy(np.asarray(t)) if isinstance(t, np.ndarray) else t)
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise KDError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
-def check_topk(k, num_classes):
+def check_topk(k: Any, num_classes: int) -> int:
     """The top-k size as an int: 1 <= k < C (k = C would store as much as the full logits)."""
     try:
         if isinstance(k, bool):
@@ -106,35 +130,28 @@ def check_topk(k, num_classes):
     return k
 
 
-def index_dtype(num_classes):
+def index_dtype(num_classes: int) -> torch.dtype:
     """The smallest integer type that holds class indices 0..num_classes-1: uint8 up to 256
     classes, int16 up to 32768 (ImageNet's 1000), else int32."""
     return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 1 << 15 else torch.int32
 
 
-def _check_finite(t, path, what, dtype):
+def _nonfinite_rows(t: torch.Tensor) -> int:
+    """Rows (last dim) of `t` holding NaN or inf."""
+    return int((~torch.isfinite(t)).any(dim=-1).sum()) if t.is_floating_point() else 0
+
+
+def _check_finite(t: torch.Tensor, path: Path | str, what: str, dtype: str) -> None:
     """Refuse rows (last dim) of `t` holding NaN or inf; checked after the cast to the stored dtype."""
-    bad = int((~torch.isfinite(t)).any(dim=-1).sum())
+    bad = _nonfinite_rows(t)
     if bad:
         rows = t.shape[:-1].numel()
         raise KDError(f"refusing to write {path}: {bad} of {rows} rows of {what} are not finite as {dtype}")
 
 
-def _as_params(params, views, n, path, one_view):
-    """params [K, N, P] (or [N, P] beside one view given as [N, C]) -> contiguous float32 [K, N, P]."""
-    params = params.detach().cpu().float()
-    if one_view and params.dim() == 2:
-        params = params[None]
-    if params.dim() != 3 or tuple(params.shape[:2]) != (views, n):
-        raise KDError(f"augmentation params {tuple(params.shape)} do not match the logits: "
-                      f"expected [{views}, {n}, P] (views, samples, parameters)")
-    _check_finite(params, path, "augmentation params", "float32")
-    return params.contiguous()
-
-
 # --- top-k compression (FKD's marginal smoothing) -------------------------------------------------
 
-def compress_topk(logits, k):
+def compress_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [..., C] -> (logp [..., k] float32, index [..., k] int64): the k largest
     log-probabilities at T=1 (log_softmax), sorted descending, and their classes."""
     k = check_topk(k, logits.shape[-1])
@@ -142,7 +159,7 @@ def compress_topk(logits, k):
     return torch.topk(logp, k, dim=-1, sorted=True)
 
 
-def expand_topk(logp, index, num_classes):
+def expand_topk(logp: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(logp [..., k], index [..., k]) -> [..., C] float32 log-probabilities: the top k keep
     theirs; the remaining mass 1 - sum(exp(logp)) is spread evenly over the other C - k classes.
 
@@ -162,30 +179,264 @@ def expand_topk(logp, index, num_classes):
     return torch.log_softmax(out, dim=-1)  # renormalise: a no-op unless the mass was clamped
 
 
-def topk_logits(cols, num_classes):
+def topk_logits(cols: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
     """[B, C] float32 log-probabilities from a top-k cache's columns (SoftTargets.columns, or a
     batch of their rows): "teacher_topk_logp" and "teacher_topk_index" [B, k], expanded."""
     return expand_topk(cols["teacher_topk_logp"], cols["teacher_topk_index"], num_classes)
 
 
-def _compress_views(logits, k):
-    """compress_topk over [K, N, C] in pieces of _PART_ROWS rows (a whole ImageNet-sized cache
-    as float32 log-probabilities would be tens of GB): ([K, N, k] float32, [K, N, k] int16)."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    logp = torch.empty(len(flat), k)
-    index = torch.empty(len(flat), k, dtype=index_dtype(logits.shape[-1]))
-    for i in range(0, len(flat), _PART_ROWS):
-        lp, ix = compress_topk(flat[i : i + _PART_ROWS], k)
-        logp[i : i + _PART_ROWS], index[i : i + _PART_ROWS] = lp, ix
-    return logp.reshape(*logits.shape[:-1], k), index.reshape(*logits.shape[:-1], k)
-
-
 # --- writing --------------------------------------------------------------------------------------
 
-def save_cache(path, logits, labels, key, dtype="fp32", params=None, topk=None):
-    """Write the cache atomically. logits: [N, C] (one view) or [K, N, C], any float dtype;
-    labels [N]; params: None or [K, N, P] (the augmentation parameters of each view); topk: None
-    (store the full logits as `dtype`) or k (store the top-k log-probabilities as `dtype`)."""
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+              "U16": np.uint16, "U8": np.uint8}
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+              torch.uint16: "U16", torch.uint8: "U8"}
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def partial_paths(path: Path | str) -> tuple[Path, Path]:
+    """(the file a cache at `path` grows as, the list of its finished views) beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.partial", path.parent / f".{path.name}.partial.json"
+
+
+def _host_numpy(t: Any, dtype: Any) -> np.ndarray:
+    """A batch's column on the host as numpy of `dtype` (torch has few uint16 operations: an int
+    column, e.g. crops gathered as int32, is converted by numpy)."""
+    t = torch.as_tensor(t).detach().cpu()
+    if t.dtype == torch.uint16:
+        t = t.to(torch.int32)
+    return t.numpy().astype(dtype, copy=False)
+
+
+class CacheWriter:
+    """Write a cache for `key` (CacheKey) of `views` views row by row: write(view, idx, logits,
+    params, digests) for every batch, view_done(view) once a view's rows are all in, finish()
+    when every view is done (or discard()). labels [N] int64; params_cols P and params_dtype of
+    each view's parameters (None: none stored); identity: an image folder's listing
+    ({"classes": names, "file_hashes": [N] int64, "file_paths": uint8, "file_path_offsets":
+    [N+1] int64}), with which each write brings the digests of the files read (`content`).
+    resume False starts over even where a partial file for the same cache exists."""
+
+    @reads_tensors("partial cache")
+    def __init__(self, path: Path | str, key: CacheKey, views: int, labels: torch.Tensor, dtype: str = "fp16",
+                 topk: int | None = None, params_cols: int | None = None, params_dtype: torch.dtype = torch.float32,
+                 identity: dict[str, Any] | None = None, resume: bool = True):
+        _check_dtype(dtype)
+        self.path, (self.tmp, self.state) = Path(path), partial_paths(path)
+        if self.path.is_dir():
+            raise KDError(f"cannot write {self.path}: it is a directory (remove or rename it)")
+        n, c = key.num_samples, key.num_classes
+        self.views, self.num_samples, self.num_classes, self.dtype = views, n, c, DTYPES[dtype]
+        self.topk = topk and check_topk(topk, c)
+        identity = identity or {}
+        layout = {"labels": ((n,), torch.int64)}
+        if self.topk:
+            layout["topk_logp"] = ((views, n, self.topk), self.dtype)
+            layout["topk_index"] = ((views, n, self.topk), index_dtype(c))
+        else:
+            layout["logits"] = ((views, n, c), self.dtype)
+        if params_cols:
+            if params_dtype not in PARAM_DTYPES:
+                raise KDError(f"view parameters are stored as float32 or uint16, not {params_dtype}")
+            layout["params"] = ((views, n, params_cols), params_dtype)
+        fixed = {"labels": torch.as_tensor(labels, dtype=torch.int64)}
+        if "file_hashes" in identity:
+            fixed["file_hashes"] = torch.as_tensor(identity["file_hashes"], dtype=torch.int64)
+            layout["file_hashes"] = ((n,), torch.int64)
+            layout["content"] = ((n,), torch.int64)
+        if "file_paths" in identity:
+            fixed["file_paths"] = torch.as_tensor(identity["file_paths"], dtype=torch.uint8)
+            fixed["file_path_offsets"] = torch.as_tensor(identity["file_path_offsets"], dtype=torch.int64)
+            layout["file_paths"] = ((len(fixed["file_paths"]),), torch.uint8)
+            layout["file_path_offsets"] = ((n + 1,), torch.int64)
+        # widest elements first: every tensor starts at a multiple of its element size
+        self.layout = dict(sorted(layout.items(), key=lambda item: -item[1][1].itemsize))
+        self.meta = {"format_version": FORMAT_VERSION, **key.as_metadata(), "views": str(views), "dtype": dtype,
+                     "storage": f"top{self.topk}" if self.topk else "full"}
+        if "classes" in identity:
+            self.meta["classes"] = json.dumps(list(identity["classes"]))
+        for name, t in fixed.items():  # refused before anything is written
+            if tuple(t.shape) != self.layout[name][0]:
+                raise KDError(f"cache {self.path}: {name} {tuple(t.shape)}, expected {self.layout[name][0]}")
+        header = self._header("0" * _DIGEST_LEN)
+        self.layout_digest = hashlib.sha256(header).hexdigest()[:_DIGEST_LEN]
+        self.data_start = 8 + len(header)
+        self.size = self.data_start + sum(_nbytes(s, d) for s, d in self.layout.values())
+        self._digests, self._bad = {}, {}
+        done = self._resume() if resume else None
+        if done is None:  # a fresh file of the full size (sparse until written)
+            self.discard()
+            make_dir(self.tmp.parent)
+            with open(self.tmp, "wb") as f:
+                f.write(len(header).to_bytes(8, "little") + header)
+                f.truncate(self.size)
+        self.arrays = {name: np.memmap(self.tmp, dtype=_NP_DTYPES[_ST_DTYPES[d]], mode="r+",
+                                       offset=self.data_start + off, shape=s)
+                       for name, (s, d), off in zip(self.layout, self.layout.values(), self._offsets())}
+        self.done = self._verified(done or set())  # a resumed view is used only as it was written
+        if not self.done:
+            for name, t in fixed.items():
+                self.arrays[name][:] = t.numpy()
+
+    def _offsets(self) -> list[int]:
+        off, out = 0, []
+        for shape, dtype in self.layout.values():
+            out.append(off)
+            off += _nbytes(shape, dtype)
+        return out
+
+    def _header(self, digest_of: str | Callable[[str], str]) -> bytes:
+        """The safetensors header (bytes, padded to 8) with each tensor's checksum:
+        digest_of(name) or one placeholder of the same length for every tensor."""
+        meta = dict(self.meta)
+        for name in self.layout:
+            meta[f"{name}_sha256"] = digest_of if isinstance(digest_of, str) else digest_of(name)
+        header, off = {"__metadata__": meta}, 0
+        for name, (shape, dtype) in self.layout.items():
+            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [off, off + _nbytes(shape, dtype)]}
+            off += _nbytes(shape, dtype)
+        text = json.dumps(header, separators=(",", ":")).encode()
+        return text + b" " * (-len(text) % 8)
+
+    def _resume(self) -> set[int] | None:
+        """The finished views of a partial file made for this very cache (its metadata and
+        layout), or None."""
+        try:
+            state = json.loads(self.state.read_text())
+            if (state.get("meta") == self.meta and state.get("layout") == self.layout_digest
+                    and self.tmp.stat().st_size == self.size):
+                self._digests = state.get("digests") or {}
+                return {int(v) for v in state["done"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def write(self, view: int, idx: Any, logits: torch.Tensor, params: Any = None, digests: Any = None) -> None:
+        """Rows `idx` [B] of view `view`: logits [B, C] (stored as the cache's dtype, or as their
+        top-k log-probabilities), params [B, P] (the view's parameters) and the digests [B] of
+        the files read (the same in every view: a file rewritten during the precompute is
+        refused). Rows not finite as stored are counted, and view_done refuses the view."""
+        rows = _host_numpy(idx, np.int64)
+        want = {"logits": (len(rows), self.num_classes)}
+        if params is not None:
+            want["params"] = (len(rows), self.layout["params"][0][-1] if "params" in self.layout else 0)
+        have = {"logits": tuple(logits.shape), "params": params is not None and tuple(params.shape)}
+        if any(have[name] != shape for name, shape in want.items()):
+            raise KDError(f"cache {self.path}: {len(rows)} rows with " + ", ".join(f"{name} {have[name]}" for name in want)
+                          + ": expected " + " and ".join(f"[{', '.join(map(str, shape))}]" for shape in want.values()))
+        at = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) and (np.diff(rows) == 1).all() else rows
+        if digests is not None and "content" in self.arrays:
+            digests, known = _host_numpy(digests, np.int64), self.arrays["content"][at]
+            bad = np.flatnonzero((known != 0) & (known != digests))
+            if len(bad):
+                raise KDError(f"cache {self.path}: the image at index {int(rows[bad[0]])} changed during the precompute "
+                              "(its bytes differ from an earlier view's): keep the folder still while it runs")
+            self.arrays["content"][at] = digests
+        logits = logits.detach().cpu()
+        if self.topk:
+            logp, index = compress_topk(logits, self.topk)
+            stored = {"topk_logp": logp.to(self.dtype), "topk_index": index.to(self.layout["topk_index"][1])}
+        else:
+            stored = {"logits": logits.to(self.dtype)}
+        if params is not None:
+            stored["params"] = torch.from_numpy(_host_numpy(params, _NP_DTYPES[_ST_DTYPES[self.layout["params"][1]]]))
+        for name, t in stored.items():
+            bad = _nonfinite_rows(t)
+            if bad:
+                self._bad[(view, name)] = self._bad.get((view, name), 0) + bad
+            self.arrays[name][view, at] = t.numpy()
+
+    def view_done(self, view: int) -> None:
+        """Flush view `view` to disk and record it as finished (a resumed precompute skips it);
+        a view whose rows are not all finite as stored is refused."""
+        for (v, name), bad in sorted(self._bad.items()):
+            if v == view:
+                what = {"topk_logp": "top-k log-probabilities", "params": "view parameters"}.get(name, name)
+                dtype = self.meta["dtype"] if name != "params" else str(self.layout["params"][1]).removeprefix("torch.")
+                raise KDError(f"refusing to write {self.path}: {bad} of {self.num_samples} rows of {what} "
+                              f"{f'(view {view}) ' if self.views > 1 else ''}are not finite as {dtype}")
+        for a in self.arrays.values():
+            a.flush()
+        self.done.add(int(view))
+        self._digests = {**self._digests, **self._view_digests(view)}
+        write_json(self.state, {"meta": self.meta, "layout": self.layout_digest, "done": sorted(self.done),
+                                "digests": self._digests})
+
+    def _view_digests(self, view: int) -> dict[str, str]:
+        """{"<view>/<name>": digest} of view `view`'s rows of each [K, N, ...] tensor, and
+        {"<name>": digest} of the others (labels, file hashes) as they are now."""
+        return {f"{view}/{name}" if self._per_view(a) else name:
+                _checksum(a[view] if self._per_view(a) else a)
+                for name, a in self.arrays.items()}
+
+    def _per_view(self, array: np.ndarray) -> bool:
+        return array.ndim >= 2 and array.shape[0] == self.views
+
+    def _verified(self, done: set[int]) -> set[int]:
+        """The views of `done` (resumed from the partial file) whose rows are what view_done
+        recorded (checksums) and finite; all of none if the other tensors changed. A view that
+        fails is written again, never used."""
+        if not done:
+            return set()
+        want, kept = self._digests, set()
+        for view in sorted(done):
+            have = self._view_digests(view)
+            if any(want.get(k) != d for k, d in have.items() if "/" not in k):
+                return set()  # labels or file hashes changed: start the file over
+            rows = {name: torch.from_numpy(np.asarray(a[view])) for name, a in self.arrays.items() if self._per_view(a)}
+            if all(want.get(k) == d for k, d in have.items() if "/" in k) and nonfinite(rows) is None:
+                kept.add(view)
+        return kept
+
+    def finish(self) -> None:
+        """Checksums into the header, then the file renamed over the cache."""
+        if len(self.done) != self.views:
+            raise KDError(f"cache {self.path}: {self.views - len(self.done)} views not written")
+        digests = {name: _checksum(a) for name, a in self.arrays.items()}
+        header = self._header(digests.__getitem__)
+        assert 8 + len(header) == self.data_start, "the header changed length"
+        for a in self.arrays.values():
+            a.flush()
+        self.arrays = {}
+        with open(self.tmp, "r+b") as f:
+            f.seek(8)
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        self.state.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the partial file and its list of views (a refused precompute writes nothing)."""
+        self.arrays = {}
+        for p in (self.tmp, self.state):
+            p.unlink(missing_ok=True)
+
+
+def _as_params(params: torch.Tensor, views: int, n: int, path: Path | str, one_view: bool) -> torch.Tensor:
+    """params [K, N, P] (or [N, P] beside one view given as [N, C]) -> contiguous [K, N, P],
+    float32 unless given as uint16 crops."""
+    params = params.detach().cpu()
+    params = params if params.dtype == torch.uint16 else params.float()
+    if one_view and params.dim() == 2:
+        params = params[None]
+    if params.dim() != 3 or tuple(params.shape[:2]) != (views, n):
+        raise KDError(f"augmentation params {tuple(params.shape)} do not match the logits: "
+                      f"expected [{views}, {n}, P] (views, samples, parameters)")
+    _check_finite(params, path, "augmentation params", "float32")
+    return params.contiguous()
+
+
+def save_cache(path: Path | str, logits: torch.Tensor, labels: torch.Tensor, key: CacheKey, dtype: str = "fp32",
+               params: torch.Tensor | None = None, topk: int | None = None) -> None:
+    """Write a whole cache at once, through CacheWriter (atomically: nothing is written when a
+    check fails). logits: [N, C] (one view) or [K, N, C], any float dtype; labels [N]; params:
+    None or [K, N, P] (the augmentation parameters of each view); topk: None (store the full
+    logits as `dtype`) or k (store the top-k log-probabilities as `dtype`)."""
     _check_dtype(dtype)
     logits = logits.detach().cpu()
     one_view = logits.dim() == 2
@@ -197,35 +448,36 @@ def save_cache(path, logits, labels, key, dtype="fp32", params=None, topk=None):
         raise KDError(f"cache tensors: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} do not match "
                       f"{key} (expected [K, {n}, {c}] and [{n}])")
     views = len(logits)
-    tensors = {"labels": labels}
     if topk is None:
-        stored = logits.to(DTYPES[dtype]).contiguous()
-        _check_finite(stored, path, "logits", dtype)  # after the cast: fp16 turns logits beyond 65504 into inf
-        tensors["logits"], storage = stored, "full"
+        _check_finite(logits.to(DTYPES[dtype]), path, "logits", dtype)  # fp16 turns logits beyond 65504 into inf
     else:
         k = check_topk(topk, c)
         _check_finite(logits, path, "logits", "given")  # NaN or inf has no log-probability
-        logp, index = _compress_views(logits, k)
-        logp = logp.to(DTYPES[dtype])
-        _check_finite(logp, path, "top-k log-probabilities", dtype)  # below -65504 is -inf in fp16
-        tensors["topk_logp"], tensors["topk_index"], storage = logp, index, f"top{k}"
+        for i in range(0, n, _PART_ROWS):  # below -65504 is -inf in fp16
+            _check_finite(compress_topk(logits[:, i : i + _PART_ROWS], k)[0].to(DTYPES[dtype]), path,
+                          "top-k log-probabilities", dtype)
     if params is not None:
-        tensors["params"] = _as_params(params, views, n, path, one_view)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        **key.as_metadata(),
-        "views": str(views),
-        "dtype": dtype,
-        "storage": storage,
-        **{f"{name}_sha256": _checksum(t) for name, t in tensors.items()},
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        params = _as_params(params, views, n, path, one_view)
+    writer = CacheWriter(path, key, views, labels, dtype, topk, params_cols=None if params is None else params.shape[-1],
+                         params_dtype=None if params is None else params.dtype, resume=False)
+    try:
+        rows = torch.arange(n)
+        for v in range(views):
+            for i in range(0, n, _PART_ROWS):
+                writer.write(v, rows[i : i + _PART_ROWS], logits[v, i : i + _PART_ROWS],
+                             None if params is None else params[v, i : i + _PART_ROWS])
+            writer.view_done(v)
+        writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
 
 
 # --- reading --------------------------------------------------------------------------------------
 
-def read_metadata(path):
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The metadata of the safetensors file at `path` (no tensor read); a folder, a missing file
+    or a file of another kind is one line naming it."""
     if Path(path).is_dir():  # safetensors would say only "No such device (os error 19)"
         raise KDError(f"logits cache {path} is a folder, not a cache file")
     try:
@@ -240,7 +492,7 @@ def read_metadata(path):
         raise KDError(f"logits cache {path} is truncated or corrupted: {e}") from None
 
 
-def _check_version(meta, path):
+def _check_version(meta: dict[str, str], path: Path | str) -> None:
     if "arch" in meta and "format_version" not in meta:  # what models.save_model stamps
         raise CacheMismatch(f"{path} holds a {meta.get('role', meta['arch'])!r} model, not a teacher-logits cache")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -249,7 +501,7 @@ def _check_version(meta, path):
         )
 
 
-def check_cache_file(path, flag):
+def check_cache_file(path: Path | str, flag: str) -> None:
     """An existing file given as a cache (`flag`, e.g. --logits) is a kd_accel cache of this
     format, checked before any work (a teacher trained first would be wasted); a missing one is
     where the run writes its cache."""
@@ -262,7 +514,7 @@ def check_cache_file(path, flag):
             raise KDError(f"{flag}: {e}") from None
 
 
-def check_metadata(meta, key, path="cache"):
+def check_metadata(meta: dict[str, str], key: CacheKey, path: Path | str = "cache") -> None:
     """Raise CacheMismatch naming every stamp that differs from `key`."""
     _check_version(meta, path)
     labels = {
@@ -286,13 +538,7 @@ def check_metadata(meta, key, path="cache"):
         raise CacheMismatch(f"stale logits cache {path}: " + "; ".join(diffs))
 
 
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-              "U16": np.uint16, "U8": np.uint8}
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
-              torch.uint16: "U16", torch.uint8: "U8"}
-
-
-def _mmap_tensors(path):
+def _mmap_tensors(path: str) -> dict[str, torch.Tensor]:
     """Memory-map every tensor of a safetensors file (read-only, zero-copy).
 
     The format is 8 bytes of header length, a JSON header with each tensor's dtype, shape and
@@ -319,7 +565,7 @@ def _mmap_tensors(path):
     return out
 
 
-def _mmap_or_refuse(path, what="logits cache"):
+def _mmap_or_refuse(path: Path | str, what: str = "logits cache") -> dict[str, torch.Tensor]:
     try:
         return _mmap_tensors(str(path))
     except (KeyError, TypeError, OSError, ValueError, struct.error) as e:
@@ -379,7 +625,8 @@ class SoftTargets:
     """What a validated cache holds. The tensors are memory-mapped, not read: a batch pages in
     only the rows it gathers, and processes on one machine share one copy in the page cache."""
 
-    def __init__(self, tensors, meta, topk, path=None):
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict[str, str], topk: int | None,
+                 path: Path | str | None = None):
         self.meta, self.path = meta, path
         self.views = int(meta["views"])
         self.num_samples = int(meta["num_samples"])
@@ -390,21 +637,21 @@ class SoftTargets:
         self.labels = tensors["labels"]  # [N] int64
         self._tensors = tensors
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SoftTargets({self.views} views x {self.num_samples} samples x {self.num_classes} classes, "
                 f"{self.storage}, {self.dtype})")
 
-    def _view(self, view):
+    def _view(self, view: int) -> int:
         view = operator.index(view)
         if not 0 <= view < self.views:
             raise KDError(f"view {view} is out of range: the cache holds views 0..{self.views - 1}")
         return view
 
-    def columns(self, view):
+    def columns(self, view: int) -> dict[str, torch.Tensor]:
         """The columns a student's loader carries for `view`, gathered per batch with its samples:
         full storage, "teacher_logits" [N, C] (the stored slice, no copy); top-k, the stored
         "teacher_topk_logp" and "teacher_topk_index" [N, k], which the step expands per batch
-        (topk_logits, via training.topk_objective), so [N, C] is never in memory: at C = 1000
+        (topk_logits, via soft_targets.topk_objective), so [N, C] is never in memory: at C = 1000
         that is the point."""
         v = self._view(view)
         t = self._tensors
@@ -412,55 +659,65 @@ class SoftTargets:
             return {"teacher_logits": t["logits"][v]}
         return {"teacher_topk_logp": t["topk_logp"][v], "teacher_topk_index": t["topk_index"][v]}
 
-    def gather(self, view, idx):
+    def gather(self, view: int, idx: Any) -> torch.Tensor:
         """[B, C] rows `idx` of view `view`'s teacher logits: full storage, in the stored dtype (a
         slice is no copy); top-k, the float32 log-probabilities of only those rows, expanded."""
         cols = {name: t[idx] for name, t in self.columns(view).items()}
         return cols["teacher_logits"] if self.topk is None else topk_logits(cols, self.num_classes)
 
-    def logits(self, view):
+    def logits(self, view: int) -> torch.Tensor:
         """[N, C] teacher logits of `view` (every row of gather)."""
         return self.gather(view, slice(None))
 
-    def content(self):
+    def content(self) -> torch.Tensor | None:
         """[N] int64 digests of the image files the cache was made from (data/content.py), or None."""
         return self._tensors.get("content")
 
-    def params(self, view):
+    def params(self, view: int) -> torch.Tensor | None:
         """[N, P] augmentation parameters of `view` (float32; an image folder's crops uint16), or
         None when the cache has none."""
         v = self._view(view)
         return self._tensors["params"][v] if "params" in self._tensors else None
 
 
-def _folder_change(meta, path, data):
-    """How an image folder differs from the one the cache at `path` was made from (its stored
-    class list and file hashes: data/folder.differences), or None when that is not known."""
-    if not hasattr(data, "index") or "classes" not in meta:
-        return None
-    from .data.folder import differences, paths_from_tensors
+    def column(self, name: str) -> CacheColumn:
+        """A picklable reader of stored tensor `name` (e.g. "params", a folder's crops): what a
+        DataLoader worker maps, never this process's mapping."""
+        return CacheColumn(str(self.path), name, self.meta[f"{name}_sha256"])
 
-    try:
-        tensors = _mmap_or_refuse(path)
-        paths = (paths_from_tensors(tensors["file_paths"].numpy(), tensors["file_path_offsets"].numpy())
-                 if "file_paths" in tensors else None)
-        return differences(json.loads(meta["classes"]), tensors["file_hashes"], data.index, paths)
-    except (KDError, KeyError, ValueError):
+
+def stored_identity(path: Path | str, meta: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """What the cache at `path` recorded of the image folder it was made from (CacheWriter's
+    identity): {"classes": [names], "file_hashes": [N] int64, and "file_paths" uint8 /
+    "file_path_offsets" [N+1] int64 where it kept them}; None when it recorded none (a cache of
+    an in-memory set, whose fingerprint is its content)."""
+    meta = read_metadata(path) if meta is None else meta
+    if "classes" not in meta:
         return None
+    tensors = _mmap_or_refuse(path)
+    return {"classes": json.loads(meta["classes"]), **{name: tensors[name] for name in IDENTITY if name in tensors}}
 
 
 @reads_tensors("logits cache")
-def open_cache(path, key=None, verify=True, views=1, data=None):
+def open_cache(path: Path | str, key: CacheKey | None = None, verify: bool = True, views: int = 1,
+               explain: Callable[[dict[str, Any]], str | None] | None = None) -> SoftTargets:
     """The SoftTargets in `path`, checked against `key` (the run that wants it) when given, and
     holding at least `views` views; `verify` checks every tensor's stored checksum (reads the
-    file once). `data`: the split the run reads; an image folder changed since the cache was
-    made is named (how many files differ, the first differing path)."""
+    file once). `explain`: how the run's data differ from those the cache recorded
+    (stored_identity -> one line or None: the data source's explain_identity), said when the
+    data fingerprints differ (an image folder: how many files differ, the first by name)."""
     meta = read_metadata(path)
     if key is not None:
         try:
             check_metadata(meta, key, path)
         except CacheMismatch as e:
-            change = meta.get("data_fingerprint") != key.data_fingerprint and _folder_change(meta, path, data)
+            change = None
+            if explain is not None and meta.get("data_fingerprint") != key.data_fingerprint:
+                try:
+                    stored = stored_identity(path, meta)
+                    change = stored and explain(stored)
+                except (KDError, KeyError, ValueError):
+                    change = None
             raise CacheMismatch(f"{e}; the image folder changed: {change}" if change else str(e)) from None
     else:
         _check_version(meta, path)
@@ -475,90 +732,22 @@ def open_cache(path, key=None, verify=True, views=1, data=None):
     return SoftTargets(tensors, meta, k, path)
 
 
-def load_cache(path, key, verify=True, views=1, data=None):
-    """Validated SoftTargets from `path` for a run described by `key`."""
-    return open_cache(path, key, verify, views, data)
+_MAPPED: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
 
-_MAPPED = {}
+@dataclass(frozen=True)
+class CacheColumn:
+    """Tensor `name` of the (validated) cache at `path` whose checksum of it is `digest`, read
+    by calling it: memory-mapped once per process, so a DataLoader worker reads a K-view cache's
+    crops without anything but this small picklable object crossing to it, and the data layer
+    needs no cache module. Keyed by the digest too: a cache rewritten at the same path (recomputed
+    by a later run in this process) is mapped anew, never read through the old file's mapping."""
 
+    path: str
+    name: str
+    digest: str
 
-def mapped_tensor(path, name, digest):
-    """Tensor `name` of the (validated) cache at `path` whose checksum of it is `digest`,
-    memory-mapped once per process: how a DataLoader worker reads a K-view cache's crops. Keyed
-    by the digest too: a cache rewritten at the same path (recomputed by a later run in this
-    process) is mapped anew, never read through the old file's mapping."""
-    if (path, digest) not in _MAPPED:
-        _MAPPED[(path, digest)] = _mmap_or_refuse(path)
-    return _MAPPED[(path, digest)][name]
-
-
-# --- per-view parts: a resumable precompute ---------------------------------------------------------
-
-def parts_dir(out):
-    """The hidden folder of finished views beside the cache `out`."""
-    out = Path(out)
-    return out.parent / f".{out.name}.views"
-
-
-def _part_path(out, view):
-    return parts_dir(out) / f"view{operator.index(view):05d}.safetensors"
-
-
-def save_part(out, view, logits, params, key, dtype):
-    """Write view `view` of the cache `out` as its own part, atomically: logits [N, C] stored as
-    `dtype`, params [N, P] float32 or None; stamped with key, view index and dtype."""
-    _check_dtype(dtype)
-    path = _part_path(out, view)
-    n, c = key.num_samples, key.num_classes
-    logits = logits.detach().cpu().to(DTYPES[dtype]).contiguous()
-    if tuple(logits.shape) != (n, c):
-        raise KDError(f"view {view} logits {tuple(logits.shape)} do not match {key} (expected [{n}, {c}])")
-    _check_finite(logits, path, "logits", dtype)
-    tensors = {"logits": logits}
-    if params is not None:
-        tensors["params"] = _as_params(params, 1, n, path, one_view=True)[0]
-    meta = {
-        "format_version": FORMAT_VERSION,
-        **key.as_metadata(),
-        "view": str(view),
-        "dtype": dtype,
-        **{f"{name}_sha256": _checksum(t) for name, t in tensors.items()},
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-@reads_tensors("view part")
-def load_part(out, view, key, dtype):
-    """(logits [N, C] as `dtype`, params [N, P] float32 or None) of a finished view, or None when
-    there is none. A part made for another key, view or dtype, or corrupted, is deleted and None
-    returned: the caller recomputes that view; a stale part is never used."""
-    path = _part_path(out, view)
-    if not path.exists():
-        return None
-    try:
-        meta = read_metadata(path)
-        want = {"format_version": FORMAT_VERSION, **key.as_metadata(), "view": str(view), "dtype": dtype}
-        if any(meta.get(name) != value for name, value in want.items()):
-            raise KDError("made for another run")
-        tensors = _mmap_or_refuse(path, "view part")
-        layout = {"logits": ((key.num_samples, key.num_classes), DTYPES[dtype])}
-        if "params" in tensors:
-            p = tensors["params"]
-            layout["params"] = ((key.num_samples, p.shape[-1] if p.dim() else 0), torch.float32)
-        _check_tensors(tensors, meta, layout, path, "view part")
-        check_finite(tensors, path)
-        # copies: the caller stacks and may modify them; the mapping is read-only
-        return tensors["logits"].clone(), tensors["params"].clone() if "params" in tensors else None
-    except KDError:
-        try:
-            path.unlink()
-        except OSError:
-            pass  # cannot delete it: save_part will say why when it writes the view again
-        return None
-
-
-def remove_parts(out):
-    """Delete the parts folder of the cache `out` (after the cache itself is written)."""
-    shutil.rmtree(parts_dir(out), ignore_errors=True)
+    def __call__(self) -> torch.Tensor:
+        if (self.path, self.digest) not in _MAPPED:
+            _MAPPED[(self.path, self.digest)] = _mmap_or_refuse(self.path)
+        return _MAPPED[(self.path, self.digest)][self.name]

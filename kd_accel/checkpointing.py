@@ -237,3 +237,43 @@ def load_checkpoint(accelerator: Accelerator, path: Path | str, phase: str, sett
 def _step(path):
     m = _STEP.match(Path(path).name)
     return int(m.group(1)) if m else -1
+
+
+class Checkpointer:
+    """A training phase's checkpoints and resume policy, for training.fit: where they go
+    (`folder`), how often (`every`: N optimizer steps, "epoch", or None), how many are kept, and
+    whether to resume (`resume`: None, "latest" or a checkpoint path); every checkpoint carries
+    `settings` (stamps.phase_settings), which a resumed one must match."""
+
+    def __init__(self, folder: Path | str, every: str | int | None = None, keep: int = 1, resume: str | None = None,
+                 settings: Mapping[str, Any] | None = None, run_dir: Path | str | None = None):
+        self.folder, self.every, self.keep, self.resume = Path(folder), parse_every(every), keep, resume
+        self.settings, self.run_dir = settings, run_dir
+
+    @classmethod
+    def of(cls, run: Any, folder: Path | str, settings: Mapping[str, Any] | None = None) -> Checkpointer:
+        """From the run's settings (config.Run: --checkpoint-every, --keep-checkpoints, --resume)."""
+        return cls(folder, run.checkpoint_every, run.keep_checkpoints, run.resume, settings, run.run_dir)
+
+    def restore(self, accelerator: Accelerator, label: str) -> tuple[Path, dict[str, Any]] | None:
+        """(checkpoint, progress) restored into the prepared objects when this phase resumes;
+        otherwise None, the phase's old checkpoints removed (a later --resume latest must not
+        take an earlier run's newer step)."""
+        found = find_resume(self.resume, self.folder, label)
+        if found:
+            return load_checkpoint(accelerator, found, label, self.settings, accelerator.print)
+        if accelerator.is_main_process and (n := clear_checkpoints(self.folder)):
+            accelerator.print(f"{label}: starting afresh; removed {n} old checkpoint(s) in {self.folder}", flush=True)
+        return None
+
+    def due_at_step(self, global_step: int, position: int, batches: int) -> bool:
+        """Every N steps, except at the end of an epoch (the epoch's own checkpoint is taken then)."""
+        return isinstance(self.every, int) and global_step % self.every == 0 and position < batches
+
+    def due_at_epoch_end(self, epoch: int, epochs: int) -> bool:
+        """After every epoch but the last (the finished model is saved then), when checkpointing."""
+        return bool(self.every) and epoch + 1 < epochs
+
+    def save(self, accelerator: Accelerator, global_step: int, progress: Mapping[str, Any]) -> Path:
+        stamped = {"phase": progress["phase"], "run": str(self.run_dir), "settings": self.settings, **progress}
+        return save_checkpoint(accelerator, self.folder, global_step, stamped, self.keep)

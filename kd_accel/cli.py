@@ -21,7 +21,7 @@ from .config import (
     layered_defaults, settings_with_flags,
 )
 from .models import parse_arch
-from .data import DATA_DIR_ENV, DATASETS, NAMES as DATA_NAMES, data_files
+from .data import DATA_DIR_ENV, NAMES as DATA_NAMES, data_files
 from .errors import KDError
 from .io import write_json
 from .losses import KD_LOSSES, loss_name

@@ -8,15 +8,14 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from .augment import get_spec, stream_seed
-from .checkpointing import RESUME_HINT, check_stamp
-from .data import DataSource, balanced_subset
+from .checkpointing import RESUME_HINT, Checkpointer, check_stamp
+from .data import balanced_subset
 from .errors import KDError
 from .evaluation import evaluate
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
@@ -28,21 +27,31 @@ from .runfolder import TEACHER_FILE
 from .soft_targets import own_views, source_of
 from .stamps import model_stamp, phase_settings
 from .teaching import cache_views
-from .training import fit, make_objective
+from .training import Objective, TrainSpec, fit, make_objective
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
+
+    from .augment import AugmentSpec
+    from .config import Config
+    from .data import DataSource, TrainData
 
 
-def columns(split, **extra):
-    """An in-memory split's columns for training.fit, with `extra` ones (benchmarks, tests)."""
+def columns(split: DataSource, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An in-memory split's columns, with `extra` ones (benchmarks, tests: data.TensorData of them
+    is what training.fit reads)."""
     return {"images": split.images, "labels": split.labels, **extra}
 
 
-def run_info(model, hist, **extra):
+def run_info(model: nn.Module, hist: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """What metrics.json records of a trained model: final accuracy, size, time, history."""
     return {"test_accuracy": hist["epochs"][-1]["test_accuracy"], "params": count_params(model),
             "train_time_s": hist["train_time_s"], "epochs": hist["epochs"], **extra}
 
 
-def train_teacher(accelerator, cfg, train, test, path):
+def train_teacher(accelerator: Accelerator, cfg: Config, train: DataSource, test: DataSource,
+                  path: Path) -> dict[str, Any]:
     """Train the teacher (recipe cfg.teacher) on hard labels and save it, with its test accuracy,
     to `path`."""
     set_seed(cfg.run.seed)
@@ -58,8 +67,9 @@ def train_teacher(accelerator, cfg, train, test, path):
                           f"accuracy, evaluated in {time.perf_counter() - start:.1f}s")
     else:
         data = train.at(prep).train_data(own_views(spec, stream_seed("teacher", cfg.run.seed)))
-        model, hist = fit(accelerator, model, data, test.at(prep), cfg.teacher, cfg.run, make_objective("ce"),
-                          "teacher", cfg.run_dir / "checkpoints" / "teacher", settings, inputs=inputs)
+        ckpt = Checkpointer.of(cfg.run, cfg.run_dir / "checkpoints" / "teacher", settings)
+        model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.teacher, cfg.run), make_objective("ce"),
+                          "teacher", ckpt, inputs=inputs)
     info = run_info(model, hist)
     if accelerator.is_main_process:
         save_model(model, path, "teacher", train.num_classes, record=record, dataset=cfg.data.dataset,
@@ -70,7 +80,7 @@ def train_teacher(accelerator, cfg, train, test, path):
     return info
 
 
-def teacher_info_from_checkpoint(accelerator, path, test):
+def teacher_info_from_checkpoint(accelerator: Accelerator, path: Path | str, test: DataSource) -> dict[str, Any]:
     """Teacher metrics without running it, when its checkpoint recorded them for this test set;
     otherwise (a checkpoint from elsewhere) evaluate it once."""
     model, meta = load_model(path, None, test.input_shape)  # e.g. an MNIST teacher given for CIFAR-10: refused
@@ -90,7 +100,8 @@ def teacher_info_from_checkpoint(accelerator, path, test):
             "arch": meta_record(meta, path)["spec"], "fingerprint": fp, "input": describe(prep)}
 
 
-def resolve_teacher(accelerator, cfg, train, test):
+def resolve_teacher(accelerator: Accelerator, cfg: Config, train: DataSource,
+                    test: DataSource) -> tuple[Path, dict[str, Any]]:
     """--teacher PATH, else the run folder's teacher, else train one. Returns (path, info)."""
     path = Path(cfg.run.teacher) if cfg.run.teacher else cfg.run_dir / TEACHER_FILE
     if path.exists() and not cfg.run.teacher:  # the run's own teacher: only if this run's recipe made it
@@ -113,7 +124,8 @@ def resolve_teacher(accelerator, cfg, train, test):
     return path, info
 
 
-def student_data(cfg, train, soft=None, online=None):
+def student_data(cfg: Config, train: DataSource, soft: Any = None,
+                 online: tuple | None = None) -> tuple[TrainData, Objective]:
     """(training data, objective) of a student run: `train` is the split decoded for the student
     (train.at(its preprocessing)); the data are what training.fit reads.
 
@@ -161,7 +173,8 @@ def _save_student(accelerator, cfg, model, record, info, label, settings):
     return info
 
 
-def train_student(accelerator, cfg, train, test, soft, label, teacher_fp=None, online=None):
+def train_student(accelerator: Accelerator, cfg: Config, train: DataSource, test: DataSource, soft: Any, label: str,
+                  teacher_fp: Any = None, online: nn.Module | None = None) -> dict[str, Any]:
     """Distilled student when soft targets are given (`soft`: cache.SoftTargets or a [N, C]
     tensor; or `online`: the frozen teacher, run on each batch), baseline (hard labels) if
     neither. Both start from the same seed, so they differ only in the loss. Saves
@@ -176,12 +189,14 @@ def train_student(accelerator, cfg, train, test, soft, label, teacher_fp=None, o
     model, record = build(cfg.student, train, label, accelerator.print)
     spec, prep = get_spec(cfg.student.augment), record["preprocessing"]
     data, objective = student_data(cfg, train.at(prep), soft, online_view(online, spec, record))
-    model, hist = fit(accelerator, model, data, test.at(prep), cfg.student, cfg.run, objective, label,
-                      cfg.run_dir / "checkpoints" / label, settings, inputs=inputs_for(spec, prep))
+    ckpt = Checkpointer.of(cfg.run, cfg.run_dir / "checkpoints" / label, settings)
+    model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.student, cfg.run), objective, label, ckpt,
+                      inputs=inputs_for(spec, prep))
     return _save_student(accelerator, cfg, model, record, run_info(model, hist, arch=record["spec"]), label, settings)
 
 
-def online_view(online, spec, record):
+def online_view(online: nn.Module | None, spec: AugmentSpec, record: dict[str, Any]
+                ) -> tuple[nn.Module, Callable[[dict], torch.Tensor] | None] | None:
     """(teacher, inputs) for training.online_objective: the online teacher (teaching.
     frozen_teacher) and the input function of its own preprocessing, None where it expects the
     student's input (the student's batch["x"] is reused). None without an online teacher."""
@@ -191,7 +206,9 @@ def online_view(online, spec, record):
     return online, None if same else inputs_for(spec, online.preprocessing)
 
 
-def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, label, teacher_fp=None, online=None):
+def train_fitnet_student(accelerator: Accelerator, cfg: Config, train: DataSource, test: DataSource,
+                         teacher_path: Path | str, soft: Any, label: str, teacher_fp: Any = None,
+                         online: nn.Module | None = None) -> dict[str, Any]:
     """FitNets: hints from the teacher's block 2 plus KD from the cache. 'two-stage' (the
     paper): kd.hint_epochs of hint regression, then the recipe's epochs of KD; 'joint': the
     recipe's epochs of KD + hint_beta x hint. The teacher runs online (first two blocks, frozen, not DDP-wrapped)."""
@@ -212,15 +229,16 @@ def train_fitnet_student(accelerator, cfg, train, test, teacher_path, soft, labe
     ckpt, k = cfg.run_dir / "checkpoints" / label, cfg.kd
     if k.hint_mode == "two-stage":
         stage = replace(cfg.student, epochs=k.hint_epochs)
-        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, stage, cfg.run, hint_objective(hint), f"{label} hints",
-                    ckpt / "hints", settings, **views)
-        student, h2 = fit(accelerator, wrapped.student, cols, test, cfg.student, cfg.run, kd, label, ckpt / "kd", settings,
-                          **views)
+        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, TrainSpec.of(stage, cfg.run), hint_objective(hint),
+                    f"{label} hints", Checkpointer.of(cfg.run, ckpt / "hints", settings), **views)
+        student, h2 = fit(accelerator, wrapped.student, cols, test, TrainSpec.of(cfg.student, cfg.run), kd, label,
+                          Checkpointer.of(cfg.run, ckpt / "kd", settings), **views)
         hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
         extra = {"hint_epochs": h1["epochs"]}
     else:
         obj = source.feed(joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta))
-        wrapped, hist = fit(accelerator, wrapped, cols, test, cfg.student, cfg.run, obj, label, ckpt, settings, **views)
+        wrapped, hist = fit(accelerator, wrapped, cols, test, TrainSpec.of(cfg.student, cfg.run), obj, label,
+                            Checkpointer.of(cfg.run, ckpt, settings), **views)
         student, extra = wrapped.student, {}
     info = run_info(student, hist, arch=record["spec"], hint_mode=k.hint_mode, **extra)
     return _save_student(accelerator, cfg, student, record, info, label, settings)

@@ -3,7 +3,7 @@ the run folder), the settings bounded by the data, and every model a run will bu
 run never stops after its teacher trained for what could be known at its start."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from accelerate import Accelerator
 
@@ -15,8 +15,14 @@ from .models import build_from_spec, load_weights, meta_record, read_checkpoint
 from .models.zoo import HeadReset, check_input_size
 from .roles import recipe_record
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
-def load_data(accelerator, cfg, run_folder=True):
+    from .config import Config, Recipe
+
+
+def load_data(accelerator: Accelerator, cfg: Config, run_folder: bool = True) -> tuple[DataSource, DataSource]:
     """(train, test) splits: tensors, or an image folder's listings (kd_accel/data); the main
     process downloads first if it must. An image folder's listings are kept in the run folder
     (none without one: `run_folder` False, as setup's); its CPU threads line is printed here."""
@@ -41,7 +47,7 @@ def load_data(accelerator, cfg, run_folder=True):
     return train, test
 
 
-def check_against_data(cfg, train):
+def check_against_data(cfg: Config, train: DataSource) -> None:
     """The settings whose bounds are the data's (class count, labels per class), checked as soon
     as the data are read, before any model runs: found later, they would stop a run after its
     teacher trained (compare.py: after earlier variants ran; it checks each variant's here)."""
@@ -67,7 +73,7 @@ def check_against_data(cfg, train):
 SIZE_FLAGS = {"student": "--image-size", "teacher": "--teacher-image-size (train_teacher.py: --image-size)"}
 
 
-def check_model(recipe, train, role):
+def check_model(recipe: Recipe, train: DataSource, role: str) -> None:
     """The model `recipe` names, for these data, before any work: its preprocessing (e.g.
     --normalize weights where none is known); its --weights read (finite), fitting the
     architecture; a teacher used as its weights give it (epochs 0) whose classifier they do not
@@ -88,7 +94,7 @@ def check_model(recipe, train, role):
     check_input_size(model, record["spec"], record["input_shape"], SIZE_FLAGS[role], train=not used_as_is)
 
 
-def check_teacher_classes(meta, path, data):
+def check_teacher_classes(meta: Mapping[str, str], path: Path | str, data: DataSource) -> None:
     """A teacher file (--teacher) made for the data's class count, or one line naming both
     counts: its logits would fill a cache for other classes."""
     n = meta_record(meta, path)["num_classes"]
@@ -98,7 +104,7 @@ def check_teacher_classes(meta, path, data):
                       "data, or fine-tune one from its weights (--teacher-arch A --teacher-weights W)")
 
 
-def teacher_arch(cfg):
+def teacher_arch(cfg: Config) -> str:
     """The teacher's architecture spec: --teacher's file says it, else --teacher-arch."""
     if not cfg.run.teacher:
         return cfg.teacher.arch

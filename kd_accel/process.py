@@ -3,7 +3,7 @@ settings that come with it (CPU threads, deterministic kernels, malloc's kept he
 Accelerate's per-step overhead removed). Called once per script, before any data or model."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration
@@ -16,8 +16,11 @@ from .memory import keep_freed_memory
 from .overhead import remove_overhead
 from .threads import set_cpu_threads
 
+if TYPE_CHECKING:
+    from .config import Config
 
-def make_accelerator(cfg, script=None, say_threads=True, **kwargs):
+
+def make_accelerator(cfg: Config, script: str | None = None, say_threads: bool = True, **kwargs: Any) -> Accelerator:
     """The Accelerator every script uses. It owns no randomness: the data order belongs to each
     trained model's loader (data.EpochPermutation, from that model's seed and the epoch), so one
     Accelerator can train many seeds (compare.py) and each still gets its own order.

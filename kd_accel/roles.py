@@ -6,14 +6,28 @@ A teacher and a student may expect different inputs (a pretrained ResNet at 224 
 ImageNet's mean/std, the notebook's student at 28 px): each sees its own version of the same
 view, the view's crop made at the data's resolution, then resized and normalised for the model.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .augment import make_inputs
 from .errors import KDError
 from .models import arch_spec, build_from_spec, load_weights, meta_record, parse_arch
 from .models.preprocessing import describe, mix_note, norm_of, of_data, resolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from .augment import AugmentSpec
+    from .config import Recipe
+    from .data import DataSource
 
 
 @dataclass(frozen=True)
@@ -25,25 +39,26 @@ class TeacherId:
     input: str
 
     @classmethod
-    def of(cls, info):
+    def of(cls, info: Mapping[str, Any]) -> TeacherId:
         """From the teacher's info (pipeline.resolve_teacher: "fingerprint", "input")."""
         return cls(info["fingerprint"], info["input"])
 
 
-def recipe_preprocessing(recipe, train):
+def recipe_preprocessing(recipe: Recipe, train: DataSource) -> dict[str, Any]:
     """The preprocessing record of the model `recipe` names, for the data `train`."""
     c, h, w = train.input_shape
     return resolve(recipe.arch, recipe.weights, recipe.image_size, recipe.normalize, train.norm, (h, w), c)
 
 
-def recipe_record(recipe, train):
+def recipe_record(recipe: Recipe, train: DataSource) -> dict[str, Any]:
     """zoo.arch_spec's record of the model `recipe` names for `train`: spec, classes, the model's
     input shape (the data's channels at the preprocessing's size) and the preprocessing."""
     prep = recipe_preprocessing(recipe, train)
     return arch_spec(recipe.arch, train.num_classes, (train.input_shape[0], *prep["image_size"]), prep)
 
 
-def build(recipe, train, role, log=print):
+def build(recipe: Recipe, train: DataSource, role: str,
+          log: Callable[..., None] = print) -> tuple[nn.Module, dict[str, Any]]:
     """(model, record): a fresh model as `recipe` names it, with its --weights loaded. What was
     adapted (first convolution, classifier re-initialised) is said once in the log."""
     record = recipe_record(recipe, train)
@@ -57,20 +72,20 @@ def build(recipe, train, role, log=print):
     return model, record
 
 
-def file_preprocessing(meta, path, train):
+def file_preprocessing(meta: Mapping[str, str], path: Path | str, train: DataSource) -> dict[str, Any]:
     """The preprocessing a model file records; a file written before records takes the data as
     they are."""
     prep = meta_record(meta, path).get("preprocessing")
     return prep or of_data(train.norm, train.input_shape[1:])
 
 
-def inputs_for(aug_spec, prep):
+def inputs_for(aug_spec: AugmentSpec, prep: Mapping[str, Any]) -> Callable[[dict], torch.Tensor]:
     """batch -> this model's float input: the batch's view (aug_spec, from its "aug_params"),
     resized to the model's size and normalised its way."""
     return make_inputs(aug_spec, norm_of(prep), tuple(prep["image_size"]), prep["interpolation"])
 
 
-def check_fitnets(student_arch, teacher_arch):
+def check_fitnets(student_arch: str | None, teacher_arch: str | None) -> None:
     """FitNets' hints regress the notebook student's conv features onto the notebook teacher's
     block 2 (kd_accel/hints.py): other architectures are refused in one line."""
     for role, spec in (("student", student_arch), ("teacher", teacher_arch)):
@@ -82,7 +97,7 @@ def check_fitnets(student_arch, teacher_arch):
 _DIGESTS = {}
 
 
-def weights_digest(path):
+def weights_digest(path: Path | str) -> str:
     """sha256 of a weights file's bytes (first 32 hex digits), what --weights are stamped by:
     kept per (path, size, mtime) so a run reads the file once."""
     st = os.stat(path)
@@ -96,7 +111,7 @@ def weights_digest(path):
     return _DIGESTS[key]
 
 
-def resolved_recipe(recipe, train):
+def resolved_recipe(recipe: Recipe, train: DataSource) -> dict[str, Any]:
     """A recipe's model settings as used: the spec as parsed, the weights by content, the
     preprocessing resolved (so naming a default, or a file by another path, is no change)."""
     record = recipe_record(recipe, train)

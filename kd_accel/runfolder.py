@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -15,11 +15,14 @@ from .io import make_dir, write_json
 from .process import make_accelerator
 from .runlock import hold_run_folder
 
+if TYPE_CHECKING:
+    from .config import Config
+
 
 TEACHER_FILE = "teacher.safetensors"
 
 
-def setup(cfg, script, run_folder=True):
+def setup(cfg: Config, script: str, run_folder: bool = True) -> Accelerator:
     """Accelerator, seed and run folder. The configuration is written by `write_config` once the
     script's work is done: written here, a failed run would leave a finished run's results
     beside a config.json that did not make them. `run_folder` False (precompute_logits.py --out
@@ -37,12 +40,12 @@ def setup(cfg, script, run_folder=True):
     return accelerator
 
 
-def resolved_config(accelerator, cfg, script):
+def resolved_config(accelerator: Accelerator, cfg: Config, script: str) -> dict[str, Any]:
     return {**cfg.to_json(), "script": script, "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision}
 
 
-def write_config(accelerator, cfg, script):
+def write_config(accelerator: Accelerator, cfg: Config, script: str) -> None:
     """config.json (distill.py) or config.<script>.json beside the outputs it describes; call it
     when they are written, before metrics.json (main process only)."""
     if accelerator.is_main_process:
@@ -53,7 +56,7 @@ def write_config(accelerator, cfg, script):
 RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors")
 
 
-def set_aside_previous_result(accelerator, cfg):
+def set_aside_previous_result(accelerator: Accelerator, cfg: Config) -> None:
     """distill.py, started afresh in a folder holding a finished result: move that result
     (metrics.json first, then the files it describes) into <run>/previous/, so a run that fails
     half-way never leaves new weights beside old metrics, and the last good result is kept.

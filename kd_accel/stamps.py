@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import Accelerator
 
@@ -20,6 +20,12 @@ from .models import read_checkpoint
 from .roles import resolved_recipe
 from .teaching import cache_dtype, cache_views
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .config import Config, Recipe
+    from .roles import TeacherId
+
 
 # The groups of settings each kind of phase reads (config.py: a setting of these groups is stamped
 # unless declared `unstamped`, or declared for other phases only).
@@ -27,11 +33,11 @@ PHASE_GROUPS = {"teacher": ("data", "teacher", "run"), "baseline": ("data", "stu
                 "student": ("data", "student", "kd", "run"), "fitnets": ("data", "student", "kd", "run")}
 
 
-def phase_kind(student=True, kd=False, hints=False):
+def phase_kind(student: bool = True, kd: bool = False, hints: bool = False) -> str:
     return "teacher" if not student else "fitnets" if hints else "student" if kd else "baseline"
 
 
-def resolved_settings(accelerator, cfg, recipe, train):
+def resolved_settings(accelerator: Accelerator, cfg: Config, recipe: Recipe, train: DataSource) -> dict[str, Any]:
     """Settings whose flag value is not yet what the phase uses: resolved, so that naming a
     default (or an old loss name) is not a change, and a default that depends on other settings
     (K, the cache's dtype, the model's preprocessing) is stamped as used; --weights by content."""
@@ -42,7 +48,8 @@ def resolved_settings(accelerator, cfg, recipe, train):
             **resolved_recipe(recipe, train)}
 
 
-def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=False, hints=False):
+def phase_settings(accelerator: Accelerator, cfg: Config, train: DataSource, student: bool = True,
+                   teacher_fp: TeacherId | str | None = None, kd: bool = False, hints: bool = False) -> Stamp:
     """The settings that shape a phase's weights and reported numbers, stamped on its checkpoints
     and its finished model file and compared on resume or reuse, so that no run continues or
     reuses another recipe's work under its own labels.
@@ -68,7 +75,7 @@ def phase_settings(accelerator, cfg, train, student=True, teacher_fp=None, kd=Fa
     return s
 
 
-def check_resume_target(cfg, script, phases):
+def check_resume_target(cfg: Config, script: str, phases: Sequence[str]) -> None:
     """--resume PATH continues only the phase recorded in PATH, and only in this run's folder:
     refuse, before any work, a checkpoint of another run or of a phase this run does not have."""
     if cfg.run.resume in (None, "latest"):
@@ -88,7 +95,7 @@ def check_resume_target(cfg, script, phases):
                       f"(its phases: {', '.join(phases)})")
 
 
-def model_stamp(path, meta=None):
+def model_stamp(path: Path | str, meta: Mapping[str, str] | None = None) -> tuple[str | None, dict[str, Any] | None]:
     """(phase, settings) stamped in a finished model file (or its metadata, already read);
     settings None if it predates stamps."""
     meta = read_checkpoint(path)[1] if meta is None else meta

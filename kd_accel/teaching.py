@@ -5,29 +5,39 @@ teacher checkpoint -> precompute (per view, resumable, exact under any number of
 cache file (cache.py: stamped, checksummed) -> resolve_cache (validated, or recomputed when it is
 the run folder's own and stale) -> cache.SoftTargets for the training loop.
 """
+from __future__ import annotations
+
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .augment import SPECS, draw_params, get_spec, stream_seed
-from .cache import DTYPES, CacheKey, CacheMismatch, check_topk, load_cache, load_part, remove_parts, save_cache, save_part
+from .augment import SPECS, DrawnViews, get_spec, stream_seed
+from .cache import DTYPES, CacheKey, CacheMismatch, CacheWriter, check_topk, open_cache
 from .errors import KDError
-from .cache_stream import CacheWriter
-from .data import FolderSplit
-from .data.streamed import CentreCrop, DrawnCrops
-from .evaluation import inference_batch, predict_logits, predict_rows
+from .evaluation import inference_batch, predict_rows
 from .models import load_model, state_fingerprint
 from .models.preprocessing import describe, of_data
 from .roles import TeacherId, file_preprocessing, inputs_for
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from accelerate import Accelerator
+
+    from .augment import AugmentSpec
+    from .cache import SoftTargets
+    from .config import Config
+    from .data import DataSource
+
 CACHE_FILE = "teacher_logits.safetensors"
 # Called as hook(view) after each view of a precompute is computed and saved (the tests
 # interrupt a precompute here to check that it resumes at the next view).
-VIEW_HOOKS = []
+VIEW_HOOKS: list[Callable[[int], None]] = []
 
 
-def cache_views(cfg):
+def cache_views(cfg: Config) -> tuple[AugmentSpec, int]:
     """(augmentation spec, K) of the cache this run's students read: K augmented views in
     'cache' mode with augmentation (K = --views, default one per epoch), else one clean view."""
     spec = get_spec(cfg.student.augment)
@@ -36,7 +46,7 @@ def cache_views(cfg):
     return SPECS["none"], 1
 
 
-def ignored_cache_settings(cfg):
+def ignored_cache_settings(cfg: Config) -> dict[str, str]:
     """{setting: one line} for the cache settings this run would otherwise ignore in silence:
     K views without augmentation or outside mode 'cache' (which reads K views; 'fixed' reads one
     clean view), and top-k or a storage dtype in mode 'online' (which reads no cache)."""
@@ -54,7 +64,7 @@ def ignored_cache_settings(cfg):
     return lines
 
 
-def cache_path(cfg):
+def cache_path(cfg: Config) -> Path:
     """--logits, else the run folder's cache for this augmentation, K and storage, so that the
     clean-view cache and each K-view or top-k cache of a study live side by side instead of
     replacing each other."""
@@ -66,16 +76,18 @@ def cache_path(cfg):
     return cfg.run_dir / ".".join(["teacher_logits", *parts, "safetensors"])
 
 
-def default_cache_dtype(spec):
+def default_cache_dtype(spec: AugmentSpec) -> str:
     """fp32 for the one clean view (small, exact); fp16 for K views (K times the size)."""
     return "fp32" if spec.name == "none" else "fp16"
 
 
-def cache_dtype(cfg, spec):
+def cache_dtype(cfg: Config, spec: AugmentSpec) -> str:
+    """--cache-dtype, else the default for the views (default_cache_dtype)."""
     return cfg.kd.cache_dtype or default_cache_dtype(spec)
 
 
-def cache_key(train, teacher, spec=SPECS["none"], augment_seed=0):
+def cache_key(train: DataSource, teacher: TeacherId | str, spec: AugmentSpec = SPECS["none"],
+              augment_seed: int = 0) -> CacheKey:
     """What a cache must be made from. teacher: roles.TeacherId (weights and the input the
     teacher sees), or its weights' fingerprint for a teacher that takes the data as they are."""
     teacher_input = teacher.input if isinstance(teacher, TeacherId) else describe(of_data(train.norm, train.input_shape[1:]))
@@ -83,7 +95,7 @@ def cache_key(train, teacher, spec=SPECS["none"], augment_seed=0):
                     train.fingerprint(), spec.describe(), augment_seed if spec.name != "none" else 0, teacher_input)
 
 
-def frozen_teacher(accelerator, cfg, teacher_path, train):
+def frozen_teacher(accelerator: Accelerator, cfg: Config, teacher_path: Path | str, train: DataSource) -> torch.nn.Module:
     """The teacher for inference: on the device, eval mode, no gradients, never wrapped for DDP;
     model.preprocessing says what input it expects (roles.inputs_for)."""
     model, meta = load_model(teacher_path, "teacher", train.input_shape)
@@ -94,73 +106,80 @@ def frozen_teacher(accelerator, cfg, teacher_path, train):
     return model
 
 
-def _finished_views(accelerator, out_path, key, dtype, views):
-    """{view: (logits, params)} of the views an interrupted precompute already saved (read on the
-    main process; a stale or damaged part is deleted there and recomputed), and on every rank
-    the list of their indices."""
-    done = {}
-    if views > 1 and accelerator.is_main_process:
-        for v in range(views):
-            part = load_part(out_path, v, key, dtype)
-            if part is not None:
-                done[v] = part
-    indices = [sorted(done)]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(indices)
-    return done, set(indices[0])
-
-
-def precompute(accelerator, cfg, teacher_path, train, out_path):
-    """Run the frozen teacher over the training set and write the cache atomically: one clean
-    view, or K augmented views (cache_views) each from its own counter-based parameters. Each
-    finished view of a K-view precompute is saved as a part first, so a killed precompute
-    resumes at the first missing view; the parts go once the cache is written."""
+def precompute(accelerator: Accelerator, cfg: Config, teacher_path: Path | str, train: DataSource,
+               out_path: Path | str) -> None:
+    """Run the frozen teacher over the training set and write the cache: one clean view, or K
+    augmented views (cache_views) each from its own counter-based parameters (precompute_views:
+    row by row, resumable per view, atomic)."""
     if cfg.kd.cache_topk is not None:  # before K teacher passes, not after them
         check_topk(cfg.kd.cache_topk, train.num_classes)
     model = frozen_teacher(accelerator, cfg, teacher_path, train)
     spec, views = cache_views(cfg)
-    dtype = cache_dtype(cfg, spec)
     teacher = TeacherId(state_fingerprint(model.state_dict()), describe(model.preprocessing))
     key = cache_key(train, teacher, spec, cfg.kd.augment_seed)
-    if isinstance(train, FolderSplit):
-        return precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, views, dtype)
-    # the teacher's own version of each view: its size and normalisation (models/preprocessing.py)
-    stream, index, inputs = stream_seed("cache", cfg.kd.augment_seed), torch.arange(len(train)), \
-        inputs_for(spec, model.preprocessing)
-    start = time.perf_counter()
-    done, done_views = _finished_views(accelerator, out_path, key, dtype, views)
-    if done_views:
-        accelerator.print(f"cache: {len(done_views)} of {views} views kept from an interrupted precompute")
-    logits, params = [], []
+    precompute_views(accelerator, cfg, model, train, out_path, key, spec, views, cache_dtype(cfg, spec), teacher_path)
+
+
+def precompute_views(accelerator: Accelerator, cfg: Config, model: torch.nn.Module, train: DataSource,
+                     out_path: Path | str, key: CacheKey, spec: AugmentSpec, views: int, dtype: str,
+                     teacher: Path | str = "the teacher") -> None:
+    """The precompute of either kind of data source: per view, the source's loader of that view
+    (view v of the views drawn from --augment-seed: the in-memory augmentations' parameters ride
+    in each batch and are applied on the device, an image folder's crops are made in its
+    workers at the teacher's size), the frozen `model` over every batch (each rank its shard),
+    and the rows written by sample index into the cache file (cache.CacheWriter, on the main
+    process): no [N, C] in memory. A killed precompute resumes at the first unfinished view; a
+    teacher whose logits are not all finite (`teacher` names it) is refused, nothing written.
+    The logits are rounded to the storage dtype first, so a top-k cache is the compression of
+    the full cache the same run would store."""
+    split, start = train.at(model.preprocessing), time.perf_counter()
+    inputs = inputs_for(spec, model.preprocessing)
+    plan = DrawnViews(spec, stream_seed("cache", cfg.kd.augment_seed)) if spec.name != "none" else None
+    params, identity = split.view_params(spec), split.identity_columns()
+    writer = CacheWriter(out_path, key, views, train.labels, dtype, cfg.kd.cache_topk,
+                         params_cols=params and params[2], params_dtype=params[1] if params else torch.float32,
+                         identity=identity) if accelerator.is_main_process else None
+    done = [sorted(writer.done) if writer else []]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(done)
+    if done[0]:
+        accelerator.print(f"cache: {len(done[0])} of {views} views kept from an interrupted precompute")
+    # the columns each batch brings besides its logits: the view's parameters, the files' digests
+    extra = ((params[0],) if params else ()) + (("digests",) if "file_hashes" in identity else ())
+    stored = DTYPES[dtype]
     for v in range(views):
-        if v in done_views:
-            if accelerator.is_main_process:
-                logits.append(done[v][0])
-                params.append(done[v][1])
+        if v in done[0]:
             continue
-        p = draw_params(spec, stream, v, index) if spec.name != "none" else None
-        lv = predict_logits(accelerator, model, train, inputs=inputs, extra=p is not None and {"aug_params": p} or None,
-                            desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
-        # a NaN cache would fail every later student with "non-finite loss", blaming the student
-        bad = int((~torch.isfinite(lv)).any(dim=1).sum())
-        if bad:
-            raise KDError(f"teacher {teacher_path} gives non-finite logits for {bad} of {len(train)} training samples"
-                          f"{f' (view {v})' if views > 1 else ''}; no cache written")
-        if accelerator.is_main_process:
-            # rounded as the parts store it, so a resumed precompute writes the same cache
-            logits.append(lv.to(DTYPES[dtype]).float())
-            params.append(p)
-            if views > 1:
-                save_part(out_path, v, lv, p, key, dtype)
+        bad = 0
+
+        def write(idx, logits, *cols):
+            nonlocal bad
+            bad += int((~torch.isfinite(logits).all(dim=1)).sum())  # host rows: no device sync
+            if writer is not None:
+                named = dict(zip(extra, cols))
+                writer.write(v, idx, logits.to(stored), named.get(params and params[0]), named.get("digests"))
+
+        loader = split.view_loader(accelerator, inference_batch(accelerator.device), plan, v)
+        predict_rows(accelerator, model, loader, len(split), inputs, write, extra=extra, host=True,
+                     desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
+        try:
+            # a NaN cache would fail every later student with "non-finite loss", blaming the student
+            if bad:
+                raise KDError(f"teacher {teacher} gives non-finite logits for {bad} of {len(train)} training samples"
+                              f"{f' (view {v})' if views > 1 else ''}; no cache written")
+            if writer is not None:
+                writer.view_done(v)  # refuses rows the storage dtype cannot hold (beyond fp16's range)
+        except KDError:
+            if writer is not None:
+                writer.discard()
+            raise
         accelerator.wait_for_everyone()
         for hook in VIEW_HOOKS:
             hook(v)
-    if accelerator.is_main_process:
-        save_cache(out_path, torch.stack(logits), train.labels, key, dtype,
-                   params=torch.stack(params) if spec.name != "none" else None, topk=cfg.kd.cache_topk)
-        remove_parts(out_path)
+    if writer is not None:
+        writer.finish()
     accelerator.wait_for_everyone()
     _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start)
 
@@ -172,61 +191,8 @@ def _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start):
                       f"in {time.perf_counter() - start:.1f}s")
 
 
-def precompute_streamed(accelerator, cfg, model, train, out_path, key, spec, views, dtype):
-    """An image folder's precompute: per view, the folder streamed through the workers (each
-    rank its shard), the crops drawn there from (augment seed, view, index) at the teacher's
-    size, and the rows written by sample index into the cache file (cache_stream.CacheWriter):
-    no [N, C] in memory. A killed precompute resumes at the first unfinished view."""
-    split, start = train.at(model.preprocessing), time.perf_counter()
-    inputs = inputs_for(SPECS["none"], model.preprocessing)  # the workers made the crop at the teacher's size
-    writer = CacheWriter(out_path, key, views, train.labels, dtype, cfg.kd.cache_topk, params_cols=5 if
-                         spec.name != "none" else None, file_hashes=train.file_hashes(),
-                         classes=train.index.classes, paths=train.index.paths) if accelerator.is_main_process else None
-    done = [sorted(writer.done) if writer else []]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(done)
-    if done[0]:
-        accelerator.print(f"cache: {len(done[0])} of {views} views kept from an interrupted precompute")
-    stream = stream_seed("cache", cfg.kd.augment_seed)
-    for v in range(views):
-        if v in done[0]:
-            continue
-        crops = DrawnCrops(stream, view=v) if spec.name != "none" else CentreCrop()
-        loader = split.inference_loader(accelerator, inference_batch(accelerator.device), crops)
-        bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
-
-        def write(idx, logits, digests, *crops):
-            nonlocal bad
-            finite = torch.isfinite(logits).all(dim=1)
-            bad += (~finite).sum()
-            if writer is not None:
-                writer.write(v, idx, logits, crops[0] if crops else None, digests)
-
-        try:
-            # each file's digest (data/content.py) rides along: the cache records the bytes it was made from
-            predict_rows(accelerator, model, loader, len(split), inputs, write,
-                         extra=("digests", "crops") if spec.name != "none" else ("digests",),
-                         desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
-        except KDError:
-            if not int(bad):  # the cache's own check (e.g. beyond fp16's range)
-                raise
-        if int(bad):
-            raise KDError(f"teacher {cfg.run.teacher or 'checkpoint'} gives non-finite logits for {int(bad)} of "
-                          f"{len(train)} training samples{f' (view {v})' if views > 1 else ''}; no cache written")
-        if writer is not None:
-            writer.view_done(v)
-        accelerator.wait_for_everyone()
-        for hook in VIEW_HOOKS:
-            hook(v)
-    if writer is not None:
-        writer.finish()
-    accelerator.wait_for_everyone()
-    _wrote(accelerator, cfg, out_path, train, spec, views, dtype, start)
-
-
-def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
+def resolve_cache(accelerator: Accelerator, cfg: Config, teacher_path: Path | str, teacher_id: TeacherId,
+                  train: DataSource) -> tuple[SoftTargets, bool, Path]:
     """Validated soft targets (cache.SoftTargets) for this teacher, data and augmentation.
     Returns (soft, hit, path).
 
@@ -239,7 +205,7 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
         raise KDError(f"logits cache {path} is a directory, not a file: remove or rename it")
     if path.exists():
         try:
-            soft = load_cache(path, key, views=views, data=train)
+            soft = open_cache(path, key, views=views, explain=train.explain_identity)
             # what the run asks to be stored: full logits are not a top-k run's soft targets, nor
             # fp32 an fp16 run's (the key stamps what produced the logits, not how they are kept)
             want = {"storage": f"top{cfg.kd.cache_topk}" if cfg.kd.cache_topk else "full",
@@ -258,12 +224,13 @@ def resolve_cache(accelerator, cfg, teacher_path, teacher_id, train):
     else:
         accelerator.print(f"cache: miss, {path} does not exist; precomputing teacher logits")
     precompute(accelerator, cfg, teacher_path, train, path)
-    soft = load_cache(path, key, views=views, data=train)
+    soft = open_cache(path, key, views=views, explain=train.explain_identity)
     train.expect_content(soft)
     return soft, False, path
 
 
-def resolve_soft_targets(accelerator, cfg, teacher_path, teacher_id, train):
+def resolve_soft_targets(accelerator: Accelerator, cfg: Config, teacher_path: Path | str, teacher_id: TeacherId,
+                         train: DataSource) -> tuple[SoftTargets | None, torch.nn.Module | None, dict[str, Any]]:
     """Where the distilled students' soft targets come from: (soft, online, info). The cache
     (modes cache and fixed: cache.SoftTargets, validated or precomputed) or, in online mode, the
     frozen teacher itself, run on every batch. `info` is what metrics.json records."""

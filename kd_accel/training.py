@@ -4,14 +4,17 @@ One loop trains the teacher, the distilled student and the baseline; they differ
 loss function, which receives the batch (images, labels, idx and, for distillation, the
 teacher logits gathered from the cache by the same sample index).
 """
+from __future__ import annotations
+
 import math
 import time
+from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .checkpointing import clear_checkpoints, find_resume, load_checkpoint, parse_every, save_checkpoint
-from .data import TensorData, to_float
+from .data import to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
 from .evaluation import evaluate
@@ -19,40 +22,78 @@ from .losses import KD_LOSSES, ce_loss, loss_name
 from .reporting import progress_bar
 from .tracking import PhaseLog
 
-# Called as hook(label, global_step) after each optimizer step of every phase (the tests install
-# fault injection here: an exception, or a SIGKILL in tests/scripts/fault.py). Empty otherwise.
-STEP_HOOKS = []
-# Called as hook(label, batch) after each micro-batch's loss, the batch holding what the step used:
-# "x" (the model's input, augmented), "idx", "teacher_logits" when distilling. The consistency tests
-# run the teacher on batch["x"] here and compare with the logits the student was given.
-BATCH_HOOKS = []
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
+
+    from .checkpointing import Checkpointer
+    from .data import DataSource, TrainData
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What one training run is, all that fit reads of the configuration: epochs, the batch size
+    (per process and per micro-batch: a step sees batch_size * grad_accum * processes samples),
+    the lr and its schedule, the seed of the data order, and the memory format."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str = "constant"
+    seed: int = 0
+    channels_last: bool = True
+
+    @classmethod
+    def of(cls, recipe: Any, run: Any) -> TrainSpec:
+        """From a recipe (config.Recipe: the teacher's or the students') and the run (config.Run)."""
+        return cls(recipe.epochs, recipe.batch_size, recipe.lr, recipe.schedule, run.seed, run.channels_last)
+
+
+@dataclass
+class Hooks:
+    """Callables fit runs: step(label, global_step) after each optimizer step (the tests' fault
+    injection: an exception, or a SIGKILL in tests/scripts/fault.py), batch(label, batch) after
+    each micro-batch's loss, the batch holding what the step used ("x" the model's input,
+    augmented; "idx"; "teacher_logits" when distilling: the consistency tests run the teacher on
+    batch["x"] there)."""
+
+    step: list = field(default_factory=list)
+    batch: list = field(default_factory=list)
+
+
+# what a loss function is here: (logits [B, C], the batch) -> {"loss": ..., and its parts}
+Objective = Callable[[torch.Tensor, dict], dict]
+
+# The hooks of a fit given none: empty, except where a test or tests/scripts/fault.py (wrapping a
+# launch script in its own process, with no other way in) adds to them.
+HOOKS = Hooks()
 # Optimizer steps between the loop's host syncs (non-finite check, tracker flush).
 LOG_EVERY = 50
 
 
-def hard_label_objective(logits, batch):
+def hard_label_objective(logits: torch.Tensor, batch: dict) -> dict:
     return ce_loss(logits, batch["labels"])
 
 
-def kd_objective(logits, batch, kind, temperature, alpha):
+def kd_objective(logits: torch.Tensor, batch: dict, kind: str, temperature: float, alpha: float) -> dict:
     return KD_LOSSES[kind](logits, batch["labels"], batch["teacher_logits"], temperature, alpha,
                            label_mask=batch.get("label_mask"))
 
 
-def make_objective(kind, temperature=None, alpha=None):
+def make_objective(kind: str, temperature: float | None = None, alpha: float | None = None) -> Objective:
     """'ce' for hard labels only; 'hinton' or 'notebook-mse' for distillation from the cache."""
     if kind == "ce":
         return hard_label_objective
     return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha)
 
 
-def online_objective(teacher, objective, inputs=None):
+def online_objective(teacher: nn.Module, objective: Objective,
+                     inputs: Callable[[dict], torch.Tensor] | None = None) -> Objective:
     """Consistent teaching without a cache (Beyer et al. 2022): the frozen teacher (eval mode,
     never DDP-wrapped) runs on the student's own view of this step, and its logits [B, classes]
     stand in for the cached ones. One teacher forward per step. The view is batch["x"]
     [B, C, H, W], the student's input, or, for a teacher that expects another size or
     normalisation, inputs(batch): the same view made the teacher's way."""
-    def run(logits, batch):
+    def run(logits: torch.Tensor, batch: dict) -> dict:
         with torch.no_grad():
             batch["teacher_logits"] = teacher(inputs(batch) if inputs else batch["x"]).float()
         return objective(logits, batch)
@@ -60,7 +101,7 @@ def online_objective(teacher, objective, inputs=None):
     return run
 
 
-def adam(params, lr, device):
+def adam(params: Any, lr: float, device: torch.device | str) -> torch.optim.Adam:
     """Adam, fused on CUDA: one kernel per step for every parameter, and under fp16 GradScaler's
     overflow check stays on the device instead of a host read every step. Elsewhere torch's
     default (foreach), whose updates CPU runs have always used (bit-identity with earlier runs);
@@ -68,7 +109,7 @@ def adam(params, lr, device):
     return torch.optim.Adam(params, lr=lr, fused=torch.device(device).type == "cuda")
 
 
-def lr_lambda(schedule, total_steps):
+def lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
     """Multiplier of the base lr at a step: 'constant' (the notebook) or 'cosine' to zero."""
     if schedule == "constant":
         return lambda step: 1.0
@@ -81,10 +122,10 @@ class NonFiniteWatch:
     """Remembers, on the device, the first step whose loss parts were not finite, so the loop
     needs no host sync per step; `check()` (at log and checkpoint points) raises on it."""
 
-    def __init__(self, label):
+    def __init__(self, label: str):
         self.label, self.names, self.record = label, None, None
 
-    def update(self, step, parts):
+    def update(self, step: int, parts: dict[str, torch.Tensor]) -> None:
         vals = torch.stack([v.detach().float() for v in parts.values()])
         if self.record is None:
             self.names = list(parts)
@@ -95,14 +136,14 @@ class NonFiniteWatch:
         row = torch.cat([torch.full((1,), float(step), device=vals.device), vals])
         self.record = torch.where(bad, row, self.record)
 
-    def check(self):
+    def check(self) -> None:
         if self.record is not None and self.record[0].item() >= 0:
             r = self.record.tolist()
             parts = ", ".join(f"{n}={v}" for n, v in zip(self.names, r[1:]))
             raise KDError(f"{self.label}: non-finite loss at step {int(r[0])} ({parts}); stopped, nothing saved")
 
 
-def check_finite_weights(model, label, step):
+def check_finite_weights(model: nn.Module, label: str, step: int) -> None:
     """Raise unless every parameter and buffer of `model` is finite. The loss watch cannot see an
     update that breaks the weights on the last step (that loss was computed before it), so this
     runs before weights are saved or evaluated: once per epoch and per checkpoint, one host sync."""
@@ -114,58 +155,51 @@ def check_finite_weights(model, label, step):
                       "stopped, nothing saved")
 
 
-def fit(accelerator, model, train_data, test_split, recipe, run, objective, label, ckpt_dir=None, settings=None,
-        inputs=None, epoch_columns=None):
-    """Train `model` on `train_data` (a data source's training data: Split.train_data or
-    FolderSplit.train_data; or a dict of aligned tensors with 'images', 'labels', ..., taken as
-    loading.TensorData(train_data, epoch_columns)) with `recipe` (config.Recipe: epochs, batch
-    size, lr, schedule) under `run` (config.Run:
-    seed, checkpointing, resume, memory format); evaluate on `test_split` after each epoch.
-    Returns (model, history).
+def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split: DataSource | None, spec: TrainSpec,
+        objective: Objective, label: str, checkpoints: Checkpointer | None = None,
+        inputs: Callable[[dict], torch.Tensor] | None = None, hooks: Hooks | None = None
+        ) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `model` on `data` (a data source's training data: DataSource.train_data) as `spec`
+    says; evaluate on `test_split` after each epoch (None: not at all). `checkpoints` (a
+    checkpointing.Checkpointer) saves and resumes the phase `label`; `hooks` are run as the
+    loop goes (default: HOOKS). Returns (model, history).
 
-    inputs(batch) -> the model's float input (default: images scaled to [0, 1]); with augmentation
-    it builds each sample's view from the batch's "aug_params". epoch_columns(epoch) -> columns
-    [N, ...] that change with the epoch (that epoch's augmentation parameters and, from a K-view
-    cache, that view's teacher logits): set before the epoch's first batch, so a resumed epoch
-    gets the same ones.
+    inputs(batch) -> the model's float input (default: images scaled to [0, 1]); with
+    augmentation it builds each sample's view from the batch's "aug_params" (the epoch's
+    columns, which `data` sets before the epoch's first batch, so a resumed epoch gets the same).
 
-    The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop.
-    recipe.batch_size is per process and per micro-batch: a step sees
-    batch_size * grad_accum * num_processes samples."""
+    The canonical Accelerate order: data and model -> optimizer/scheduler -> prepare -> loop."""
+    hooks = HOOKS if hooks is None else hooks
     # The whole (small) data set and cache live on the training device: a batch is one gather
     # there, with no host-to-device copy per step. On CPU this is a no-op (a memory-mapped
     # cache stays mapped).
     # Forget the previous phase's model/optimizer/loaders: save_state would otherwise write the
     # teacher into the student's checkpoints, and load_state would restore them out of order.
     accelerator.free_memory()
-    data = train_data if hasattr(train_data, "loader") else TensorData(train_data, epoch_columns)
-    loader = data.loader(accelerator, recipe.batch_size, run.seed)
+    loader = data.loader(accelerator, spec.batch_size, spec.seed)
     eval_inputs, inputs = inputs, inputs or (lambda batch: to_float(batch["images"]))
     if accelerator.num_processes > 1:
         # R processes x B/R == 1 process x B, BN included; torch's SyncBatchNorm on NCCL
         model = sync_batchnorm(model, torch.distributed.get_backend())
-    memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # faster conv/BN kernels on CPU (other float rounding)
-    optimizer = adam(model.parameters(), recipe.lr, accelerator.device)
+    optimizer = adam(model.parameters(), spec.lr, accelerator.device)
     # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
     # per process on each optimizer step and not at all on accumulation micro-steps.
-    total_steps = recipe.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe.schedule, total_steps))
+    total_steps = spec.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec.schedule, total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    every, keep, log_every = parse_every(run.checkpoint_every), run.keep_checkpoints, LOG_EVERY
-
+    log_every = LOG_EVERY
     history, epoch0, pos0, global_step, elapsed0, carried = [], 0, 0, 0, 0.0, {}
-    # `settings` (pipeline.phase_settings) is stamped on every checkpoint with the phase label and
-    # run, and must match on resume: no phase continues another's weights or another recipe.
-    resume = find_resume(run.resume, ckpt_dir, label) if ckpt_dir else None
+    # the phase's settings are stamped on every checkpoint and must match on resume: no phase
+    # continues another's weights or another recipe (checkpointing.Checkpointer)
+    resume = checkpoints.restore(accelerator, label) if checkpoints else None
     if resume:
-        resume, p = load_checkpoint(accelerator, resume, label, settings, accelerator.print)
+        resume, p = resume
         history, epoch0, pos0, global_step = p["history"], p["epoch"], p["position"], p["global_step"]
         elapsed0, carried = p["elapsed_s"], p["sums"]
         accelerator.print(f"{label}: resumed from {resume} (epoch {epoch0 + 1}, batch {pos0})", flush=True)
-    elif ckpt_dir and accelerator.is_main_process and (n := clear_checkpoints(ckpt_dir)):
-        accelerator.print(f"{label}: starting afresh; removed {n} old checkpoint(s) in {ckpt_dir}", flush=True)
 
     watch = NonFiniteWatch(label)
     log = PhaseLog(accelerator, label)  # --report-to: per-step values flushed at the sync points below
@@ -175,13 +209,12 @@ def fit(accelerator, model, train_data, test_split, recipe, run, objective, labe
         watch.check()  # never save weights a NaN has already touched
         log.flush()  # what a resume from here continues is logged up to here
         check_finite_weights(model, label, global_step)
-        progress = {"phase": label, "run": str(run.run_dir), "settings": settings,
-                    "epoch": epoch, "position": position, "global_step": global_step, "history": history,
-                    "elapsed_s": elapsed0 + time.perf_counter() - start,
+        progress = {"phase": label, "epoch": epoch, "position": position, "global_step": global_step,
+                    "history": history, "elapsed_s": elapsed0 + time.perf_counter() - start,
                     "sums": {k: float(v) for k, v in sums.items()} | {"_steps": steps}}
-        save_checkpoint(accelerator, ckpt_dir, global_step, progress, keep)
+        checkpoints.save(accelerator, global_step, progress)
 
-    for epoch in range(epoch0, recipe.epochs):
+    for epoch in range(epoch0, spec.epochs):
         model.train()
         data.set_epoch(epoch)  # [N, ...] columns of this epoch, gathered by the same sample index
         loader.set_epoch(epoch)  # the permutation is a function of (seed, epoch): resumable
@@ -195,14 +228,14 @@ def fit(accelerator, model, train_data, test_split, recipe, run, objective, labe
         steps = carried.get("_steps", 0) if epoch == epoch0 else 0
         carried = {}
         epoch_start, seen = time.perf_counter(), 0
-        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{recipe.epochs}", len(loader)) as advance:
+        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{spec.epochs}", len(loader)) as advance:
             advance(position)
             for batch in batches:
                 batch = data.complete(batch)  # the index-keyed columns a streamed source gathers here
                 with accelerator.accumulate(model):
                     x = batch["x"] = inputs(batch).contiguous(memory_format=memory_format)
                     parts = objective(model(x), batch)
-                    for hook in BATCH_HOOKS:
+                    for hook in hooks.batch:
                         hook(label, batch)
                     accelerator.backward(parts["loss"])
                     lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (a float: no sync)
@@ -224,9 +257,9 @@ def fit(accelerator, model, train_data, test_split, recipe, run, objective, labe
                 if global_step % log_every == 0:
                     watch.check()
                     log.flush()
-                for hook in STEP_HOOKS:
+                for hook in hooks.step:
                     hook(label, global_step)
-                if isinstance(every, int) and global_step % every == 0 and position < len(loader):
+                if checkpoints and checkpoints.due_at_step(global_step, position, len(loader)):
                     checkpoint(epoch, position, sums, steps)
         watch.check()
         check_finite_weights(model, label, global_step)  # before evaluating or returning them
@@ -241,8 +274,8 @@ def fit(accelerator, model, train_data, test_split, recipe, run, objective, labe
                   samples_per_s=seen * accelerator.num_processes / max(epoch_time, 1e-9))
         parts_txt = " ".join(f"{k}={v:.4f}" for k, v in means.items())
         acc_txt = f" test_acc={entry['test_accuracy']:.2f}%" if "test_accuracy" in entry else ""
-        accelerator.print(f"{label} epoch {epoch + 1}/{recipe.epochs}: {parts_txt}{acc_txt}", flush=True)
-        if every and ckpt_dir and epoch + 1 < recipe.epochs:
+        accelerator.print(f"{label} epoch {epoch + 1}/{spec.epochs}: {parts_txt}{acc_txt}", flush=True)
+        if checkpoints and checkpoints.due_at_epoch_end(epoch, spec.epochs):
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start
     return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}

@@ -48,8 +48,8 @@ BEHIND = {
 # functions that read a file but let no unchecked floating-point tensor in, and why
 EXEMPT = {
     "kd_accel.cache.read_metadata": "metadata only (strings)",
-    "kd_accel.cache._folder_change": "an image folder's int64 file hashes, only to name what changed",
-    "kd_accel.cache.mapped_tensor": "maps again a cache open_cache validated, keyed by its checksum",
+    "kd_accel.cache.stored_identity": "an image folder's int64 file hashes and paths, only to name what changed",
+    "kd_accel.cache.CacheColumn.__call__": "maps again a cache open_cache validated, keyed by its checksum",
     "kd_accel.models.preprocessing._recorded": "metadata only: the preprocessing a model file records",
     "kd_accel.outputs._metadata": "metadata only, to name a file's kind",
     "kd_accel.data.folder.load_listing": "an image folder's int64 file hashes and class names",

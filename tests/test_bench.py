@@ -19,12 +19,12 @@ def _fit_student(accelerator, images, labels, logits, cfg):
     from kd_accel.data import Split
     from kd_accel.models import Student
     from kd_accel.pipeline import columns
-    from kd_accel.training import fit, make_objective
+    from kd_accel.training import TrainSpec, fit, make_objective
+    from kd_accel.data import TensorData
 
     torch.manual_seed(0)
     split = Split("mnist", "train", images, labels, 10)
-    model, _ = fit(accelerator, Student(), columns(split, teacher_logits=logits), None, cfg.student, cfg.run,
-                   make_objective("hinton", gpu.T, gpu.ALPHA), "student")
+    model, _ = fit(accelerator, Student(), TensorData(columns(split, teacher_logits=logits)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("hinton", gpu.T, gpu.ALPHA), "student")
     return model.state_dict()
 
 

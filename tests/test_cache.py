@@ -1,5 +1,6 @@
 """The logits cache: K views round-trip exactly (fp32) or within fp16 rounding, every stamp is
-checked by name, every tensor is checksummed, and per-view parts make a precompute resumable."""
+checked by name, every tensor is checksummed, and the writer's partial file makes a precompute
+resumable per view."""
 import dataclasses
 import json
 import struct
@@ -10,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from kd_accel.cache import (
-    FORMAT_VERSION, CacheKey, CacheMismatch, SoftTargets, load_cache, load_part, open_cache,
-    parts_dir, read_metadata, remove_parts, save_cache, save_part,
+    FORMAT_VERSION, CacheKey, CacheMismatch, CacheWriter, SoftTargets, open_cache, partial_paths, read_metadata,
+    save_cache,
 )
 from kd_accel import outputs
 from kd_accel.errors import KDError
@@ -47,7 +48,7 @@ def stored_tensors(path):
 
 def test_round_trip_fp32(tmp_path):
     path, logits, labels = make(tmp_path)
-    got = load_cache(path, KEY)
+    got = open_cache(path, KEY)
     assert isinstance(got, SoftTargets) and got.views == 1 and got.storage == "full"
     assert torch.equal(got.logits(0), logits) and torch.equal(got.labels, labels)
     assert got.params(0) is None
@@ -60,7 +61,7 @@ def test_round_trip_fp32(tmp_path):
 
 def test_round_trip_fp16(tmp_path):
     path, logits, _ = make(tmp_path, "fp16")
-    got = load_cache(path, KEY).logits(0)
+    got = open_cache(path, KEY).logits(0)
     assert got.dtype == torch.float16
     assert torch.allclose(got.float(), logits, atol=1e-2)
     assert ((got.float() - logits).abs() <= logits.abs() * FP16_REL).all()
@@ -70,7 +71,7 @@ def test_round_trip_fp16(tmp_path):
 def test_round_trip_three_views_with_params(tmp_path, dtype):
     path, logits, labels = make(tmp_path, dtype, views=3, params=True)
     _, _, params = data(3)
-    got = load_cache(path, KEY, views=3)
+    got = open_cache(path, KEY, views=3)
     assert (got.views, got.num_samples, got.num_classes) == (3, 50, 10) and got.meta["views"] == "3"
     assert torch.equal(got.labels, labels)
     for v in range(3):
@@ -86,7 +87,7 @@ def test_round_trip_three_views_with_params(tmp_path, dtype):
 
 def test_logits_of_a_view_is_a_slice_of_the_mapping(tmp_path):
     path, _, _ = make(tmp_path, "fp16", views=3)
-    got = load_cache(path, KEY, views=3)
+    got = open_cache(path, KEY, views=3)
     a, b = got.logits(0), got.logits(1)
     assert b.data_ptr() - a.data_ptr() == 50 * 10 * 2  # consecutive rows of one mapped tensor: no copy
     assert got.logits(0).data_ptr() == a.data_ptr()
@@ -94,7 +95,7 @@ def test_logits_of_a_view_is_a_slice_of_the_mapping(tmp_path):
 
 def test_gather_equals_indexing(tmp_path):
     path, logits, _ = make(tmp_path, views=3, params=True)
-    got = load_cache(path, KEY, views=3)
+    got = open_cache(path, KEY, views=3)
     idx = torch.tensor([49, 0, 7, 7, 23])
     for v in range(3):
         assert torch.equal(got.gather(v, idx), logits[v][idx])
@@ -103,7 +104,7 @@ def test_gather_equals_indexing(tmp_path):
 
 def test_a_view_out_of_range_is_refused(tmp_path):
     path, _, _ = make(tmp_path, views=2)
-    got = load_cache(path, KEY)
+    got = open_cache(path, KEY)
     for bad in (2, -1):
         with pytest.raises(KDError, match="out of range"):
             got.logits(bad)
@@ -136,13 +137,13 @@ def test_open_cache_without_a_key(tmp_path):
 def test_every_mismatch_is_refused_by_name(tmp_path, field, value, words):
     path, _, _ = make(tmp_path)
     with pytest.raises(CacheMismatch, match=words):
-        load_cache(path, dataclasses.replace(KEY, **{field: value}))
+        open_cache(path, dataclasses.replace(KEY, **{field: value}))
 
 
 def test_every_differing_stamp_is_named_at_once(tmp_path):
     path, _, _ = make(tmp_path)
     with pytest.raises(CacheMismatch) as e:
-        load_cache(path, dataclasses.replace(KEY, teacher_fingerprint="x", augment="none", augment_seed=1))
+        open_cache(path, dataclasses.replace(KEY, teacher_fingerprint="x", augment="none", augment_seed=1))
     msg = str(e.value)
     assert "teacher weights changed" in msg and "augmentation differs" in msg and "augmentation seed differs" in msg
     assert "\n" not in msg
@@ -158,12 +159,12 @@ def test_key_defaults_to_no_augmentation():
 def test_fewer_views_than_needed_are_refused_by_name_more_are_fine(tmp_path):
     path, logits, _ = make(tmp_path, views=3)
     with pytest.raises(CacheMismatch, match="holds 3 views, the run needs 5"):
-        load_cache(path, KEY, views=5)
+        open_cache(path, KEY, views=5)
     with pytest.raises(CacheMismatch, match="holds 3 views, the run needs 5"):
         open_cache(path, views=5)
-    got = load_cache(path, KEY, views=2)  # a run of 2 views reads the first 2
+    got = open_cache(path, KEY, views=2)  # a run of 2 views reads the first 2
     assert got.views == 3 and torch.equal(got.logits(1), logits[1])
-    assert load_cache(path, KEY, views=3).views == 3
+    assert open_cache(path, KEY, views=3).views == 3
 
 
 def test_a_version_2_cache_is_refused_by_name(tmp_path):
@@ -174,7 +175,7 @@ def test_a_version_2_cache_is_refused_by_name(tmp_path):
             "logits_sha256": "0" * 32, "labels_sha256": "0" * 32}
     path = tmp_path / "old.safetensors"
     save_file({"logits": logits, "labels": labels}, str(path), metadata=meta)
-    for load in (lambda: load_cache(path, KEY), lambda: open_cache(path)):
+    for load in (lambda: open_cache(path, KEY), lambda: open_cache(path)):
         with pytest.raises(CacheMismatch, match="format version '2', this kd_accel reads '3'"):
             load()
     check_cache_target(path)  # still a kd_accel cache: precompute may overwrite it
@@ -201,11 +202,11 @@ def test_truncated_file_is_refused(tmp_path, views):
     data_ = path.read_bytes()
     path.write_bytes(data_[: len(data_) - 100])
     with pytest.raises(KDError, match="truncated or corrupted") as e:
-        load_cache(path, KEY)
+        open_cache(path, KEY)
     assert "\n" not in str(e.value)
     path.write_bytes(b"\x00" * 7)
     with pytest.raises(KDError, match="truncated or corrupted"):
-        load_cache(path, KEY)
+        open_cache(path, KEY)
 
 
 def test_flipped_bytes_are_refused(tmp_path):
@@ -214,12 +215,12 @@ def test_flipped_bytes_are_refused(tmp_path):
     data_[-300] ^= 0xFF  # inside the logits tensor
     path.write_bytes(bytes(data_))
     with pytest.raises(KDError, match="corrupted"):
-        load_cache(path, KEY)
+        open_cache(path, KEY)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(KDError, match="not found"):
-        load_cache(tmp_path / "nope.safetensors", KEY)
+        open_cache(tmp_path / "nope.safetensors", KEY)
 
 
 def _tensor_range(path, name):
@@ -234,14 +235,14 @@ def _tensor_range(path, name):
                                        ("topk_logp", 3), ("topk_index", 3), ("params", 3)])
 def test_every_stored_tensor_is_checksummed(tmp_path, name, topk):
     path, _, _ = make(tmp_path, views=2, params=True, topk=topk)
-    assert load_cache(path, KEY, views=2)  # valid before the flip
+    assert open_cache(path, KEY, views=2)  # valid before the flip
     start, end = _tensor_range(path, name)
     data_ = bytearray(path.read_bytes())
     data_[start] ^= 0x01  # a label 3 becomes 2, an index 4 becomes 5: still valid, only the checksum sees it
     path.write_bytes(bytes(data_))
     with pytest.raises(KDError, match=f"checksum of the {name} does not match"):
-        load_cache(path, KEY)
-    load_cache(path, KEY, verify=False)  # verify=False skips exactly that check
+        open_cache(path, KEY)
+    open_cache(path, KEY, verify=False)  # verify=False skips exactly that check
 
 
 # --- what save_cache refuses ------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def test_one_view_takes_params_with_or_without_the_view_axis(tmp_path):
     logits, labels, params = data()
     for p in (params, params[0]):
         save_cache(tmp_path / "c.safetensors", logits, labels, KEY, params=p)
-        assert torch.equal(load_cache(tmp_path / "c.safetensors", KEY).params(0), params[0])
+        assert torch.equal(open_cache(tmp_path / "c.safetensors", KEY).params(0), params[0])
 
 
 def test_non_finite_logits_are_never_written(tmp_path):
@@ -294,105 +295,173 @@ def test_non_finite_logits_are_never_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# --- per-view parts: a resumable precompute --------------------------------------------------------
+# --- the partial file: a resumable precompute ------------------------------------------------------
 
-def test_parts_live_in_a_hidden_folder_beside_the_cache(tmp_path):
+def writer(out, dtype="fp32", key=KEY, views=2, params=True):
+    _, labels, _ = data(views)
+    return CacheWriter(out, key, views, labels, dtype, params_cols=5 if params else None)
+
+
+def write_view(w, v, logits, params=None, order=None):
+    """View v's rows in shuffled batches of 7, as a precompute's ranks hand them over."""
+    order = torch.randperm(KEY.num_samples, generator=torch.Generator().manual_seed(v)) if order is None else order
+    for rows in order.split(7):
+        w.write(v, rows, logits[v, rows], None if params is None else params[v, rows])
+    w.view_done(v)
+
+
+def test_the_partial_file_lives_hidden_beside_the_cache(tmp_path):
     out = tmp_path / "run" / "teacher_logits.safetensors"
-    assert parts_dir(out) == tmp_path / "run" / ".teacher_logits.safetensors.views"
+    assert partial_paths(out) == (tmp_path / "run" / ".teacher_logits.safetensors.partial",
+                                  tmp_path / "run" / ".teacher_logits.safetensors.partial.json")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_part_round_trip(tmp_path, dtype):
+def test_a_finished_view_resumes_as_written(tmp_path, dtype):
+    """View 0 finished, view 1 written but not finished (killed): a new writer keeps view 0
+    only; the cache it finishes holds view 0 as first written (fp32 exact, fp16 within
+    rounding) and its parameters; the partial file is not the cache."""
     out = tmp_path / "c.safetensors"
     logits, _, params = data(2)
-    save_part(out, 0, logits[0], params[0], KEY, dtype)
-    save_part(out, 1, logits[1], None, KEY, dtype)
-    got0, p0 = load_part(out, 0, KEY, dtype)
-    got1, p1 = load_part(out, 1, KEY, dtype)
-    if dtype == "fp32":
-        assert torch.equal(got0, logits[0]) and torch.equal(got1, logits[1])
-    else:
-        assert got0.dtype == torch.float16
-        assert ((got0.float() - logits[0]).abs() <= logits[0].abs() * FP16_REL).all()
-    assert torch.equal(p0, params[0]) and p1 is None
-    got0 += 1  # a copy the caller may change, not the read-only mapping
-    assert load_part(out, 2, KEY, dtype) is None  # not computed yet
-    assert not out.exists()  # parts are not the cache
+    w = writer(out, dtype)
+    write_view(w, 0, logits, params)
+    for rows in torch.arange(KEY.num_samples).split(7)[:3]:
+        w.write(1, rows, logits[1, rows], params[1, rows])
+    del w
+    assert not out.exists()  # the partial file is not the cache
+    again = writer(out, dtype)
+    assert again.done == {0}  # not computed yet: view 1
+    write_view(again, 1, logits, params)
+    again.finish()
+    got = open_cache(out, KEY, views=2)
+    for v in range(2):
+        if dtype == "fp32":
+            assert torch.equal(got.logits(v), logits[v])
+        else:
+            assert got.logits(v).dtype == torch.float16
+            assert ((got.logits(v).float() - logits[v]).abs() <= logits[v].abs() * FP16_REL).all()
+        assert torch.equal(got.params(v), params[v])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
 
 
 @pytest.mark.parametrize("change", [
     {"teacher_fingerprint": "other"}, {"augment": "none"}, {"augment_seed": 8}, {"num_samples": 49}, {"dtype": "fp16"},
+    {"views": 3}, {"params": False},
 ])
-def test_a_part_made_for_another_run_is_deleted_not_used(tmp_path, change):
+def test_a_partial_file_made_for_another_run_is_started_over_not_used(tmp_path, change):
     out = tmp_path / "c.safetensors"
-    logits, _, params = data(1)
-    save_part(out, 0, logits[0], params[0], KEY, "fp32")
-    part = next(parts_dir(out).iterdir())
-    key = dataclasses.replace(KEY, **{k: v for k, v in change.items() if k != "dtype"})
-    assert load_part(out, 0, key, change.get("dtype", "fp32")) is None
-    assert not part.exists()
+    logits, _, params = data(2)
+    w = writer(out)
+    write_view(w, 0, logits, params)
+    del w
+    key = dataclasses.replace(KEY, **{k: v for k, v in change.items() if k in KEY.__dict__})
+    if "num_samples" in change:
+        again = CacheWriter(out, key, 2, torch.zeros(49, dtype=torch.long), "fp32", params_cols=5)
+    else:
+        again = writer(out, change.get("dtype", "fp32"), key, change.get("views", 2), change.get("params", True))
+    assert again.done == set()
+    assert not partial_paths(out)[1].exists()  # the old list of finished views is gone with its file
 
 
-def test_a_part_renamed_to_another_view_is_deleted(tmp_path):
+def test_views_swapped_in_the_partial_file_are_recomputed(tmp_path):
+    """View 0's rows where view 1's belong (and the reverse): neither matches its checksum."""
     out = tmp_path / "c.safetensors"
-    logits, _, _ = data(2)
-    save_part(out, 0, logits[0], None, KEY, "fp32")
-    save_part(out, 1, logits[1], None, KEY, "fp32")
-    a, b = sorted(parts_dir(out).iterdir())
-    a.replace(b)  # view 0's file where view 1 belongs
-    assert load_part(out, 1, KEY, "fp32") is None and not b.exists()
+    logits, _, params = data(2)
+    w = writer(out)
+    write_view(w, 0, logits, params)
+    write_view(w, 1, logits, params)
+    a = w.arrays["logits"]
+    a[[0, 1]] = a[[1, 0]]
+    a.flush()
+    del w
+    assert writer(out).done == set()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
-def test_a_damaged_part_is_deleted_and_recomputed(tmp_path, damage):
+def test_a_damaged_partial_file_is_recomputed(tmp_path, damage):
     out = tmp_path / "c.safetensors"
-    logits, _, params = data(1)
-    save_part(out, 0, logits[0], params[0], KEY, "fp32")
-    part = next(parts_dir(out).iterdir())
-    raw = bytearray(part.read_bytes())
+    logits, _, params = data(2)
+    w = writer(out)
+    write_view(w, 0, logits, params)
+    write_view(w, 1, logits, params)
+    del w
+    tmp, state = partial_paths(out)
+    raw = bytearray(tmp.read_bytes())
     if damage == "truncate":
-        part.write_bytes(bytes(raw[:-100]))
+        tmp.write_bytes(bytes(raw[:-100]))
     elif damage == "flip":
-        start, _ = _tensor_range(part, "logits")
-        raw[start + 40] ^= 0x01
-        part.write_bytes(bytes(raw))
+        start, _ = _tensor_range(tmp, "logits")
+        raw[start + 40] ^= 0x01  # a row of view 0
+        tmp.write_bytes(bytes(raw))
     else:
-        part.write_bytes(b"")
-    assert load_part(out, 0, KEY, "fp32") is None and not part.exists()
-    save_part(out, 0, logits[0], params[0], KEY, "fp32")  # the caller recomputes it
-    assert torch.equal(load_part(out, 0, KEY, "fp32")[0], logits[0])
+        state.write_bytes(b"")
+    again = writer(out)
+    assert again.done == ({1} if damage == "flip" else set())
+    for v in sorted({0, 1} - again.done):  # the caller recomputes what is not kept
+        write_view(again, v, logits, params)
+    again.finish()
+    got = open_cache(out, KEY, views=2)
+    assert torch.equal(got.logits(0), logits[0]) and torch.equal(got.logits(1), logits[1])
 
 
-def test_save_part_refuses_wrong_shapes(tmp_path):
+def test_the_writer_refuses_wrong_shapes(tmp_path):
     out = tmp_path / "c.safetensors"
-    with pytest.raises(KDError, match=r"expected \[50, 10\]"):
-        save_part(out, 0, torch.zeros(49, 10), None, KEY, "fp32")
-    with pytest.raises(KDError, match="augmentation params"):
-        save_part(out, 0, torch.zeros(50, 10), torch.zeros(49, 5), KEY, "fp32")
-    assert not parts_dir(out).exists()  # refused before anything is written
+    with pytest.raises(KDError, match=r"labels \(49,\), expected \(50,\)"):
+        CacheWriter(out, KEY, 2, torch.zeros(49, dtype=torch.long), "fp32", params_cols=5)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+    w = writer(out)
+    rows = torch.arange(7)
+    with pytest.raises(KDError, match=r"expected \[7, 10\]"):
+        w.write(0, rows, torch.zeros(7, 11), torch.zeros(7, 5))
+    with pytest.raises(KDError, match=r"expected \[7, 10\] and \[7, 5\]"):
+        w.write(0, rows, torch.zeros(7, 10), torch.zeros(7, 4))
+
+
+def test_a_view_not_finite_as_stored_is_refused(tmp_path):
+    out = tmp_path / "c.safetensors"
+    logits, _, params = data(2)
+    logits[0, 3, 1] = 1e5  # finite in fp32, inf in fp16
+    w = writer(out, "fp16")
+    for rows in torch.arange(KEY.num_samples).split(7):
+        w.write(0, rows, logits[0, rows], params[0, rows])
+    with pytest.raises(KDError, match=r"1 of 50 rows of logits \(view 0\) are not finite as fp16"):
+        w.view_done(0)
+    assert w.done == set()
 
 
 def test_a_killed_precompute_resumes_at_the_first_missing_view(tmp_path):
     """Views 0 and 1 of 3 were finished before the kill: only view 2 is computed again; the cache
-    assembled from the parts equals the one a single run writes; then the parts are removed."""
-    out = tmp_path / "c.safetensors"
+    it finishes equals the one a single run writes; then the partial file is gone."""
+    out, whole = tmp_path / "c.safetensors", tmp_path / "whole" / "c.safetensors"
     logits, labels, params = data(3)
+    w = CacheWriter(out, KEY, 3, labels, "fp16", params_cols=5)
     for v in (0, 1):
-        save_part(out, v, logits[v], params[v], KEY, "fp16")
-    computed = []
-    views = []
-    for v in range(3):
-        part = load_part(out, v, KEY, "fp16")
-        if part is None:
-            computed.append(v)
-            save_part(out, v, logits[v], params[v], KEY, "fp16")
-            part = load_part(out, v, KEY, "fp16")
-        views.append(part)
+        write_view(w, v, logits, params)
+    del w
+    w = CacheWriter(out, KEY, 3, labels, "fp16", params_cols=5)
+    computed = [v for v in range(3) if v not in w.done]
+    for v in computed:
+        write_view(w, v, logits, params)
     assert computed == [2]
-    save_cache(out, torch.stack([lg for lg, _ in views]), labels, KEY, "fp16", params=torch.stack([p for _, p in views]))
-    assert parts_dir(out).is_dir()  # the cache's own write leaves the parts alone
-    remove_parts(out)
+    w.finish()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
-    got = load_cache(out, KEY, views=3)
-    assert torch.equal(got.logits(2), logits[2].half()) and torch.equal(got.params(1), params[1])
-    remove_parts(out)  # nothing left to remove: no error
+    save_cache(whole, logits, labels, KEY, "fp16", params=params)
+    got, want = stored_tensors(out), stored_tensors(whole)
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert read_metadata(out) == read_metadata(whole)
+    assert torch.equal(open_cache(out, KEY, views=3).logits(2), logits[2].half())
+
+
+def test_a_cache_column_pickles_maps_once_and_follows_a_rewritten_cache(tmp_path):
+    """SoftTargets.column: the small picklable reader a DataLoader worker calls for a K-view
+    cache's crops (the data layer imports no cache module): the stored tensor, memory-mapped once
+    per process; a cache rewritten at the same path (another checksum) is mapped anew."""
+    import pickle
+
+    path, _, _ = make(tmp_path, views=2, params=True)
+    _, _, params = data(2)
+    column = pickle.loads(pickle.dumps(open_cache(path, KEY, views=2).column("params")))
+    assert torch.equal(column(), params) and column().data_ptr() == column().data_ptr()  # one mapping
+    save_cache(path, *data(2, seed=1)[:2], KEY, params=data(2, seed=1)[2])
+    again = open_cache(path, KEY, views=2).column("params")
+    assert again != column and torch.equal(again(), data(2, seed=1)[2])

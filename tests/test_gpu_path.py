@@ -12,7 +12,8 @@ from conftest import tiny_split
 from kd_accel.data import IndexedTensors, make_loader
 from kd_accel.distributed import SyncBatchNorm2d, sync_batchnorm
 from kd_accel.errors import KDError, run_cli
-from kd_accel.training import adam
+from kd_accel.training import TrainSpec, adam
+from kd_accel.data import TensorData
 
 
 def test_a_batch_is_gathered_with_indices_on_the_columns_device():
@@ -98,8 +99,7 @@ def test_deterministic_kernels_on_and_off(accelerator):
 
     def trained():
         torch.manual_seed(0)
-        model, _ = fit(accelerator, build_model("student"), columns(train), None, cfg.student, cfg.run,
-                       make_objective("ce"), "student")
+        model, _ = fit(accelerator, build_model("student"), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "student")
         return model.state_dict()
 
     try:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from kd_accel import cli, training
 from kd_accel.augment import stream_seed
 from kd_accel.cache import CacheKey, compress_topk, open_cache, read_metadata, save_cache
-from kd_accel.cache_stream import CacheWriter
+from kd_accel.cache import CacheWriter
 from kd_accel.config import from_flags
 from kd_accel.data import EpochPermutation, load_folder
 from kd_accel.data.folder import scan
@@ -111,7 +111,7 @@ def distill(args, out, hooks=(), seen=None):
 
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "BATCH_HOOKS", [record, *hooks])
+        mp.setattr(training.HOOKS, "batch", [record, *hooks])
         # the same training threads for every run compared here: a folder run on CPU otherwise
         # leaves its decoding workers their cores (threads.share_with_workers), and another
         # thread count sums in another order (other last bits)
@@ -411,7 +411,7 @@ def test_a_killed_folder_run_resumes_to_the_uninterrupted_weights(folder, folder
 
         seen = {}
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(training, "STEP_HOOKS", [crash])
+            mp.setattr(training.HOOKS, "step", [crash])
             if stop is None:
                 distill([*args, *extra], out, seen=seen)
             else:

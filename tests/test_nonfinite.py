@@ -12,7 +12,9 @@ from kd_accel.models import build_model, save_model
 from kd_accel.pipeline import columns
 from kd_accel.teaching import precompute
 from kd_accel.study import parse_variant
-from kd_accel.training import fit, make_objective
+from kd_accel.training import TrainSpec, fit, make_objective
+from kd_accel.data import TensorData
+from kd_accel.checkpointing import Checkpointer
 
 
 def nan_teacher(path):
@@ -42,15 +44,18 @@ def test_precompute_counts_rows_not_values(tmp_path, accelerator, monkeypatch):
 
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("teacher"), teacher, "teacher", 10)
-    real = teaching.predict_logits
+    real = teaching.predict_rows
 
-    def some_bad_rows(*a, **k):
-        logits = real(*a, **k).clone()
-        logits[5, :] = float("nan")
-        logits[9, 2] = float("inf")
-        return logits
+    def some_bad_rows(accelerator, model, loader, n, inputs, write, *a, **k):
+        def bad_write(idx, logits, *cols):  # rows 5 and 9 of the training set as a broken teacher gives them
+            logits = logits.clone()
+            logits[idx == 5, :] = float("nan")
+            logits[idx == 9, 2] = float("inf")
+            write(idx, logits, *cols)
 
-    monkeypatch.setattr(teaching, "predict_logits", some_bad_rows)
+        return real(accelerator, model, loader, n, inputs, bad_write, *a, **k)
+
+    monkeypatch.setattr(teaching, "predict_rows", some_bad_rows)
     with pytest.raises(KDError, match="non-finite logits for 2 of 64 training samples; no cache written"):
         precompute(accelerator, from_flags(), teacher, tiny_split(64), tmp_path / "c.safetensors")
     assert not (tmp_path / "c.safetensors").exists()
@@ -67,8 +72,7 @@ def test_fit_refuses_weights_broken_on_the_last_step(accelerator):
     train = tiny_split(32)  # one step: the loss watch sees only the finite loss before the update
     with pytest.raises(KDError, match=r"^student: non-finite weights after step 1 \(\d+ tensors, e\.g\. "):
         cfg = broken_by_the_update()
-        fit(accelerator, build_model("student"), columns(train), None, cfg.student, cfg.run, make_objective("ce"),
-            "student")
+        fit(accelerator, build_model("student"), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "student")
 
 
 def test_fit_never_checkpoints_non_finite_weights(accelerator, tmp_path):
@@ -76,8 +80,7 @@ def test_fit_never_checkpoints_non_finite_weights(accelerator, tmp_path):
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KDError, match="baseline: non-finite weights after step 1"):
         cfg = broken_by_the_update(checkpoint_every="1")
-        fit(accelerator, build_model("student"), columns(train), None, cfg.student, cfg.run, make_objective("ce"),
-            "baseline", ckpt)
+        fit(accelerator, build_model("student"), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "baseline", Checkpointer.of(cfg.run, ckpt))
     assert not ckpt.exists() or not any(p.name.startswith("step_") for p in ckpt.iterdir())
 
 

@@ -8,7 +8,8 @@ from kd_accel import overhead
 from kd_accel.config import from_flags
 from kd_accel.models import Student
 from kd_accel.pipeline import columns
-from kd_accel.training import fit, make_objective
+from kd_accel.training import TrainSpec, fit, make_objective
+from kd_accel.data import TensorData
 
 from conftest import tiny_split
 
@@ -21,7 +22,7 @@ def test_probe_is_asked_once_and_weights_are_unchanged(accelerator, monkeypatch)
 
     def trained():
         torch.manual_seed(0)
-        model, _ = fit(accelerator, Student(), columns(train), None, cfg.student, cfg.run, make_objective("ce"), "s")
+        model, _ = fit(accelerator, Student(), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "s")
         return model.state_dict()
 
     probes = []

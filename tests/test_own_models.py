@@ -162,7 +162,7 @@ def test_the_teacher_sees_its_own_version_of_the_students_view(mode, accelerator
         assert batch["x"].shape[-1] == 28 and own_view(batch).shape[-1] == 36
         seen.append(float((batch["teacher_logits"].float() - want).abs().max() / want.abs().max()))
 
-    monkeypatch.setattr(training, "BATCH_HOOKS", [check])
+    monkeypatch.setattr(training.HOOKS, "batch", [check])
     pipeline.train_student(accelerator, cfg, train, tiny_split(20, seed=1), soft, "student", teacher, online)
     assert len(seen) == 4 and max(seen) < 2e-3, seen  # fp16 cache rounding; online: exact
 

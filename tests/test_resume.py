@@ -1,7 +1,7 @@
 """Resume and reuse never mix phases or recipes (issue 9): a checkpoint or a finished model file
 records its phase, run and settings, and is refused, by name, for anything else; a damaged newest
 checkpoint falls back to the newest usable one. In-process; a crash is an exception raised by a
-step hook (training.STEP_HOOKS)."""
+step hook (training.HOOKS.step)."""
 import json
 import shutil
 
@@ -16,7 +16,9 @@ from kd_accel.config import from_flags, with_flags
 from kd_accel.errors import KDError
 from kd_accel.models import Student
 from kd_accel.pipeline import columns, phase_settings
-from kd_accel.training import fit, make_objective
+from kd_accel.training import TrainSpec, fit, make_objective
+from kd_accel.data import TensorData
+from kd_accel.checkpointing import Checkpointer
 
 from conftest import tiny_split, reset_accelerate_state
 
@@ -43,11 +45,11 @@ def crash_at(monkeypatch, spec):
         if label == phase and global_step == int(step):
             raise Crash(spec)
 
-    monkeypatch.setattr(training, "STEP_HOOKS", [crash])
+    monkeypatch.setattr(training.HOOKS, "step", [crash])
 
 
 def no_crash(monkeypatch):
-    monkeypatch.setattr(training, "STEP_HOOKS", [])
+    monkeypatch.setattr(training.HOOKS, "step", [])
 
 
 def crashed_run(mnist_dir, out, monkeypatch, spec):
@@ -185,8 +187,7 @@ def test_settings_cover_each_recipe_flag():
 def _fit(accelerator, cfg, ckpt):
     torch.manual_seed(0)
     train = tiny_split(64)
-    model, _ = fit(accelerator, Student(), columns(train), None, cfg.student, cfg.run, make_objective("ce"), "s", ckpt,
-                   {"lr": cfg.student.lr})
+    model, _ = fit(accelerator, Student(), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "s", Checkpointer.of(cfg.run, ckpt, {"lr": cfg.student.lr}))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -247,7 +248,7 @@ def test_fresh_phase_removes_its_old_checkpoints(accelerator, tmp_path, capsys):
     (stale / PROGRESS).write_text("{}")
     train = tiny_split(40)
     cfg = from_flags(epochs=1, batch_size=10, checkpoint_every="2", output_dir=str(tmp_path))
-    fit(accelerator, Student(), columns(train), None, cfg.student, cfg.run, make_objective("ce"), "student", ckpt)
+    fit(accelerator, Student(), TensorData(columns(train)), None, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "student", Checkpointer.of(cfg.run, ckpt))
     assert not stale.exists()
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_00000002"]
     assert "removed 1 old checkpoint" in capsys.readouterr().out

@@ -135,7 +135,7 @@ def test_every_way_out_releases_the_folder(way_out, tmp_path, mnist_dir, tiny_te
             if way_out:
                 raise way_out("stop")
 
-    monkeypatch.setattr(training, "STEP_HOOKS", [during_training])
+    monkeypatch.setattr(training.HOOKS, "step", [during_training])
     reset_accelerate_state()
     try:
         if way_out:

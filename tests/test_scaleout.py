@@ -182,7 +182,8 @@ def test_non_finite_loss_stops_with_step_and_parts(accelerator):
     from kd_accel.errors import KDError
     from kd_accel.models import Student
     from kd_accel.pipeline import columns
-    from kd_accel.training import fit, make_objective
+    from kd_accel.training import TrainSpec, fit, make_objective
+    from kd_accel.data import TensorData
 
     from conftest import tiny_split
 
@@ -191,8 +192,7 @@ def test_non_finite_loss_stops_with_step_and_parts(accelerator):
     cache[17] = float("nan")  # one poisoned teacher row
     cfg = from_flags(epochs=1, batch_size=10)
     with pytest.raises(KDError, match=r"non-finite loss at step [1-6] \(loss=nan, hard=[0-9.]+, soft=nan\)"):
-        fit(accelerator, Student(), columns(train, teacher_logits=cache), train, cfg.student, cfg.run,
-            make_objective("hinton", 2.0, 0.5), "student")
+        fit(accelerator, Student(), TensorData(columns(train, teacher_logits=cache)), train, TrainSpec.of(cfg.student, cfg.run), make_objective("hinton", 2.0, 0.5), "student")
 
 
 def test_partial_checkpoints_are_never_resumed(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from kd_accel.cache import CacheKey, compress_topk, expand_topk, load_cache, open_cache, read_metadata, save_cache
+from kd_accel.cache import CacheKey, compress_topk, expand_topk, open_cache, read_metadata, save_cache
 from kd_accel.errors import KDError
 
 KEY = CacheKey("mnist", "train", 40, 10, "teacherfp", "datafp", "shift(pad=2)", 3)
@@ -127,7 +127,7 @@ def test_top_k_cache_round_trip_with_two_views(tmp_path, dtype):
         assert f.get_tensor("topk_logp").dtype == {"fp32": torch.float32, "fp16": torch.float16}[dtype]
         assert all(f"{n}_sha256" in meta for n in f.keys())
 
-    got = load_cache(path, KEY, views=2)
+    got = open_cache(path, KEY, views=2)
     assert (got.views, got.storage, got.topk) == (2, "top3", 3) and torch.equal(got.labels, labels)
     idx = torch.tensor([39, 0, 5, 5])
     for v in range(2):
@@ -182,11 +182,12 @@ def test_top_k_storage_size_per_view(tmp_path, c):
 
 def _fit_student(accelerator, cfg, cols, test, objective, epoch_columns, inputs):
     from kd_accel.models import Student
-    from kd_accel.training import fit
+    from kd_accel.training import TrainSpec, fit
+    from kd_accel.data import TensorData
 
     torch.manual_seed(0)
     model = Student()
-    fit(accelerator, model, cols, test, cfg.student, cfg.run, objective, "s", inputs=inputs, epoch_columns=epoch_columns)
+    fit(accelerator, model, TensorData(cols, epoch_columns), test, TrainSpec.of(cfg.student, cfg.run), objective, "s", inputs=inputs)
     return {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
 
 
@@ -199,7 +200,7 @@ def test_a_student_trains_from_top_k_rows_expanded_per_batch(accelerator, tmp_pa
     from kd_accel.config import from_flags
     from kd_accel.models import Student
     from kd_accel.pipeline import student_data
-    from kd_accel.training import make_objective
+    from kd_accel.training import TrainSpec, make_objective
 
     views = 1 if augment == "none" else 2
     train, test = tiny_split(40), tiny_split(20, seed=1)
@@ -209,7 +210,7 @@ def test_a_student_trains_from_top_k_rows_expanded_per_batch(accelerator, tmp_pa
     params = None if views == 1 else torch.randint(-2, 3, (views, 40, 5)).float()
     path = tmp_path / "c.safetensors"
     save_cache(path, torch.randn(views, 40, 10) * 4, train.labels, key, "fp16", params=params, topk=3)
-    soft = load_cache(path, key, views=views)
+    soft = open_cache(path, key, views=views)
     cfg = from_flags(epochs=3, batch_size=10, augment=augment, cache_topk=3, **({"views": 2} if views > 1 else {}))
     inputs = None if views == 1 else make_inputs(spec, train.norm)
 

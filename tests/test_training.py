@@ -4,7 +4,8 @@ import torch
 from kd_accel.config import from_flags, with_flags
 from kd_accel.models import Student
 from kd_accel.pipeline import columns
-from kd_accel.training import fit, lr_lambda, make_objective
+from kd_accel.training import TrainSpec, fit, lr_lambda, make_objective
+from kd_accel.data import TensorData
 
 from conftest import tiny_split, reset_accelerate_state
 
@@ -27,7 +28,7 @@ def test_student_step_reads_teacher_row_by_sample_index(accelerator):
         return real(logits, batch)
 
     cfg = from_flags(epochs=2, batch_size=10)
-    fit(accelerator, Student(), columns(train, teacher_logits=cache), test, cfg.student, cfg.run, spy, "spy")
+    fit(accelerator, Student(), TensorData(columns(train, teacher_logits=cache)), test, TrainSpec.of(cfg.student, cfg.run), spy, "spy")
     order = torch.cat(seen)
     assert len(order) == 2 * n
     assert sorted(order[:n].tolist()) == list(range(n))
@@ -42,7 +43,7 @@ def test_training_reduces_loss_and_is_reproducible(accelerator):
     results = []
     for _ in range(2):
         torch.manual_seed(0)
-        model, hist = fit(accelerator, Student(), columns(train), train, cfg.student, cfg.run, make_objective("ce"), "t")
+        model, hist = fit(accelerator, Student(), TensorData(columns(train)), train, TrainSpec.of(cfg.student, cfg.run), make_objective("ce"), "t")
         results.append((model.state_dict(), hist))
     losses = [e["loss_loss"] for e in results[0][1]["epochs"]]
     assert losses[-1] < losses[0]
@@ -62,7 +63,7 @@ def _record_fit(monkeypatch):
 
     calls, real_fit = [], phases.fit
 
-    def spy_fit(accelerator, model, cols, test, recipe, run, objective, label, *rest, **kwargs):
+    def spy_fit(accelerator, model, data, test, spec, objective, label, *rest, **kwargs):
         rec = {"label": label, "init": {k: v.clone() for k, v in model.state_dict().items()}, "order": []}
         calls.append(rec)
 
@@ -70,7 +71,7 @@ def _record_fit(monkeypatch):
             rec["order"].append(batch["idx"].clone())
             return objective(logits, batch)
 
-        return real_fit(accelerator, model, cols, test, recipe, run, spy, label, *rest, **kwargs)
+        return real_fit(accelerator, model, data, test, spec, spy, label, *rest, **kwargs)
 
     monkeypatch.setattr(phases, "fit", spy_fit)
     return calls

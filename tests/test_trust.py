@@ -31,7 +31,7 @@ def test_a_run_reads_its_own_k_of_a_cache_holding_more(accelerator, tiny_teacher
     soft, hit, _ = teaching.resolve_cache(accelerator, cfg, tiny_teacher, fingerprint(tiny_teacher), train)
     assert hit and soft.views == 3
     stored, seen = load_file(path), []
-    monkeypatch.setattr(training, "BATCH_HOOKS", [lambda label, b: seen.append((b["idx"].clone(), b["aug_params"].clone()))])
+    monkeypatch.setattr(training.HOOKS, "batch", [lambda label, b: seen.append((b["idx"].clone(), b["aug_params"].clone()))])
     pipeline.train_student(accelerator, cfg, train, test, soft, "student", "fp")
     assert len(seen) == 4 * 3
     for step, (idx, params) in enumerate(seen):

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 import kd_accel
 from conftest import cli_error, tiny_split
-from kd_accel import cache, cache_stream, checkpointing, validate
+from kd_accel import cache, checkpointing, validate
 from kd_accel.config import from_flags
 from kd_accel.errors import KDError
 from kd_accel.models import build_model, files, zoo
@@ -144,23 +144,10 @@ def write_cache(tmp_path, where, topk=None):
     return path, rewrite_safetensors(path, change)
 
 
-def write_part(tmp_path, where):
-    """A finished view's part file (a resumable precompute's) with NaN logits or inf crops."""
-    out = tmp_path / "C.safetensors"
-    g = torch.Generator().manual_seed(0)
-    cache.save_part(out, 1, torch.randn(6, 4, generator=g), torch.rand(6, 5, generator=g), KEY, "fp32")
-    part = cache._part_path(out, 1)
-
-    def change(t):
-        name = "logits" if where == "parameter" else "params"
-        t[name].view(-1)[2] = float("nan") if where == "parameter" else float("inf")
-        return name
-    return out, part, rewrite_safetensors(part, change)
-
-
 def partial_writer(tmp_path, views=2):
     labels = torch.arange(6) % 4
-    return cache_stream.CacheWriter(tmp_path / "F.safetensors", KEY, views, labels, "fp32", params_cols=5), labels
+    return cache.CacheWriter(tmp_path / "F.safetensors", KEY, views, labels, "fp32", params_cols=5,
+                             params_dtype=torch.uint16), labels
 
 
 def write_partial(tmp_path, where, keep_digests=True):
@@ -185,7 +172,7 @@ FORMAT_CASES = {  # format -> the poisons a file of it is written with
     "torch.save state dict": ("parameter", "buffer"), "safetensors state dict": ("parameter", "buffer"),
     "training checkpoint": ("parameter", "buffer"), "kd_accel model file": ("parameter", "buffer"),
     "accelerate checkpoint": ("parameter", "buffer", "optimizer"), "logits cache": ("parameter", "buffer"),
-    "view part": ("parameter", "buffer"), "partial cache": ("parameter", "buffer"),
+    "partial cache": ("parameter", "buffer"),
 }
 
 
@@ -219,10 +206,7 @@ def probe(reader, fmt, where, tmp_path):
             with pytest.raises(KDError) as e:
                 cache.open_cache(path, KEY, views=3)
             assert one_line(e).startswith(f"logits cache {path}: tensor {name} is not finite (1 ")
-    elif reader == "kd_accel.cache.load_part":
-        out, part, _ = write_part(tmp_path, where)
-        assert cache.load_part(out, 1, KEY, "fp32") is None and not part.exists()  # recomputed, never used
-    elif reader == "kd_accel.cache_stream.CacheWriter.__init__":
+    elif reader == "kd_accel.cache.CacheWriter.__init__":
         write_partial(tmp_path, where)
         writer, _ = partial_writer(tmp_path)
         assert writer.done == (set() if where == "parameter" else {0})  # finite 123.0 with its digest: kept
@@ -245,7 +229,7 @@ def test_every_reader_refuses_non_finite_tensors_naming_file_and_tensor(reader, 
 def test_the_readers_cover_every_format_a_user_brings():
     formats = {f for fs in validate.READERS.values() for f in fs}
     assert formats == set(FORMAT_CASES), formats ^ set(FORMAT_CASES)
-    assert len(READER_CASES) >= 20
+    assert len(READER_CASES) >= 18  # 20 until issue 26: the view parts' reader went with the one cache writer
 
 
 def _functions(tree, source):

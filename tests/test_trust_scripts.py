@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_main, write_image_folder
-from kd_accel import cli
+from kd_accel import cli, training
 from kd_accel.cache import read_metadata
 from kd_accel.config import from_flags
 from kd_accel.data import load_folder
@@ -88,7 +88,7 @@ def test_a_folder_run_prints_one_threads_line_the_true_one(tiny_folder, tmp_path
     monkeypatch.chdir(cwd)
     want = max(1, choose_threads({})[0] - 1)
     seen = []
-    monkeypatch.setattr("kd_accel.training.BATCH_HOOKS", [lambda label, batch: seen.append(torch.get_num_threads())])
+    monkeypatch.setattr(training.HOOKS, "batch", [lambda label, batch: seen.append(torch.get_num_threads())])
     before = torch.get_num_threads()
     try:
         run_main(cli.train_teacher_main, ["--dataset", "imagefolder", "--data-dir", tiny_folder, "--channels", "1",

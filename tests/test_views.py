@@ -71,7 +71,7 @@ def test_student_replays_view_e_mod_k(accelerator, tiny_teacher, tmp_path, monke
         assert fp16_close(batch["teacher_logits"], want)
         seen.append((batch["idx"].clone(), batch["aug_params"].clone()))
 
-    monkeypatch.setattr(training, "BATCH_HOOKS", [check])
+    monkeypatch.setattr(training.HOOKS, "batch", [check])
     pipeline.train_student(accelerator, cfg, train, tiny_split(20, seed=1), soft, "student", "fp")
     assert len(seen) == 4 * 3  # 4 epochs x 3 batches
     for step, (idx, params) in enumerate(seen):
@@ -96,7 +96,7 @@ def test_fixed_mode_is_inconsistent_and_online_is_consistent(accelerator, tiny_t
             with torch.no_grad():
                 got.append(float((teacher(batch["x"]).float() - batch["teacher_logits"].float()).abs().max()))
 
-        monkeypatch.setattr(training, "BATCH_HOOKS", [check])
+        monkeypatch.setattr(training.HOOKS, "batch", [check])
         pipeline.train_student(accelerator, cfg, train, tiny_split(20, seed=1), soft, "student", "fp", online)
         diffs[mode] = max(got)
     assert diffs["online"] < 1e-5 and diffs["fixed"] > 1e-3, diffs  # noise images: small but real differences
@@ -211,7 +211,7 @@ def test_a_bad_top_k_is_refused_before_the_teacher_runs(accelerator, tiny_teache
     def ran(*a, **k):
         raise AssertionError("the teacher ran before --cache-topk was checked")
 
-    monkeypatch.setattr(teaching, "predict_logits", ran)
+    monkeypatch.setattr(teaching, "predict_rows", ran)
     for k in (10, 0):  # k = C stores as much as full logits; 0 stores nothing
         with pytest.raises(KDError, match="top-k must be between 1 and 9"):
             teaching.precompute(accelerator, from_flags(augment="shift", views=3, cache_topk=k), tiny_teacher,

@@ -47,7 +47,8 @@ def data_files(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
     return _memory_files(dataset, data_dir)
 
 
-def ensure_downloaded(dataset: str, data_dir: str | Path | None = None, allow_download: bool = True):
+def ensure_downloaded(dataset: str, data_dir: str | Path | None = None,
+                      allow_download: bool = True) -> str | Path | None:
     """Make sure an in-memory data set's files exist (torchvision downloads them only into the
     default ./data); an image folder has nothing to download (load_folder says what is missing)."""
     if reads_in_workers(dataset):

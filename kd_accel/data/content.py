@@ -14,7 +14,7 @@ a decode: bench/content.py, docs/performance.md), and compared with
   lock, no gather, nothing lost when a process is killed). Everything a run folder holds for
   that folder state (teacher, checkpoints, students, its cache) was made from the bytes the
   ledger records;
-- a cache's own `content` column (cache_stream.py): the digests its precompute read, merged
+- a cache's own `content` column (cache.py): the digests its precompute read, merged
   into the ledger when the cache is opened for a run (a cache made from other bytes than the
   run folder's models read is refused there, before any file is read).
 
@@ -22,22 +22,28 @@ So a file whose bytes changed is refused, naming it, by the worker that reads it
 epoch (or precompute, or evaluation) that reads it, before the batch holding it reaches the
 model; no weight or logit computed from the new bytes is kept beside ones from the old.
 """
+from __future__ import annotations
+
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import KDError
 from ..io import atomic_path
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-def digest(data):
+
+def digest(data: bytes) -> int:
     """64-bit digest of a file's bytes, as an int64; never 0 (0 marks a file not read yet)."""
     value = int.from_bytes(hashlib.sha256(data).digest()[:8], "little", signed=True)
     return value or 1
 
 
-def changed_line(path, whose):
+def changed_line(path: str | Path, whose: str) -> str:
     return (f"image {path} changed since {whose} read it: same path and size, other bytes; what was trained or "
             "cached from the old file would be mixed with the new: restore the file, or start afresh in a new "
             "--output-dir (and precompute a new cache)")
@@ -47,11 +53,11 @@ class Ledger:
     """The run folder's record of the digest of every file of one folder state ([N] int64 file);
     picklable (a DataLoader worker maps the file on first use)."""
 
-    def __init__(self, path, n):
+    def __init__(self, path: str | Path, n: int) -> None:
         self.path, self.n, self._array = str(path), int(n), None
 
     @classmethod
-    def open(cls, path, n):
+    def open(cls, path: str | Path, n: int) -> Ledger:
         """The ledger at `path` for n files, created (all 0) when absent; a file of another size
         (damaged: the fingerprint fixes N) is refused by name."""
         path = Path(path)
@@ -69,12 +75,12 @@ class Ledger:
     def __getstate__(self):
         return {"path": self.path, "n": self.n, "_array": None}
 
-    def array(self):
+    def array(self) -> np.memmap:
         if self._array is None:
             self._array = np.memmap(self.path, dtype="<i8", mode="r+", shape=(self.n,))
         return self._array
 
-    def check(self, rows, digests, name_of):
+    def check(self, rows: np.ndarray, digests: np.ndarray, name_of: Callable[[int], str]) -> None:
         """Rows [B] read now with digests [B]: refused (one line naming the first changed file)
         where the ledger holds another digest; recorded where it holds none."""
         a = self.array()
@@ -86,7 +92,7 @@ class Ledger:
         if fresh.any():
             a[rows[fresh]] = digests[fresh]
 
-    def merge(self, digests, whose, name_of):
+    def merge(self, digests: np.ndarray, whose: str, name_of: Callable[[int], str]) -> None:
         """Digests [N] another record holds (a cache's column, 0 where unknown): refused where they
         differ from the ledger's (that record was made from other bytes of a file this run folder
         read); taken where the ledger knows none."""
@@ -102,13 +108,13 @@ class Ledger:
             a.flush()
 
 
-def ledger_path(listing_path):
+def ledger_path(listing_path: str | Path) -> Path:
     """The ledger beside a folder state's listing (<run>/.folders/<fingerprint>.safetensors)."""
     p = Path(listing_path)
     return p.with_suffix(".content")
 
 
-def read_file(path):
+def read_file(path: str | Path) -> bytes:
     """The bytes of the image file at `path` (the decoders' input), or an OSError."""
     with open(path, "rb") as f:
         return f.read()

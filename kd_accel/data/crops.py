@@ -8,18 +8,25 @@ nearest allowed ratio. It is stored as FKD stores it, fractions of the image (to
 height, width) plus the flip, so a student replays the teacher's crop at any resolution
 (crop_boxes). The folder source (streamed.py) draws and replays them in its DataLoader workers.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..rng import uniforms
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 TRIES = 10  # torchvision's
 COLUMNS = ("top", "left", "height", "width", "flip")  # fractions of the image, and 0/1
 
 
-def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def draw_crops(seed: int, view: int, index: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
+               scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """[B, 5] float32: (top, left, height, width) as fractions of each image, then flip (0/1),
     for samples `index` [B] (int64) whose images are heights x widths [B] pixels."""
     index = torch.as_tensor(index, dtype=torch.int64)
@@ -52,7 +59,8 @@ def draw_crops(seed, view, index, heights, widths, scale=(0.08, 1.0), ratio=(3 /
     return torch.cat([fractions, flip], 1).float()
 
 
-def crop_boxes(fractions, heights, widths):
+def crop_boxes(fractions: torch.Tensor | np.ndarray, heights: torch.Tensor | np.ndarray | Sequence[int],
+               widths: torch.Tensor | np.ndarray | Sequence[int]) -> tuple[np.ndarray, ...]:
     """Stored crop fractions [B, >=4] (top, left, height, width) on images heights x widths [B]
     -> (top, left, h, w) in pixels, each int64 [B]: the same crop at any resolution, at least one
     pixel, inside the image. One numpy pass per batch; np.rint rounds half to even, as round()."""
@@ -65,6 +73,6 @@ def crop_boxes(fractions, heights, widths):
     return top, left, ch, cw
 
 
-def crop_box(params, height, width):
+def crop_box(params: torch.Tensor | Sequence[float], height: int, width: int) -> tuple[int, ...]:
     """(top, left, height, width) in pixels of one stored crop [5] on an image of height x width."""
     return tuple(int(v[0]) for v in crop_boxes(torch.as_tensor(params, dtype=torch.float64)[None], [height], [width]))

@@ -13,17 +13,23 @@ file is also hashed to 8 bytes (FolderIndex.file_hashes, [N] int64: 10 MB for Im
 a cache can keep beside its logits so that a folder changed since is refused naming how many
 files differ and the first differing path (differences).
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import KDError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -34,7 +40,7 @@ class PathList:
     Python strings (1.28M of those are ~150 MB per process, copied into every worker and
     touched by its reference counts); indexable and iterable like a tuple of str."""
 
-    def __init__(self, paths):
+    def __init__(self, paths: Iterable[str]) -> None:
         encoded = [p.encode() for p in paths]
         self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
@@ -52,10 +58,10 @@ class PathList:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def head(self, n):
+    def head(self, n: int) -> PathList:
         return PathList(self[:n])
 
-    def tensors(self):
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(buffer uint8 [bytes], offsets int64 [N+1]): how a listing or a cache stores the paths."""
         return torch.from_numpy(self.buffer.copy()), torch.from_numpy(self.offsets.copy())
 
@@ -71,19 +77,19 @@ class FolderIndex:
     def __len__(self):
         return len(self.paths)
 
-    def head(self, n):
+    def head(self, n: int | None) -> FolderIndex:
         """The first n files (--limit-train/--limit-test): indices stay 0..n-1."""
         if n is None or n >= len(self):
             return self
         return FolderIndex(self.root, self.classes, self.paths.head(n), self.labels[:n], self.sizes[:n])
 
-    def file_hashes(self):
+    def file_hashes(self) -> torch.Tensor:
         """[N] int64: 8 bytes of sha256 over (relative path, size) per file, in sample order."""
         digests = b"".join(hashlib.sha256(f"{p}\0{s}".encode()).digest()[:8]
                            for p, s in zip(self.paths, self.sizes.tolist()))
         return torch.from_numpy(np.frombuffer(digests, dtype="<i8").copy())
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """sha256 (32 hex digits) over the class list and every file's relative path, size and label."""
         h = hashlib.sha256("\0".join(self.classes).encode() + b"\1")
         for p, s, c in zip(self.paths, self.sizes.tolist(), self.labels.tolist()):
@@ -148,7 +154,8 @@ def _walk(class_dir):
     return sorted(out, key=lambda t: t[0])
 
 
-def scan(root, extensions=IMG_EXTENSIONS, classes=None):
+def scan(root: str | Path, extensions: tuple[str, ...] = IMG_EXTENSIONS,
+         classes: Sequence[str] | None = None) -> FolderIndex:
     """The FolderIndex of ROOT, or one line saying what is wrong: not a folder, no class
     folders, or a training class folder without a single image (torchvision refuses it too: an
     empty class would shift every label after it); a name that is not valid UTF-8, a dangling symbolic link,
@@ -213,7 +220,7 @@ def scan(root, extensions=IMG_EXTENSIONS, classes=None):
                        np.asarray(sizes, dtype=np.int64))
 
 
-def paths_from_tensors(buffer, offsets):
+def paths_from_tensors(buffer: np.ndarray | torch.Tensor, offsets: np.ndarray | torch.Tensor) -> PathList:
     """A PathList from its stored form (PathList.tensors)."""
     paths = PathList([])
     paths.buffer = np.asarray(buffer, dtype=np.uint8)
@@ -221,7 +228,8 @@ def paths_from_tensors(buffer, offsets):
     return paths
 
 
-def differences(old_classes, old_hashes, index, old_paths=None):
+def differences(old_classes: Sequence[str], old_hashes: torch.Tensor | np.ndarray, index: FolderIndex,
+                old_paths: PathList | None = None) -> str | None:
     """None if `index` (a folder now) is the folder that `old_classes` and `old_hashes`
     (FolderIndex.file_hashes, stored) describe; otherwise one line: the class list's change, or
     how many files differ and the first that did, by name: removed, added, or changed in size
@@ -260,7 +268,7 @@ def differences(old_classes, old_hashes, index, old_paths=None):
             f"first differing path: {where}")
 
 
-def save_listing(path, index):
+def save_listing(path: str | Path, index: FolderIndex) -> None:
     """Keep a folder's class list, file hashes and relative paths (some 50 bytes per file) at
     `path`, atomically: what `differences` compares a later folder with, naming the files."""
     from safetensors.torch import save_file
@@ -273,7 +281,7 @@ def save_listing(path, index):
                   metadata={"classes": json.dumps(list(index.classes))})
 
 
-def load_listing(path):
+def load_listing(path: str | Path) -> tuple[list[str], torch.Tensor, PathList | None] | None:
     """(classes, file hashes [N] int64, paths: a PathList or None for listings saved before paths
     were kept) saved by save_listing, or None when unreadable."""
     from safetensors import safe_open

@@ -1,13 +1,21 @@
 """Batches by index, for every kind of data source: a batch is one gather per column of aligned
 tensors, carrying the dataset indices of its samples, in an order that is a pure function of the
 run's seed and the epoch (EpochPermutation); and uint8 images to the model's float input."""
+from __future__ import annotations
+
 import functools
 import hashlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import KDError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from accelerate import Accelerator
 
 
 class IndexedTensors(Dataset):
@@ -18,7 +26,7 @@ class IndexedTensors(Dataset):
     from the cache) are indexed by the same sample index, which is what keeps them aligned
     under shuffling and under sharding across processes."""
 
-    def __init__(self, **columns):
+    def __init__(self, **columns: torch.Tensor) -> None:
         lengths = {len(v) for v in columns.values()}
         if len(lengths) != 1:
             raise KDError(f"columns differ in length: { {k: len(v) for k, v in columns.items()} }")
@@ -26,7 +34,7 @@ class IndexedTensors(Dataset):
         self.n = lengths.pop()
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         """Where the columns live (fit moves them all to the training device)."""
         return next(iter(self.columns.values())).device
 
@@ -57,7 +65,7 @@ class IndexedTensors(Dataset):
         return batch
 
 
-def balanced_subset(labels, n, seed=0):
+def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Indices (sorted) of a fixed, seeded, class-balanced subset of n samples: n // C per class,
     the remainder going one each to the lowest classes. Independent of the run's seed, so every
     seed and variant of a study sees the same labelled samples."""
@@ -79,7 +87,7 @@ def _as_batch(batch):
     return batch  # __getitems__ already returns the collated batch
 
 
-def epoch_seed(seed, epoch):
+def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit generator seed for (run seed, epoch): neighbouring seeds and epochs give
     unrelated permutations (sha256 mixes them), and the result depends on nothing else."""
     digest = hashlib.sha256(f"kd_accel/order/{int(seed)}/{int(epoch)}".encode()).digest()
@@ -96,13 +104,13 @@ class EpochPermutation(Sampler):
     prepared loader's set_epoch reaches it on every rank, so all ranks draw the same global
     permutation and shard it by whole batches, and a resumed epoch replays it exactly."""
 
-    def __init__(self, n, seed):
+    def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, int(seed), 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def permutation(self, epoch=None):
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
         return torch.randperm(self.n, generator=g)
 
@@ -119,12 +127,12 @@ class EpochPositions(EpochPermutation):
     positions 0..N-1 in it; a batch is then a slice of the order (IndexedTensors). The samples
     each batch holds are EpochPermutation's, under sharding, skipping and padding alike."""
 
-    def __init__(self, dataset, seed):
+    def __init__(self, dataset: IndexedTensors, seed: int) -> None:
         super().__init__(len(dataset), seed)
         self.dataset = dataset
         self.set_epoch(0)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         self.dataset.order = self.permutation().to(self.dataset.device)
 
@@ -132,7 +140,7 @@ class EpochPositions(EpochPermutation):
         return iter(range(self.n))
 
 
-def make_loader(columns, batch_size, shuffle, seed=0):
+def make_loader(columns: dict[str, torch.Tensor], batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     """A DataLoader over IndexedTensors(**columns), ready for accelerator.prepare.
 
     shuffle=True: the order is EpochPermutation(n, seed), set per epoch with loader.set_epoch and
@@ -144,7 +152,7 @@ def make_loader(columns, batch_size, shuffle, seed=0):
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_as_batch)
 
 
-def to_device(columns, device):
+def to_device(columns: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """The (small, in-memory) columns moved to the device once: a batch is then one gather
     there, not a host-to-device copy per batch (on CPU a no-op: a memory-mapped cache stays mapped)."""
     return {k: v.to(device) for k, v in columns.items()}
@@ -155,25 +163,26 @@ class TensorData:
     device, a batch one gather per column; per_epoch(epoch) -> the columns that change with the
     epoch (its augmentation parameters; a K-view cache's view), set before its first batch."""
 
-    def __init__(self, columns, per_epoch=None):
+    def __init__(self, columns: dict[str, torch.Tensor],
+                 per_epoch: Callable[[int], dict[str, torch.Tensor]] | None = None) -> None:
         self.columns, self.per_epoch, self.dataset, self.device = columns, per_epoch, None, None
 
-    def subset(self, keep):
+    def subset(self, keep: torch.Tensor) -> TensorData:
         """The samples `keep` only (re-indexed 0..len(keep)-1, with every column)."""
         per_epoch = self.per_epoch and (lambda epoch: {k: v[keep] for k, v in self.per_epoch(epoch).items()})
         return TensorData({k: v[keep] for k, v in self.columns.items()}, per_epoch)
 
-    def loader(self, accelerator, batch_size, seed):
+    def loader(self, accelerator: Accelerator, batch_size: int, seed: int) -> DataLoader:
         self.device = accelerator.device
         loader = make_loader(to_device(self.columns, self.device), batch_size, shuffle=True, seed=seed)
         self.dataset = loader.dataset  # the prepared loader (and skip_first_batches) index this same object
         return loader
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         if self.per_epoch:
             self.dataset.columns.update(to_device(self.per_epoch(epoch), self.device))
 
-    def complete(self, batch):
+    def complete(self, batch: dict[str, Any]) -> dict[str, Any]:
         return batch  # every column was gathered with the batch
 
 
@@ -184,7 +193,7 @@ def _norm_tensors(norm, device):
         return tuple(torch.tensor(v, dtype=torch.float32, device=device)[:, None, None] for v in norm)
 
 
-def to_float(images, norm=None):
+def to_float(images: torch.Tensor, norm: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing, and all that
     MNIST and Fashion-MNIST get). With norm = (mean, std), one value per channel (Split.norm):
     (x - mean) / std, channel by channel, on the images' device."""

@@ -6,6 +6,8 @@ training loop.
 Every batch carries the dataset indices of its samples, so anything keyed by sample index (the
 teacher-logits cache) is looked up by index, never by batch position.
 """
+from __future__ import annotations
+
 import gzip
 import math
 import os
@@ -13,6 +15,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +23,12 @@ import torch
 from ..errors import KDError, first_line
 from ..hashing import tensor_digest
 from .loading import TensorData, make_loader, to_device
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from .source import ViewPlan
 
 DATA_DIR_ENV = "KD_ACCEL_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
@@ -45,7 +54,7 @@ class DatasetSpec:
     std: tuple = None
 
     @property
-    def norm(self):
+    def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """(mean, std) per channel for to_float, or None."""
         return None if self.mean is None else (tuple(self.mean), tuple(self.std))
 
@@ -88,53 +97,73 @@ class Split:
         return len(self.labels)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image: what the models are built for."""
         return tuple(self.images.shape[1:])
 
-    def subset(self, n):
+    def subset(self, n: int | None) -> Split:
         """The first n samples (for smoke tests); indices stay 0..n-1."""
         if n is None or n >= len(self):
             return self
         return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes, self.norm)
 
-    def at(self, prep):
+    def at(self, prep: dict[str, Any]) -> Split:
         """The split for a model of preprocessing `prep`: the same tensors (augment.make_inputs
         resizes and normalises each batch for the model on the device)."""
         return self
 
-    def expect_content(self, soft):
+    def expect_content(self, soft: Any) -> None:
         """Nothing to check: an in-memory set's content is its fingerprint (the tensors hashed)."""
 
-    def check_options(self, channels, num_workers, train_subset):
+    def check_options(self, channels: int | None, num_workers: int | None, train_subset: int | None) -> None:
         for flag, value in (("channels", channels), ("num-workers", num_workers)):
             if value is not None:
                 raise KDError(f"--{flag} is for image folders (--dataset imagefolder); {self.dataset} is read whole "
                               "into memory")
 
-    def remember(self, run_dir):
+    def remember(self, run_dir: Path) -> None:
         """Nothing to keep: the fingerprint hashes the tensors themselves."""
 
-    def use_records(self, run_dir):
+    def use_records(self, run_dir: Path) -> None:
         """Nothing to check as batches are read: the tensors are in memory, hashed."""
 
-    def explain_change(self, run_dir, old_fingerprint):
+    def explain_change(self, run_dir: Path, old_fingerprint: str) -> str | None:
         return None
 
-    def threads_line(self, device):
+    def threads_line(self, device: torch.device) -> str | None:
         return None
 
-    def check_augment(self, spec):
+    def check_augment(self, spec: Any) -> None:
         if spec.name == "rrc":
             raise KDError(f"--augment rrc (RandomResizedCrop + flip) is for image folders (--dataset imagefolder); "
                           f"{self.dataset} takes shift, affine, crop-flip or none")
 
-    def inference_loader(self, accelerator, batch_size, extra=None):
+    def inference_loader(self, accelerator: Accelerator, batch_size: int,
+                         extra: dict[str, torch.Tensor] | None = None) -> DataLoader:
         """Every sample once, in index order, on the device; `extra` columns [N, ...] ride along."""
         columns = {"images": self.images, "labels": self.labels, **(extra or {})}
         return accelerator.prepare(make_loader(to_device(columns, accelerator.device), batch_size, shuffle=False))
 
-    def train_data(self, views=None, extra=None):
+    def view_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None,
+                    view: int) -> DataLoader:
+        """Every sample once, in index order, as view `view` of `views` (source.ViewPlan; None:
+        the images as they are): the view's columns (its augmentation parameters) ride along."""
+        return self.inference_loader(accelerator, batch_size, views.columns(view, len(self)) if views else None)
+
+    def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
+        """(batch column, dtype, count) of a view's parameters as a cache stores them: the
+        in-memory augmentations' "aug_params", float32 [B, 5]; None without augmentation."""
+        return None if spec.name == "none" else ("aug_params", torch.float32, 5)
+
+    def identity_columns(self) -> dict[str, Any]:
+        """What a cache records of where these data came from beyond their fingerprint: nothing
+        (the fingerprint hashes the tensors themselves)."""
+        return {}
+
+    def explain_identity(self, stored: dict[str, Any]) -> str | None:
+        return None
+
+    def train_data(self, views: ViewPlan | None = None, extra: dict[str, torch.Tensor] | None = None) -> TensorData:
         """The training data of a phase (loading.TensorData): `views` (source.ViewPlan) None (the
         images as they are) or the phase's views, whose per-epoch columns (augmentation
         parameters, a cache's logits) the step gathers by index; `extra` columns [N, ...] ride
@@ -143,7 +172,7 @@ class Split:
         per_epoch = None if views is None else (lambda epoch: views.columns(epoch, n))
         return TensorData({"images": self.images, "labels": self.labels, **(extra or {})}, per_epoch)
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """sha256 of the pixels and labels (and the normalisation, when there is one): any change
         to the data changes it. Without a norm the header is the one MNIST fingerprints always had."""
         header = f"{self.dataset}/{self.split}/{tuple(self.images.shape)}"
@@ -152,7 +181,7 @@ class Split:
         return tensor_digest(header, self.images, self.labels)
 
 
-def resolve_data_dir(data_dir=None):
+def resolve_data_dir(data_dir: str | Path | None = None) -> tuple[Path, bool]:
     """--data-dir beats $KD_ACCEL_DATA_DIR beats ./data. Returns (path, explicitly_given)."""
     if data_dir:
         return Path(data_dir), True
@@ -350,7 +379,7 @@ def _missing_in(raw, spec):
     return [raw / f for names in spec.files.values() for f in names if _find(raw, f) is None]
 
 
-def raw_dir(spec, data_dir):
+def raw_dir(spec: DatasetSpec, data_dir: Path) -> Path | None:
     """The folder holding the data files: <data_dir>/<folder>/<subdir> (torchvision's layout),
     else <data_dir> itself (flat), else a system folder (Debian's package). None if none is complete."""
     for cand in (_home(spec, data_dir), data_dir, *map(Path, spec.system_dirs)):
@@ -359,7 +388,7 @@ def raw_dir(spec, data_dir):
     return None
 
 
-def data_files(dataset, data_dir=None):
+def data_files(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
     """The files an in-memory data set is read from, those that exist (the inputs no output may
     replace; data.data_files answers for every kind)."""
     spec = get_spec(dataset)
@@ -378,7 +407,7 @@ def _download(spec, data_dir):
         getattr(tvd, spec.torchvision_class)(str(data_dir), train=train, download=True)
 
 
-def ensure_downloaded(dataset, data_dir=None, allow_download=True):
+def ensure_downloaded(dataset: str, data_dir: str | Path | None = None, allow_download: bool = True) -> Path:
     """Make sure the data files exist; download with torchvision only into the default ./data.
 
     Called on the main process first (accelerator.main_process_first) so ranks don't race."""
@@ -401,13 +430,13 @@ def ensure_downloaded(dataset, data_dir=None, allow_download=True):
     return path
 
 
-def get_spec(dataset):
+def get_spec(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
         raise KDError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     return DATASETS[dataset]
 
 
-def load_split(dataset, split, data_dir=None):
+def load_split(dataset: str, split: str, data_dir: str | Path | None = None) -> Split:
     """Read one split into tensors: images uint8 [N, C, H, W] ([N, 1, 28, 28] for MNIST and
     Fashion-MNIST, [N, 3, 32, 32] for CIFAR-10), labels int64 [N], and the set's norm."""
     spec = get_spec(dataset)

@@ -24,10 +24,13 @@ the dataset). Bad files stop the run with one line naming the file, also from a 
 (errors.run_cli unwraps the worker's traceback): a dropped sample would shift every
 index-keyed logit after it.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,8 +40,16 @@ from ..errors import KDError
 from .crops import crop_boxes as fraction_boxes, draw_crops
 from .decode import DECODER_VERSION, _decode
 from .content import Ledger, digest, ledger_path
-from .folder import differences, load_listing, save_listing, scan
+from .folder import differences, load_listing, paths_from_tensors, save_listing, scan
 from .loading import EpochPermutation
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from accelerate import Accelerator
+
+    from .folder import FolderIndex
+    from .source import CropPlan, ViewPlan
 
 DATASET = "imagefolder"
 SPLIT_DIRS = {"train": "train", "test": "val"}
@@ -46,22 +57,23 @@ FOLDER_SIZE = 224  # the model input side when neither --image-size nor the weig
 CROP_LEVELS = 65535  # crop fractions stored as uint16 x / 65535
 
 
-def quantize(fractions):
+def quantize(fractions: torch.Tensor | np.ndarray) -> torch.Tensor:
     """[B, 5] float (top, left, height, width fractions, flip) -> uint16 [B, 5], as stored."""
     f = torch.as_tensor(fractions, dtype=torch.float64).clamp(0, 1)
     return torch.round(f * CROP_LEVELS).to(torch.int32).to(torch.uint16)  # torch has few uint16 ops: made last
 
 
-def dequantize(q):
+def dequantize(q: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(q).to(torch.float64) / CROP_LEVELS
 
 
-def crop_pixels(q, height, width):
+def crop_pixels(q: torch.Tensor | np.ndarray, height: int, width: int) -> tuple[int, ...]:
     """(top, left, h, w) in pixels of a stored crop (uint16 [5]) on a height x width image."""
     return tuple(int(v[0]) for v in crop_boxes(torch.as_tensor(q)[None], [height], [width]))
 
 
-def crop_boxes(q, heights, widths):
+def crop_boxes(q: torch.Tensor | np.ndarray, heights: torch.Tensor | np.ndarray | list[int],
+               widths: torch.Tensor | np.ndarray | list[int]) -> tuple[np.ndarray, ...]:
     """crops.crop_boxes of stored uint16 crops [B, 5]: (top, left, h, w) in pixels, each int64 [B]."""
     return fraction_boxes(dequantize(q), heights, widths)
 
@@ -73,7 +85,7 @@ def crop_boxes(q, heights, widths):
 class CentreCrop:
     """No augmentation: the evaluation transform."""
 
-    def params(self, epochs, idx, heights, widths):
+    def params(self, epochs: list[int] | None, idx: np.ndarray, heights: torch.Tensor, widths: torch.Tensor) -> None:
         return None
 
 
@@ -87,7 +99,8 @@ class DrawnCrops:
     scale: tuple = (0.08, 1.0)
     ratio: tuple = (3 / 4, 4 / 3)
 
-    def params(self, epochs, idx, heights, widths):
+    def params(self, epochs: list[int] | None, idx: np.ndarray, heights: torch.Tensor,
+               widths: torch.Tensor) -> torch.Tensor:
         views = np.asarray([self.view] * len(idx) if self.view is not None else epochs)
         out = np.empty((len(idx), 5), dtype=np.uint16)
         for v in np.unique(views).tolist():  # one view per batch in practice
@@ -102,14 +115,12 @@ class CachedCrops:
     """The crops a K-view cache stores: epoch e replays view e mod `views`, read from the cache
     file (memory-mapped in each worker on first use; the main process checked it)."""
 
-    path: str
+    column: object  # () -> the cache's params [K, N, 5] uint16, memory-mapped (picklable: cache.CacheColumn)
     views: int
-    digest: str  # the params' checksum: a cache rewritten at the same path is another one
 
-    def params(self, epochs, idx, heights, widths):
-        from ..cache import mapped_tensor
-
-        params = mapped_tensor(self.path, "params", self.digest).numpy()  # [K, N, 5] uint16, memory-mapped
+    def params(self, epochs: list[int] | None, idx: np.ndarray, heights: torch.Tensor,
+               widths: torch.Tensor) -> torch.Tensor:
+        params = self.column().numpy()
         return torch.from_numpy(params[np.asarray(epochs) % self.views, idx])
 
 
@@ -131,7 +142,8 @@ class FolderDataset(Dataset):
     """Map-style: `__getitems__` turns a batch of keys (sample indices, or (epoch, index) from
     FolderPermutation) into one batch, in the worker that draws it."""
 
-    def __init__(self, index, channels, view, crops=CentreCrop(), ledger=None):
+    def __init__(self, index: FolderIndex, channels: int, view: View, crops: CropPlan = CentreCrop(),
+                 ledger: Ledger | None = None) -> None:
         self.root, self.paths, self.labels = index.root, index.paths, index.labels
         self.channels, self.view, self.crops, self.ledger = channels, view, crops, ledger
 
@@ -208,7 +220,7 @@ def _worker_init(worker_id):
     torch.set_num_threads(1)  # a worker decodes one image at a time; the cores are the workers'
 
 
-def default_workers():
+def default_workers() -> int:
     """DataLoader workers per process: the cores this process may use, shared by the processes
     of this machine, at most 8 (what decoding keeps busy), at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -224,7 +236,8 @@ class FolderPermutation(EpochPermutation):
         return ((self.epoch, i) for piece in self.permutation().split(1 << 16) for i in piece.tolist())
 
 
-def folder_loader(dataset, batch_size, workers, device, shuffle=False, seed=0):
+def folder_loader(dataset: FolderDataset, batch_size: int, workers: int | None, device: torch.device | str,
+                  shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A DataLoader decoding in `workers` worker processes (0: in this process), pinned memory
     on CUDA; ready for accelerator.prepare, which shards it. A training loader (shuffle) keeps
     its workers from epoch to epoch; an evaluation's or a precompute's stop when it ends: the
@@ -251,7 +264,8 @@ class FolderSplit:
     dataset = DATASET
     norm = None  # pixels scaled to [0, 1]; a model's mean/std come from its weights or --normalize
 
-    def __init__(self, index, split, channels, view=View(), workers=None, ledger=None):
+    def __init__(self, index: FolderIndex, split: str, channels: int, view: View = View(), workers: int | None = None,
+                 ledger: Ledger | None = None) -> None:
         self.index, self.split, self.channels, self.view, self.workers = index, split, channels, view, workers
         self.ledger = ledger  # content.Ledger: the run folder's digests of these files (use_ledger)
         self.labels = torch.from_numpy(index.labels)
@@ -261,19 +275,19 @@ class FolderSplit:
         return len(self.index)
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.view.size)
 
-    def subset(self, n):
+    def subset(self, n: int | None) -> FolderSplit:
         return FolderSplit(self.index.head(n), self.split, self.channels, self.view, self.workers)
 
-    def at(self, prep):
+    def at(self, prep: dict[str, Any]) -> FolderSplit:
         """This split decoded for a model of preprocessing record `prep` (its size, the resize
         of its evaluation transform, its interpolation)."""
         view = View(tuple(prep["image_size"]), prep.get("resize_size"), prep.get("interpolation") or "bilinear")
         return FolderSplit(self.index, self.split, self.channels, view, self.workers, self.ledger)
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """The folder's identity (class list, relative paths, sizes: folder.FolderIndex) and how
         it is read (channels, the decoder's version: decode.py's pixels changed for some kinds of
         file in version 2): stamped on caches, checkpoints and models."""
@@ -281,17 +295,17 @@ class FolderSplit:
                            f"{self.index.fingerprint()}".encode())
         return h.hexdigest()
 
-    def file_hashes(self):
+    def file_hashes(self) -> torch.Tensor:
         return self.index.file_hashes()
 
-    def worker_count(self):
+    def worker_count(self) -> int:
         """The DataLoader workers per process that decode this split (--num-workers, or the default)."""
         return default_workers() if self.workers is None else self.workers
 
-    def listing_path(self, run_dir, fingerprint=None):
+    def listing_path(self, run_dir: Path | str, fingerprint: str | None = None) -> Path:
         return Path(run_dir) / ".folders" / f"{fingerprint or self.fingerprint()}.safetensors"
 
-    def keep_listing(self, run_dir):
+    def keep_listing(self, run_dir: Path | str) -> None:
         """Save this folder's listing in the run folder (once per folder state), so that a later
         run refusing this run's checkpoints or models can name the files that changed."""
         path = self.listing_path(run_dir)
@@ -300,12 +314,12 @@ class FolderSplit:
             save_listing(path, self.index)
         Ledger.open(ledger_path(path), len(self))
 
-    def use_ledger(self, run_dir):
+    def use_ledger(self, run_dir: Path | str) -> None:
         """Check every file read from now on against the run folder's ledger of their bytes (made
         by keep_listing, on the main process), recording the ones read first (content.py)."""
         self.ledger = Ledger(ledger_path(self.listing_path(run_dir)), len(self))
 
-    def expect_content(self, soft):
+    def expect_content(self, soft: Any) -> None:
         """A cache's record of the bytes it was made from (`content`, [N] digests) against the run
         folder's ledger: refused where they differ, taken where the ledger has none; so the
         workers refuse a file changed since the cache was made. Caches made before the column
@@ -316,43 +330,70 @@ class FolderSplit:
         self.ledger.merge(content.numpy(), f"logits cache {soft.path}",
                           lambda i: os.path.join(self.index.root, self.index.paths[i]))
 
-    def explain_change(self, run_dir, old_fingerprint):
+    def explain_change(self, run_dir: Path | str, old_fingerprint: str) -> str | None:
         """One line: how this folder differs from the one of `old_fingerprint` (kept in the run
         folder by keep_listing), or None when that one's listing is not there."""
         old = load_listing(self.listing_path(run_dir, old_fingerprint))
         return old and differences(old[0], old[1], self.index, old[2])
 
-    def check_options(self, channels, num_workers, train_subset):
+    def check_options(self, channels: int | None, num_workers: int | None, train_subset: int | None) -> None:
         if train_subset:
             raise KDError("--train-subset is for the in-memory data sets; for an image folder, make a folder of "
                           "the labelled subset")
 
-    def remember(self, run_dir):
+    def remember(self, run_dir: Path | str) -> None:
         self.keep_listing(run_dir)
 
-    def use_records(self, run_dir):
+    def use_records(self, run_dir: Path | str) -> None:
         self.use_ledger(run_dir)
 
-    def threads_line(self, device):
+    def threads_line(self, device: torch.device | str) -> str | None:
         """The one threads line of a folder run: on a CPU the training threads leave the decoding
         workers their cores (threads.py)."""
         from ..threads import share_with_workers, threads_line
 
         return (torch.device(device).type == "cpu" and share_with_workers(self.worker_count())) or threads_line()
 
-    def check_augment(self, spec):
+    def check_augment(self, spec: Any) -> None:
         if spec.name not in ("none", "rrc"):
             raise KDError(f"--augment {spec.name} is for the in-memory data sets; an image folder takes rrc "
                           "(RandomResizedCrop + flip) or none")
 
-    def dataset_for(self, crops=CentreCrop()):
+    def dataset_for(self, crops: CropPlan = CentreCrop()) -> FolderDataset:
         return FolderDataset(self.index, self.channels, self.view, crops, self.ledger)
 
-    def inference_loader(self, accelerator, batch_size, crops=CentreCrop()):
+    def inference_loader(self, accelerator: Accelerator, batch_size: int, crops: CropPlan = CentreCrop()) -> DataLoader:
         """Every sample once, in index order, with the given crops (evaluation: the centre)."""
         return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
 
-    def train_data(self, views=None, extra=None):
+    def view_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None,
+                    view: int) -> DataLoader:
+        """Every sample once, in index order, as view `view` of `views` (source.ViewPlan: the
+        crops its workers draw; None, or no crops: the centre crop)."""
+        return self.inference_loader(accelerator, batch_size, (views.crops(view) if views else None) or CentreCrop())
+
+    def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
+        """(batch column, dtype, count) of a view's parameters as a cache stores them: the
+        workers' crops, "crops" uint16 [B, 5] (fractions x 65535, and the flip); None without
+        augmentation."""
+        return None if spec.name == "none" else ("crops", torch.uint16, 5)
+
+    def identity_columns(self) -> dict[str, Any]:
+        """What a cache made from this folder records of its files, to name a later change: the
+        class list, each file's hash (path and size) and the relative paths (cache.CacheWriter's
+        identity); each batch brings the digests of the bytes it read ("digests")."""
+        buffer, offsets = self.index.paths.tensors()
+        return {"classes": list(self.index.classes), "file_hashes": self.file_hashes(), "file_paths": buffer,
+                "file_path_offsets": offsets}
+
+    def explain_identity(self, stored: dict[str, Any]) -> str | None:
+        """One line: how this folder differs from the one a cache recorded (its identity_columns,
+        as cache.stored_identity reads them back), or None."""
+        paths = (paths_from_tensors(stored["file_paths"].numpy(), stored["file_path_offsets"].numpy())
+                 if "file_paths" in stored else None)
+        return differences(stored["classes"], stored["file_hashes"], self.index, paths)
+
+    def train_data(self, views: ViewPlan | None = None, extra: dict[str, torch.Tensor] | None = None) -> FolderData:
         """The training data of a phase (FolderData): `views` (source.ViewPlan) None (the centre
         crop every epoch) or the phase's views: the crops the workers draw or replay, and the
         per-epoch columns (a cache's teacher logits of that view); `extra` columns [N, ...]
@@ -368,27 +409,29 @@ class FolderData:
     (a cache's teacher logits, memory-mapped) gathered in the main process by each batch's
     sample indices and moved to the device with it."""
 
-    def __init__(self, split, crops, columns, per_epoch):
+    def __init__(self, split: FolderSplit, crops: CropPlan, columns: dict[str, torch.Tensor],
+                 per_epoch: Callable[[int], dict[str, torch.Tensor]] | None) -> None:
         self.split, self.crops, self.columns, self.per_epoch = split, crops, columns, per_epoch
         self.current = dict(columns)
         self.device = None
 
-    def loader(self, accelerator, batch_size, seed):
+    def loader(self, accelerator: Accelerator, batch_size: int, seed: int) -> DataLoader:
         self.device = accelerator.device
         return folder_loader(self.split.dataset_for(self.crops), batch_size, self.split.workers, self.device,
                              shuffle=True, seed=seed)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.current = {**self.columns, **(self.per_epoch(epoch) if self.per_epoch else {})}
 
-    def complete(self, batch):
+    def complete(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.current:
             rows = torch.from_numpy(np.asarray(batch["rows"]))
             batch.update({k: v[rows].to(self.device, non_blocking=True) for k, v in self.current.items()})
         return batch
 
 
-def load_folder(data_dir, split, channels=3, workers=None, classes=None):
+def load_folder(data_dir: str | Path | None, split: str, channels: int | None = 3, workers: int | None = None,
+                classes: tuple[str, ...] | None = None) -> FolderSplit:
     """The split ("train" or "test": DIR/train, DIR/val) of the image folder DIR. `classes`: the
     training split's class list, for the test split: its samples are labelled by the training
     split's index of their class folder's name, a class it lacks is said in one line (its

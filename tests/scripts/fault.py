@@ -22,6 +22,6 @@ def kill(label, global_step):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-training.STEP_HOOKS.append(kill)
+training.HOOKS.step.append(kill)
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")

@@ -32,7 +32,7 @@ def main():
     def tag(label, batch):
         phase[0] = label
 
-    precompute = teaching.precompute_streamed
+    precompute = teaching.precompute_views
 
     def tagged_precompute(*args, **kwargs):
         phase[0] = "precompute"
@@ -41,8 +41,8 @@ def main():
         finally:
             phase[0] = "after precompute"
 
-    training.BATCH_HOOKS.append(tag)
-    teaching.precompute_streamed = tagged_precompute
+    training.HOOKS.batch.append(tag)
+    teaching.precompute_views = tagged_precompute
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     cli.distill_main(["--dataset", "imagefolder", "--data-dir", data, "--channels", "1", "--image-size", "8",

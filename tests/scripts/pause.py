@@ -30,6 +30,6 @@ def pause(label, global_step):
             time.sleep(0.05)
 
 
-training.STEP_HOOKS.append(pause)
+training.HOOKS.step.append(pause)
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")

@@ -23,7 +23,8 @@ from kd_accel.data import load_split
 from kd_accel.evaluation import evaluate
 from kd_accel.models import build_model, build_zoo_model
 from kd_accel.pipeline import columns, make_accelerator
-from kd_accel.training import fit, make_objective
+from kd_accel.training import TrainSpec, fit, make_objective
+from kd_accel.data import TensorData
 
 p = argparse.ArgumentParser()
 p.add_argument("mode", choices=["train", "eval", "order"])
@@ -74,7 +75,7 @@ if a.mode == "order":
         seen.append(batch["idx"].tolist())
         return real_objective(logits, batch)
 
-model, _ = fit(accelerator, model, cols, test.subset(100), cfg.student, cfg.run, objective, a.role)
+model, _ = fit(accelerator, model, TensorData(cols), test.subset(100), TrainSpec.of(cfg.student, cfg.run), objective, a.role)
 state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 # The function the weights compute, on 100 fixed test images, with BN on batch statistics: a
 # conv bias before BN then cancels exactly, so its Adam-amplified float noise (and the running

@@ -57,8 +57,8 @@ def stop(label, step):
         raise KDError(f"simulated crash at step {step}")
 
 
-training.BATCH_HOOKS.append(check)
-training.STEP_HOOKS.append(stop)
+training.HOOKS.batch.append(check)
+training.HOOKS.step.append(stop)
 args = ["--data-dir", a.data_dir, "--teacher", a.teacher, "--output-dir", a.out, "--limit-train", "300",
         "--limit-test", "100", "--epochs", "3", "--batch-size", "25", "--augment", "shift", "--views", "2",
         "--no-baseline", "--checkpoint-every", "4", "--seed", "1"]

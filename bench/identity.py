@@ -36,6 +36,8 @@ def cases(data, folder, pth):
         "fixed": [[*distill, "--augment", "shift", "--teacher-mode", "fixed", "--no-baseline"]],
         "fitnets": [["launch/compare.py", *d, *SMALL, "--output-dir", "{out}", "--seeds", "0", "--variants",
                      "fitnets:hint_epochs=1"]],
+        "fitnets-joint": [["launch/compare.py", *d, *SMALL, "--output-dir", "{out}", "--seeds", "0", "--variants",
+                           "fitnets:mode=joint,beta=0.5", "--augment", "shift"]],
         "folder-rrc-2views": [["launch/distill.py", "--dataset", "imagefolder", "--data-dir", folder, "--channels", "1",
                                "--image-size", "28", "--teacher-image-size", "28", "--teacher-epochs", "1", "--epochs",
                                "2", "--views", "2", "--batch-size", "50", "--num-workers", "1", "--output-dir", "{out}"]],

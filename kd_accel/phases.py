@@ -174,25 +174,37 @@ def _save_student(accelerator, cfg, model, record, info, label, settings):
 
 
 def train_student(accelerator: Accelerator, cfg: Config, train: DataSource, test: DataSource, soft: Any, label: str,
-                  teacher_fp: Any = None, online: nn.Module | None = None) -> dict[str, Any]:
-    """Distilled student when soft targets are given (`soft`: cache.SoftTargets or a [N, C]
-    tensor; or `online`: the frozen teacher, run on each batch), baseline (hard labels) if
-    neither. Both start from the same seed, so they differ only in the loss. Saves
-    <run>/<label>.safetensors with its metrics; with --resume, a finished phase is not redone.
-    `teacher_fp`: the weight fingerprint of the teacher behind the soft targets (stamped)."""
-    kd = soft is not None or online is not None
-    settings = phase_settings(accelerator, cfg, train, teacher_fp=teacher_fp, kd=kd)
+                  teacher_fp: Any = None, online: nn.Module | None = None,
+                  hints_from: Path | str | None = None) -> dict[str, Any]:
+    """A student: distilled when soft targets are given (`soft`: cache.SoftTargets or a [N, C]
+    tensor; or `online`: the frozen teacher, run on each batch; soft_targets.source_of chooses
+    once), the baseline (hard labels) if neither; with `hints_from` (a teacher file) a FitNets
+    student, whose objective adds hints from that teacher's block 2 (fitnet_training). All start
+    from the same seed, so they differ only in the loss. Saves <run>/<label>.safetensors with its
+    metrics; with --resume, a finished phase is not redone. `teacher_fp`: the weight fingerprint
+    of the teacher behind the soft targets (stamped)."""
+    hints = hints_from is not None
+    kd = soft is not None or online is not None or hints
+    settings = phase_settings(accelerator, cfg, train, teacher_fp=teacher_fp, kd=kd, hints=hints)
     done = _finished(accelerator, cfg, label, settings)
     if done:
         return done
+    hint = fitnet_hint(accelerator, cfg, hints_from) if hints else None
     set_seed(cfg.run.seed)
     model, record = build(cfg.student, train, label, accelerator.print)
     spec, prep = get_spec(cfg.student.augment), record["preprocessing"]
-    data, objective = student_data(cfg, train.at(prep), soft, online_view(online, spec, record))
-    ckpt = Checkpointer.of(cfg.run, cfg.run_dir / "checkpoints" / label, settings)
-    model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.student, cfg.run), objective, label, ckpt,
-                      inputs=inputs_for(spec, prep))
-    return _save_student(accelerator, cfg, model, record, run_info(model, hist, arch=record["spec"]), label, settings)
+    source = source_of(soft, online_view(online, spec, record), cache_views(cfg)[1])
+    data, objective = student_data(cfg, train.at(prep), source)
+    ckpt, inputs = cfg.run_dir / "checkpoints" / label, inputs_for(spec, prep)
+    if hint is None:
+        model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.student, cfg.run), objective, label,
+                          Checkpointer.of(cfg.run, ckpt, settings), inputs=inputs)
+        info = run_info(model, hist, arch=record["spec"])
+    else:
+        model, hist, extra = fitnet_training(accelerator, cfg, model, data, test.at(prep), source, objective, hint,
+                                             label, ckpt, settings, inputs)
+        info = run_info(model, hist, arch=record["spec"], hint_mode=cfg.kd.hint_mode, **extra)
+    return _save_student(accelerator, cfg, model, record, info, label, settings)
 
 
 def online_view(online: nn.Module | None, spec: AugmentSpec, record: dict[str, Any]
@@ -206,39 +218,32 @@ def online_view(online: nn.Module | None, spec: AugmentSpec, record: dict[str, A
     return online, None if same else inputs_for(spec, online.preprocessing)
 
 
-def train_fitnet_student(accelerator: Accelerator, cfg: Config, train: DataSource, test: DataSource,
-                         teacher_path: Path | str, soft: Any, label: str, teacher_fp: Any = None,
-                         online: nn.Module | None = None) -> dict[str, Any]:
-    """FitNets: hints from the teacher's block 2 plus KD from the cache. 'two-stage' (the
-    paper): kd.hint_epochs of hint regression, then the recipe's epochs of KD; 'joint': the
-    recipe's epochs of KD + hint_beta x hint. The teacher runs online (first two blocks, frozen, not DDP-wrapped)."""
-    settings = phase_settings(accelerator, cfg, train, teacher_fp=teacher_fp, kd=True, hints=True)
-    done = _finished(accelerator, cfg, label, settings)
-    if done:
-        return done
+def fitnet_hint(accelerator: Accelerator, cfg: Config, teacher_path: Path | str) -> nn.Module:
+    """FitNets' hint: the teacher file's first two blocks (frozen, not DDP-wrapped), for a student
+    architecture FitNets pairs with it (roles.check_fitnets)."""
     teacher, meta = load_model(teacher_path, "teacher")
     check_fitnets(cfg.student.arch, meta_record(meta, teacher_path)["spec"])
-    hint = teacher_hint(teacher.to(accelerator.device))
-    set_seed(cfg.run.seed)
-    model, record = build(cfg.student, train, label, accelerator.print)
-    wrapped = FitNetStudent(model)
-    spec = get_spec(cfg.student.augment)
-    source = source_of(soft, online_view(online, spec, record), cache_views(cfg)[1])
-    cols, kd = student_data(cfg, train, source)  # FitNets: the notebook's models on in-memory data
-    views = dict(inputs=inputs_for(spec, record["preprocessing"]))
-    ckpt, k = cfg.run_dir / "checkpoints" / label, cfg.kd
+    return teacher_hint(teacher.to(accelerator.device))
+
+
+def fitnet_training(accelerator: Accelerator, cfg: Config, model: nn.Module, data: TrainData, test: DataSource,
+                    source: Any, objective: Objective, hint: nn.Module, label: str, ckpt: Path,
+                    settings: Any, inputs: Callable[[dict], torch.Tensor]) -> tuple[nn.Module, dict, dict]:
+    """FitNets' training of `model` (FitNets 1412.6550): 'two-stage' (the paper): kd.hint_epochs of
+    hint regression (the student's first block against the teacher's, through a regressor),
+    then the recipe's epochs of `objective` (KD); 'joint': the recipe's epochs of KD + hint_beta x
+    hint, the teacher's logits fed the soft-target source's way. Returns (student, history, what
+    metrics.json adds)."""
+    wrapped, k, spec = FitNetStudent(model), cfg.kd, TrainSpec.of(cfg.student, cfg.run)
     if k.hint_mode == "two-stage":
-        stage = replace(cfg.student, epochs=k.hint_epochs)
-        _, h1 = fit(accelerator, wrapped.hint_stage(), cols, None, TrainSpec.of(stage, cfg.run), hint_objective(hint),
-                    f"{label} hints", Checkpointer.of(cfg.run, ckpt / "hints", settings), **views)
-        student, h2 = fit(accelerator, wrapped.student, cols, test, TrainSpec.of(cfg.student, cfg.run), kd, label,
-                          Checkpointer.of(cfg.run, ckpt / "kd", settings), **views)
+        stage = TrainSpec.of(replace(cfg.student, epochs=k.hint_epochs), cfg.run)
+        _, h1 = fit(accelerator, wrapped.hint_stage(), data, None, stage, hint_objective(hint), f"{label} hints",
+                    Checkpointer.of(cfg.run, ckpt / "hints", settings), inputs=inputs)
+        student, h2 = fit(accelerator, wrapped.student, data, test, spec, objective, label,
+                          Checkpointer.of(cfg.run, ckpt / "kd", settings), inputs=inputs)
         hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
-        extra = {"hint_epochs": h1["epochs"]}
-    else:
-        obj = source.feed(joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta))
-        wrapped, hist = fit(accelerator, wrapped, cols, test, TrainSpec.of(cfg.student, cfg.run), obj, label,
-                            Checkpointer.of(cfg.run, ckpt, settings), **views)
-        student, extra = wrapped.student, {}
-    info = run_info(student, hist, arch=record["spec"], hint_mode=k.hint_mode, **extra)
-    return _save_student(accelerator, cfg, student, record, info, label, settings)
+        return student, hist, {"hint_epochs": h1["epochs"]}
+    joint = source.feed(joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta))
+    wrapped, hist = fit(accelerator, wrapped, data, test, spec, joint, label, Checkpointer.of(cfg.run, ckpt, settings),
+                        inputs=inputs)
+    return wrapped.student, hist, {}

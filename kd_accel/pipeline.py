@@ -11,15 +11,15 @@ Each concern lives in a module of its own; this module gathers their names for t
 - phases.py: the teacher and student phases (soft_targets.py: where a student's targets come
   from; teaching.py: the teacher's logits cache; training.py: the loop).
 """
-from .phases import (columns, online_view, resolve_teacher, run_info, student_data, teacher_info_from_checkpoint,
-                     train_fitnet_student, train_student, train_teacher)
+from .phases import (columns, fitnet_hint, fitnet_training, online_view, resolve_teacher, run_info, student_data,
+                     teacher_info_from_checkpoint, train_student, train_teacher)
 from .preflight import SIZE_FLAGS, check_against_data, check_model, check_teacher_classes, load_data, teacher_arch
 from .process import make_accelerator
 from .runfolder import RESULT_FILES, TEACHER_FILE, resolved_config, set_aside_previous_result, setup, write_config
 from .stamps import PHASE_GROUPS, check_resume_target, model_stamp, phase_kind, phase_settings, resolved_settings
 
 __all__ = ["columns", "online_view", "resolve_teacher", "run_info", "student_data", "teacher_info_from_checkpoint",
-           "train_fitnet_student", "train_student", "train_teacher", "SIZE_FLAGS", "check_against_data",
+           "fitnet_hint", "fitnet_training", "train_student", "train_teacher", "SIZE_FLAGS", "check_against_data",
            "check_model", "check_teacher_classes", "load_data", "teacher_arch", "make_accelerator", "RESULT_FILES",
            "TEACHER_FILE", "resolved_config", "set_aside_previous_result", "setup", "write_config", "PHASE_GROUPS",
            "check_resume_target", "model_stamp", "phase_kind", "phase_settings", "resolved_settings"]

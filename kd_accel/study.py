@@ -16,7 +16,7 @@ from .errors import KDError
 from .io import atomic_path, write_json
 from .losses import loss_name
 from .models import parse_arch
-from .pipeline import train_fitnet_student, train_student
+from .pipeline import train_student
 from .roles import TeacherId
 from .stats import mean, paired_ci, std
 from .teaching import cache_views, ignored_cache_settings, resolve_soft_targets
@@ -391,10 +391,9 @@ def run_comparison(accelerator: Accelerator, cfg: Config, variants: Sequence[Var
             vcfg = dataclasses.replace(vcfg, run=dataclasses.replace(vcfg.run, seed=seed))
             label = comparison_label(v, seed)
             soft, online = soft_targets(vcfg) if v.distilled else (None, None)
-            if v.hints:
-                info = train_fitnet_student(accelerator, vcfg, train, test, teacher_path, soft, label, fp, online)
-            else:
-                info = train_student(accelerator, vcfg, train, test, soft, label, fp, online)
+            # a FitNets student: another objective (hints from the teacher's block 2), the same phase
+            info = train_student(accelerator, vcfg, train, test, soft, label, fp, online,
+                                 hints_from=teacher_path if v.hints else None)
             runs[v.name][seed] = info
             accelerator.print(f"{v.name} seed {seed}: {info['test_accuracy']:.2f}%", flush=True)
     return runs

@@ -334,14 +334,14 @@ def setup_fit(folder, batch, workers, views, side=28):
 
 
 def case_kd_vs_ce(a, folder):
-    from kd_accel.augment import get_spec, stream_seed
+    from kd_accel.augment import CachedViews, DrawnViews, get_spec, stream_seed
     from kd_accel.training import TrainSpec, make_objective
 
     cfg, accelerator, split = setup_fit(folder, a.fit_batch, a.workers, a.views)
     cache = Path(a.workdir) / "kd_vs_ce.cache.safetensors"
     soft, pre_s = make_precompute(accelerator, cfg, split, cache, a.views)
-    kd = (split.train_data(("cache", soft, a.views)), make_objective("hinton", 4.0, 0.9))
-    ce = (split.train_data(("drawn", get_spec("rrc"), stream_seed("student", 0))), make_objective("ce"))
+    kd = (split.train_data(CachedViews(soft, a.views)), make_objective("hinton", 4.0, 0.9))
+    ce = (split.train_data(DrawnViews(get_spec("rrc"), stream_seed("student", 0))), make_objective("ce"))
     # at the threads make_accelerator chose (what a run gets), and at 1 main-process thread
     # beside the workers (a diagnostic: the same pair without the cores oversubscribed)
     sides = {"kd": (kd, None), "ce": (ce, None), "kd, main 1 thread": (kd, 1), "ce, main 1 thread": (ce, 1)}
@@ -462,6 +462,7 @@ class PeakMemory:
 def rss_child(a):
     """Each folder of --rss-child in turn (one, except in the smoke run): the precompute, then one
     whole cached-KD training epoch, with each phase's peaks. {folder: result}."""
+    from kd_accel.augment import CachedViews
     from kd_accel.training import TrainSpec, make_objective
 
     mem, results = PeakMemory(), {}
@@ -477,7 +478,7 @@ def rss_child(a):
                 soft, _ = make_precompute(accelerator, cfg, split, cache, 1)
                 extra = {"cache_MB": round(cache.stat().st_size / 2**20, 2)}
             else:
-                data = split.train_data(("cache", soft, 1))
+                data = split.train_data(CachedViews(soft, 1))
                 _, last = student_fit(accelerator, cfg, split, data, make_objective("hinton", 4.0, 0.9))
                 extra = {"steps": -(-len(split) // a.fit_batch), "loss": last.get("loss_loss")}
             mem.sample()

@@ -105,7 +105,7 @@ class Case:
     def loader(self):
         from kd_accel.evaluation import inference_batch
 
-        return self.split.view_loader(self.accelerator, inference_batch(self.accelerator.device), self.plan, 0)
+        return self.split.inference_loader(self.accelerator, inference_batch(self.accelerator.device), self.plan, 0)
 
     @torch.inference_mode()
     def bare(self):

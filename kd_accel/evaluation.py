@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from accelerate import Accelerator
 
-    from .data import DataSource
+    from .data import DataSource, ViewPlan
 
 # Rows per forward pass when nothing is trained (evaluation, precompute). On a CPU a batch of 200
 # keeps the teacher's activations in cache: measured 2-2.4x faster than 1000 on a 2-core AMD
@@ -107,13 +107,13 @@ def predict_rows(accelerator: Accelerator, model: torch.nn.Module, loader: Any, 
 
 
 def predict_logits(accelerator: Accelerator, model: torch.nn.Module, split: DataSource, batch_size: int | None = None,
-                   inputs: Callable[[dict], torch.Tensor] | None = None, extra: dict[str, torch.Tensor] | None = None,
-                   desc: str = "teacher logits") -> torch.Tensor:
+                   inputs: Callable[[dict], torch.Tensor] | None = None, views: ViewPlan | None = None,
+                   view: int = 0, desc: str = "teacher logits") -> torch.Tensor:
     """Logits [N, C] (fp32, CPU) of a frozen model on every sample of an in-memory split, row
-    i = sample i. inputs(batch) -> the model's input (default: the images scaled to [0, 1]);
-    `extra` columns [N, ...] ride along by sample index (one view's augmentation parameters)."""
+    i = sample i, as view `view` of `views` (None: the images as they are). inputs(batch) -> the
+    model's input (default: the images scaled to [0, 1])."""
     inputs = inputs or (lambda batch: to_float(batch["images"], split.norm))
-    loader = split.inference_loader(accelerator, batch_size or inference_batch(accelerator.device), extra)
+    loader = split.inference_loader(accelerator, batch_size or inference_batch(accelerator.device), views, view)
     # rows placed on the device, copied to the host once at the end (not a sync per batch)
     out = torch.empty(len(split), split.num_classes, dtype=torch.float32, device=accelerator.device)
 

@@ -161,7 +161,7 @@ def precompute_views(accelerator: Accelerator, cfg: Config, model: torch.nn.Modu
                 named = dict(zip(extra, cols))
                 writer.write(v, idx, logits.to(stored), named.get(params and params[0]), named.get("digests"))
 
-        loader = split.view_loader(accelerator, inference_batch(accelerator.device), plan, v)
+        loader = split.inference_loader(accelerator, inference_batch(accelerator.device), plan, v)
         predict_rows(accelerator, model, loader, len(split), inputs, write, extra=extra, host=True,
                      desc=f"teacher logits, view {v + 1}/{views}" if views > 1 else "teacher logits")
         try:

@@ -138,17 +138,14 @@ class Split:
             raise KDError(f"--augment rrc (RandomResizedCrop + flip) is for image folders (--dataset imagefolder); "
                           f"{self.dataset} takes shift, affine, crop-flip or none")
 
-    def inference_loader(self, accelerator: Accelerator, batch_size: int,
-                         extra: dict[str, torch.Tensor] | None = None) -> DataLoader:
-        """Every sample once, in index order, on the device; `extra` columns [N, ...] ride along."""
-        columns = {"images": self.images, "labels": self.labels, **(extra or {})}
+    def inference_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None = None,
+                         view: int = 0) -> DataLoader:
+        """Every sample once, in index order, on the device, as view `view` of `views`
+        (source.ViewPlan; None: the images as they are): the view's columns (its augmentation
+        parameters) ride along."""
+        extra = views.columns(view, len(self)) if views else {}
+        columns = {"images": self.images, "labels": self.labels, **extra}
         return accelerator.prepare(make_loader(to_device(columns, accelerator.device), batch_size, shuffle=False))
-
-    def view_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None,
-                    view: int) -> DataLoader:
-        """Every sample once, in index order, as view `view` of `views` (source.ViewPlan; None:
-        the images as they are): the view's columns (its augmentation parameters) ride along."""
-        return self.inference_loader(accelerator, batch_size, views.columns(view, len(self)) if views else None)
 
     def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
         """(batch column, dtype, count) of a view's parameters as a cache stores them: the

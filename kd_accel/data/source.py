@@ -90,7 +90,26 @@ class DataSource(Protocol):
         """One line when a data setting does not apply to this kind of data."""
         ...
 
-    def inference_loader(self, accelerator: Accelerator, batch_size: int, extra: Any = None) -> Any: ...
+    def inference_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None = None,
+                         view: int = 0) -> Any:
+        """Every sample once, in index order (each rank its shard once prepared), as view `view`
+        of `views` (None: the samples as they are; an image folder: the centre crop)."""
+        ...
+
+    def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
+        """(batch column, dtype, count) of a view's parameters as a cache stores them (the
+        in-memory augmentations' float32 "aug_params", an image folder's uint16 "crops"), or
+        None when the spec stores none."""
+        ...
+
+    def identity_columns(self) -> dict[str, Any]:
+        """What a cache keeps of these data beyond their fingerprint, to name a change later (an
+        image folder's class list, file hashes and paths); {} where the fingerprint says all."""
+        ...
+
+    def explain_identity(self, stored: dict[str, Any]) -> str | None:
+        """One line: how these data differ from those a cache's `stored` identity describes."""
+        ...
 
     def train_data(self, views: ViewPlan | None = None, extra: dict[str, torch.Tensor] | None = None) -> TrainData:
         """What training.fit reads: `views` the phase's (None: the samples as they are), `extra`

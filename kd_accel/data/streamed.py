@@ -362,15 +362,12 @@ class FolderSplit:
     def dataset_for(self, crops: CropPlan = CentreCrop()) -> FolderDataset:
         return FolderDataset(self.index, self.channels, self.view, crops, self.ledger)
 
-    def inference_loader(self, accelerator: Accelerator, batch_size: int, crops: CropPlan = CentreCrop()) -> DataLoader:
-        """Every sample once, in index order, with the given crops (evaluation: the centre)."""
-        return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
-
-    def view_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None,
-                    view: int) -> DataLoader:
+    def inference_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None = None,
+                         view: int = 0) -> DataLoader:
         """Every sample once, in index order, as view `view` of `views` (source.ViewPlan: the
-        crops its workers draw; None, or no crops: the centre crop)."""
-        return self.inference_loader(accelerator, batch_size, (views.crops(view) if views else None) or CentreCrop())
+        crops its workers draw; None, or no crops: the centre crop, evaluation's)."""
+        crops = (views.crops(view) if views else None) or CentreCrop()
+        return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
 
     def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
         """(batch column, dtype, count) of a view's parameters as a cache stores them: the

@@ -62,7 +62,7 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import KDError
 from .hashing import tensor_digest
-from .io import make_dir, write_json
+from .io import make_dir, remove_leftovers, write_json
 from .validate import check_finite, file_kind, nonfinite, reads_tensors
 
 if TYPE_CHECKING:
@@ -409,6 +409,7 @@ class CacheWriter:
             os.fsync(f.fileno())
         os.replace(self.tmp, self.path)
         self.state.unlink(missing_ok=True)
+        remove_leftovers(self.path)  # a killed atomic writer's temporaries of this file (io.atomic_path's rule)
 
     def discard(self) -> None:
         """Remove the partial file and its list of views (a refused precompute writes nothing)."""

@@ -20,10 +20,9 @@ from .evaluation import inference_batch, predict_rows
 from .models import load_model, state_fingerprint
 from .models.preprocessing import describe, of_data
 from .roles import TeacherId, file_preprocessing, inputs_for
+from .training import HOOKS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from accelerate import Accelerator
 
     from .augment import AugmentSpec
@@ -32,9 +31,6 @@ if TYPE_CHECKING:
     from .data import DataSource
 
 CACHE_FILE = "teacher_logits.safetensors"
-# Called as hook(view) after each view of a precompute is computed and saved (the tests
-# interrupt a precompute here to check that it resumes at the next view).
-VIEW_HOOKS: list[Callable[[int], None]] = []
 
 
 def cache_views(cfg: Config) -> tuple[AugmentSpec, int]:
@@ -176,7 +172,7 @@ def precompute_views(accelerator: Accelerator, cfg: Config, model: torch.nn.Modu
                 writer.discard()
             raise
         accelerator.wait_for_everyone()
-        for hook in VIEW_HOOKS:
+        for hook in HOOKS.view:
             hook(v)
     if writer is not None:
         writer.finish()

@@ -54,10 +54,13 @@ class Hooks:
     injection: an exception, or a SIGKILL in tests/scripts/fault.py), batch(label, batch) after
     each micro-batch's loss, the batch holding what the step used ("x" the model's input,
     augmented; "idx"; "teacher_logits" when distilling: the consistency tests run the teacher on
-    batch["x"] there)."""
+    batch["x"] there); view(view) after each view of a precompute is computed and saved
+    (teaching.precompute_views: the tests interrupt a precompute there to check that it resumes
+    at the next view)."""
 
     step: list = field(default_factory=list)
     batch: list = field(default_factory=list)
+    view: list = field(default_factory=list)
 
 
 # what a loss function is here: (logits [B, C], the batch) -> {"loss": ..., and its parts}

@@ -150,7 +150,7 @@ def precompute_killed_and_resumed(accelerator, cfg, teacher, train, folder, monk
     """A K-view precompute (teaching.precompute) into folder/whole.safetensors; the same one into
     folder/c.safetensors stopped after view `crash_after` (nothing written), then run again.
     Returns (whole, resumed, the views the second run computed, what it printed)."""
-    from kd_accel import teaching
+    from kd_accel import teaching, training
     from kd_accel.errors import KDError
 
     whole, out = folder / "whole.safetensors", folder / "c.safetensors"
@@ -160,12 +160,12 @@ def precompute_killed_and_resumed(accelerator, cfg, teacher, train, folder, monk
         if view == crash_after:
             raise KDError(f"simulated crash after view {crash_after}")
 
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [crash])
+    monkeypatch.setattr(training.HOOKS, "view", [crash])
     with pytest.raises(KDError, match="simulated crash"):
         teaching.precompute(accelerator, cfg, teacher, train, out)
     assert not out.exists()
     computed = []
-    monkeypatch.setattr(teaching, "VIEW_HOOKS", [computed.append])
+    monkeypatch.setattr(training.HOOKS, "view", [computed.append])
     capsys.readouterr()
     teaching.precompute(accelerator, cfg, teacher, train, out)
     return whole, out, computed, capsys.readouterr().out

@@ -212,18 +212,3 @@ class CachedViews:
         from .data.streamed import CachedCrops  # noqa: PLC0415
 
         return CachedCrops(self.soft.column("params"), self.views)
-
-
-def drawn_views(spec: AugmentSpec, stream: int, n: int) -> Callable[[int], dict[str, torch.Tensor]] | None:
-    """epoch -> {"aug_params": [N, 5]}: DrawnViews' columns as a function (None when the phase
-    does not augment)."""
-    if spec.name == "none":
-        return None
-    views = DrawnViews(spec, stream)
-    return lambda epoch: views.columns(epoch, n)
-
-
-def cached_views(soft: SoftTargets, views: int) -> Callable[[int], dict[str, torch.Tensor]]:
-    """epoch -> CachedViews' columns as a function."""
-    plan = CachedViews(soft, views)
-    return lambda epoch: plan.columns(epoch, 0)

@@ -2,7 +2,7 @@
 student phase (`source_of`), and nothing below asks which kind it holds.
 
 - HardLabels: the baseline; no teacher.
-- CachedViews: a K-view cache of an augmented teacher (teacher mode `cache`): in epoch e the
+- CachedTeacherViews: a K-view cache of an augmented teacher (teacher mode `cache`): in epoch e the
   student replays view e mod K, the very view the teacher saw (its parameters or crops), with
   the teacher's logits on it.
 - FixedView: one stored view's logits (a cache of the un-augmented images: teacher mode `fixed`,
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
-from .augment import AugmentSpec, CachedViews as CachedViewPlan, DrawnViews
+from .augment import AugmentSpec, CachedViews, DrawnViews
 from .cache import SoftTargets, topk_logits
 from .training import make_objective, online_objective
 
@@ -92,14 +92,14 @@ class HardLabels(_Source):
         return own_views(spec, stream)
 
 
-class CachedViews(_Source):
+class CachedTeacherViews(_Source):
     """View e mod K of a K-view cache (K: the run's, at most the file's)."""
 
     def __init__(self, soft: SoftTargets, views: int):
         self.soft, self.views = soft, views
 
     def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
-        return CachedViewPlan(self.soft, self.views)  # the teacher's own views, not the student's stream
+        return CachedViews(self.soft, self.views)  # the teacher's own views, not the student's stream
 
     def feed(self, objective: Objective) -> Objective:
         return topk_objective(self.soft.num_classes, objective) if self.soft.topk else objective
@@ -144,7 +144,7 @@ class OnlineTeacher(_Source):
 
 def source_of(soft: Any = None, online: tuple | None = None, views: int = 1) -> SoftTargetSource:
     """The one place that asks what the soft targets are: `soft` a cache.SoftTargets (with
-    stored view parameters: CachedViews of the run's `views`; without: FixedView), a [N, C]
+    stored view parameters: CachedTeacherViews of the run's `views`; without: FixedView), a [N, C]
     tensor (FixedView) or None; `online` (teacher, inputs) from pipeline.online_view; neither:
     HardLabels."""
     if online is not None:
@@ -152,5 +152,5 @@ def source_of(soft: Any = None, online: tuple | None = None, views: int = 1) -> 
     if soft is None:
         return HardLabels()
     if isinstance(soft, SoftTargets) and soft.params(0) is not None:
-        return CachedViews(soft, views)  # consistent: the teacher's own views, the run's K
+        return CachedTeacherViews(soft, views)  # consistent: the teacher's own views, the run's K
     return FixedView.of(soft)

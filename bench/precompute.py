@@ -12,7 +12,7 @@ of each:
   and the notebook teacher (random weights: the arithmetic is a trained one's), one view, clean
   and --augment shift. precompute: teaching.precompute_views, the cache written (rows by sample
   index through cache.CacheWriter, checksums, rename). bare: the same loader (the source's
-  view_loader, the same view's parameters applied on the device) and the same input function,
+  inference_loader, the same view's parameters applied on the device) and the same input function,
   the teacher's forward under inference_mode, nothing kept.
 - folder: --images PNGs (synthetic, each side drawn in 64-128 px, RGB, 10 classes, written once
   into --workdir and reused) and torchvision:resnet18 at 64 px (random weights, channels-last),

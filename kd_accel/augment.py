@@ -39,6 +39,12 @@ class AugmentSpec:
     scale: float = 0.0  # affine: scale range 1 +- scale
     flip: bool = False
 
+    @property
+    def in_workers(self) -> bool:
+        """Whether a streamed source's DataLoader workers make the view (rrc's crops), rather than
+        the step applying parameters on the device (apply)."""
+        return self.name == "rrc"
+
     def as_metadata(self) -> dict[str, str]:
         return {f"augment_{k}": str(v) for k, v in asdict(self).items()}
 
@@ -173,7 +179,7 @@ class DrawnViews:
 
     def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
         """{"aug_params": [N, 5]} of view `epoch`; nothing where the workers draw the view (rrc)."""
-        if self.spec.name in ("none", "rrc"):
+        if self.spec.name == "none" or self.spec.in_workers:
             return {}
         return {"aug_params": draw_params(self.spec, self.stream, epoch, torch.arange(n))}
 
@@ -182,7 +188,7 @@ class DrawnViews:
         view in epoch e (None); None for the in-memory augmentations."""
         from .data.streamed import DrawnCrops  # noqa: PLC0415 - the worker-side half of the same views
 
-        return DrawnCrops(self.stream, view) if self.spec.name == "rrc" else None
+        return DrawnCrops(self.stream, view) if self.spec.in_workers else None
 
 
 class CachedViews:
@@ -196,8 +202,8 @@ class CachedViews:
         if not 1 <= views <= soft.views:
             raise ValueError(f"the run reads {views} views, the cache holds {soft.views}")
         self.soft, self.views = soft, views
-        # the cache's augmentation (its key's canonical spec): rrc crops are the workers' to make
-        self.replayed_in_workers = soft.meta.get("augment", "").startswith("rrc")
+        # the cache's augmentation, by its key's canonical spec ("rrc(scale=...)": its name first)
+        self.replayed_in_workers = get_spec(soft.meta.get("augment", "none").split("(")[0]).in_workers
 
     def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
         view = epoch % self.views

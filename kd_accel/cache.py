@@ -79,7 +79,7 @@ IDENTITY = ("file_hashes", "file_paths", "file_path_offsets")  # an image folder
 # the remaining mass outside the top k when it rounds to <= 0: the smallest normal float32, so
 # its log (-87.3) stays finite and the other classes keep a (negligible) probability
 _TINY = torch.finfo(torch.float32).tiny
-_PART_ROWS = 1 << 16  # rows compressed or written at a time: log_softmax makes a float32 copy of its input
+_CHUNK_ROWS = 1 << 16  # rows compressed or written at a time: log_softmax makes a float32 copy of its input
 _DIGEST_LEN = 32  # hashing.tensor_digest's hex digits
 
 
@@ -454,8 +454,8 @@ def save_cache(path: Path | str, logits: torch.Tensor, labels: torch.Tensor, key
     else:
         k = check_topk(topk, c)
         _check_finite(logits, path, "logits", "given")  # NaN or inf has no log-probability
-        for i in range(0, n, _PART_ROWS):  # below -65504 is -inf in fp16
-            _check_finite(compress_topk(logits[:, i : i + _PART_ROWS], k)[0].to(DTYPES[dtype]), path,
+        for i in range(0, n, _CHUNK_ROWS):  # below -65504 is -inf in fp16
+            _check_finite(compress_topk(logits[:, i : i + _CHUNK_ROWS], k)[0].to(DTYPES[dtype]), path,
                           "top-k log-probabilities", dtype)
     if params is not None:
         params = _as_params(params, views, n, path, one_view)
@@ -464,9 +464,9 @@ def save_cache(path: Path | str, logits: torch.Tensor, labels: torch.Tensor, key
     try:
         rows = torch.arange(n)
         for v in range(views):
-            for i in range(0, n, _PART_ROWS):
-                writer.write(v, rows[i : i + _PART_ROWS], logits[v, i : i + _PART_ROWS],
-                             None if params is None else params[v, i : i + _PART_ROWS])
+            for i in range(0, n, _CHUNK_ROWS):
+                writer.write(v, rows[i : i + _CHUNK_ROWS], logits[v, i : i + _CHUNK_ROWS],
+                             None if params is None else params[v, i : i + _CHUNK_ROWS])
             writer.view_done(v)
         writer.finish()
     except BaseException:
@@ -750,5 +750,10 @@ class CacheColumn:
 
     def __call__(self) -> torch.Tensor:
         if (self.path, self.digest) not in _MAPPED:
+            # the file at the path now must be the one validated: its header's checksum of the
+            # tensor (the header alone is read), else another run replaced it meanwhile
+            if read_metadata(self.path).get(f"{self.name}_sha256") != self.digest:
+                raise KDError(f"logits cache {self.path} was replaced after this run validated it (its {self.name} "
+                              "differ); rerun, and give each run its own cache path")
             _MAPPED[(self.path, self.digest)] = _mmap_or_refuse(self.path)
         return _MAPPED[(self.path, self.digest)][self.name]

@@ -75,6 +75,9 @@ class SoftTargetSource(Protocol):
 class _Source:
     distilled = True
 
+    def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
+        return own_views(spec, stream)  # the student's own views (with --augment, not the teacher's)
+
     def columns(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -87,9 +90,6 @@ class _Source:
 
 class HardLabels(_Source):
     distilled = False
-
-    def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
-        return own_views(spec, stream)
 
 
 class CachedTeacherViews(_Source):
@@ -117,9 +117,6 @@ class FixedView(_Source):
             return cls(soft.columns(0), soft.num_classes if soft.topk else None)
         return cls({"teacher_logits": soft})
 
-    def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
-        return own_views(spec, stream)  # with --augment, the student's views are not the teacher's
-
     def columns(self) -> dict[str, torch.Tensor]:
         return self._columns
 
@@ -134,9 +131,6 @@ class OnlineTeacher(_Source):
 
     def __init__(self, teacher: torch.nn.Module, inputs: Callable[[dict], torch.Tensor] | None = None):
         self.teacher, self.inputs = teacher, inputs
-
-    def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
-        return own_views(spec, stream)
 
     def feed(self, objective: Objective) -> Objective:
         return online_objective(self.teacher, objective, self.inputs)

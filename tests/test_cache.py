@@ -465,3 +465,14 @@ def test_a_cache_column_pickles_maps_once_and_follows_a_rewritten_cache(tmp_path
     save_cache(path, *data(2, seed=1)[:2], KEY, params=data(2, seed=1)[2])
     again = open_cache(path, KEY, views=2).column("params")
     assert again != column and torch.equal(again(), data(2, seed=1)[2])
+
+
+def test_a_cache_column_refuses_a_cache_replaced_before_it_is_first_read(tmp_path):
+    """A worker first reads the column after the main process validated the cache: if another
+    run replaced the file meanwhile, its crops would be replayed for this run's logits; the
+    header's checksum of the tensor must still be the validated one, else one line."""
+    path, _, _ = make(tmp_path, views=2, params=True)
+    column = open_cache(path, KEY, views=2).column("params")  # validated, not read yet
+    save_cache(path, *data(2, seed=2)[:2], KEY, params=data(2, seed=2)[2])  # replaced meanwhile
+    with pytest.raises(KDError, match="was replaced after this run validated it"):
+        column()

@@ -147,3 +147,30 @@ def test_a_ledger_records_what_workers_read_and_a_copied_folder_still_hits(refer
     assert (out / "student.safetensors").exists()
     split = load_folder(copy, "train")
     assert split.fingerprint() == load_folder(data, "train").fingerprint()
+
+
+def test_the_decoders_version_is_part_of_the_fingerprint(reference, monkeypatch):
+    """A change to the pixels a file decodes to is a change of the data: caches, checkpoints and
+    models made under another decoder are refused as made from other data."""
+    from kd_accel.data import streamed
+
+    data, _ = reference
+    before = load_folder(data, "train").fingerprint()
+    monkeypatch.setattr(streamed, "DECODER_VERSION", streamed.DECODER_VERSION + 1)
+    assert load_folder(data, "train").fingerprint() != before
+
+
+def test_a_cache_made_from_other_bytes_than_the_run_folder_read_is_refused(tmp_path):
+    """The ledger's merge of a cache's record: a file the run folder read with other bytes than
+    the cache's precompute read is refused up front, naming it; unknown rows are taken."""
+    import numpy as np
+
+    from kd_accel.data.content import Ledger
+
+    ledger = Ledger.open(tmp_path / "x.content", 4)
+    ledger.check(np.array([0, 1]), np.array([11, 12]), str)  # the run folder read files 0 and 1
+    name = lambda i: f"file{i}.png"  # noqa: E731
+    with pytest.raises(KDError, match="1 files differ, first file1.png"):
+        ledger.merge(np.array([11, 99, 13, 14]), "logits cache C", name)
+    ledger.merge(np.array([11, 12, 13, 14]), "logits cache C", name)  # the same bytes: taken
+    assert np.fromfile(tmp_path / "x.content", dtype="<i8").tolist() == [11, 12, 13, 14]

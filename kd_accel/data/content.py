@@ -114,9 +114,5 @@ def ledger_path(listing_path: str | Path) -> Path:
     return p.with_suffix(".content")
 
 
-def read_file(path: str | Path) -> bytes:
-    """The bytes of the image file at `path` (the decoders' input), or an OSError."""
-    with open(path, "rb") as f:
-        return f.read()
 
 

@@ -116,6 +116,14 @@ def _torchvision(data, channels, grey):
     return t if t.shape[0] == channels else None
 
 
+def _torchvision_or_none(data: bytes, channels: int, grey: bool) -> torch.Tensor | None:
+    """_torchvision's image, or None where it fails: PIL then decodes the file, or says why not."""
+    try:
+        return _torchvision(data, channels, grey)
+    except Exception:  # noqa: BLE001 - any decoder error: PIL's is the one said
+        return None
+
+
 def _pil(im, channels):
     from PIL import Image
 
@@ -152,13 +160,11 @@ def _decode(path, channels, data=None):
                 data = f.read()
         if not data:
             raise _Refused("empty file")
+        tried = False  # torchvision tried on these bytes already: a failure falls to PIL, not to it again
         if data[:2] == b"\xff\xd8":  # a grey or colour JPEG of a sane size: straight to torchvision (PIL's pixels)
-            frame = _jpeg_frame(data)
-            if frame and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= Image.MAX_IMAGE_PIXELS:
-                try:
-                    out = _torchvision(data, channels, frame[2] == 1)
-                except Exception:  # noqa: BLE001 - PIL then decodes it, or says why not
-                    out = None
+            frame, limit = _jpeg_frame(data), Image.MAX_IMAGE_PIXELS or float("inf")  # None: the user turned it off
+            if frame and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= limit:
+                tried, out = True, _torchvision_or_none(data, channels, frame[2] == 1)
                 if out is not None:
                     return out
         try:
@@ -168,11 +174,8 @@ def _decode(path, channels, data=None):
         with im:
             if 0 in im.size:
                 raise _Refused(f"it has no pixels ({im.size[0]} x {im.size[1]})")
-            if im.mode in _TORCHVISION.get(im.format, ()) and getattr(im, "n_frames", 1) == 1:
-                try:
-                    out = _torchvision(data, channels, im.mode in _GREY)
-                except Exception:  # noqa: BLE001 - PIL then decodes it, or says why not
-                    out = None
+            if not tried and im.mode in _TORCHVISION.get(im.format, ()) and getattr(im, "n_frames", 1) == 1:
+                out = _torchvision_or_none(data, channels, im.mode in _GREY)
                 if out is not None:
                     return out
             return _pil(im, channels)

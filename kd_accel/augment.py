@@ -9,19 +9,23 @@ on whatever device the batch lives on.
 
 Specs: `shift` (pad-and-crop translation, +-2 px: digits and clothes), `affine` (shift plus a
 small rotation and scale), `crop-flip` (pad-4 random crop plus horizontal flip: 32x32 colour);
-`rrc` (RandomResizedCrop + flip) is the image folders', made in their DataLoader workers.
+`rrc` (RandomResizedCrop + flip) is the image folders', made in their DataLoader workers. A spec
+may add a mix (mixup, cutmix: data/mixing.py): each view then blends with its partner's view,
+drawn, stored and replayed with it.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .data import to_float
+from .data.loading import normalize
+from .data.mixing import MIX_COLUMNS, NO_MIX, MixSpec, draw_mix, mix_pixels, pairing, partners
 from .errors import KDError
 from .rng import uniforms  # noqa: F401 - re-exported: augmentation parameters are drawn with it
 
@@ -29,7 +33,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .cache import SoftTargets
+    from .config import Recipe
     from .data import CropPlan
+    from .data.source import MixPlan
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -38,6 +44,13 @@ class AugmentSpec:
     degrees: float = 0.0  # affine: rotation range +-degrees
     scale: float = 0.0  # affine: scale range 1 +- scale
     flip: bool = False
+    mix: MixSpec = NO_MIX  # each view mixed with its partner's (recipe_spec), or not
+
+    @property
+    def varies(self) -> bool:
+        """Whether a sample's views differ from one another (augmented or mixed): what a K-view
+        cache is for."""
+        return self.name != "none" or bool(self.mix)
 
     @property
     def in_workers(self) -> bool:
@@ -50,7 +63,13 @@ class AugmentSpec:
 
     def describe(self) -> str:
         """One canonical string naming the spec and its ranges: stamped on caches and runs, so a
-        cache made with other ranges under the same name is refused too."""
+        cache made with other ranges under the same name is refused too; a mix follows it
+        ("shift(...)+mixup(alpha=1)"; the cache stamps the two apart: teaching.cache_key)."""
+        crops = self.describe_crops()
+        return crops if not self.mix else self.mix.describe() if self.name == "none" else f"{crops}+{self.mix.describe()}"
+
+    def describe_crops(self) -> str:
+        """describe() without the mix."""
         if self.name == "none":
             return "none"
         if self.name == "rrc":  # data/crops.py's ranges (torchvision's RandomResizedCrop defaults)
@@ -73,6 +92,13 @@ def get_spec(name: str) -> AugmentSpec:
     if name not in SPECS:
         raise KDError(f"unknown augmentation {name!r}; choose from {', '.join(SPECS)}")
     return SPECS[name]
+
+
+def recipe_spec(recipe: Recipe) -> AugmentSpec:
+    """The views of a recipe (config.Recipe): its --augment, with its --mix (and --mix-alpha)."""
+    spec = get_spec(recipe.augment)
+    mix = getattr(recipe, "mix", "none")
+    return replace(spec, mix=MixSpec(mix, float(recipe.mix_alpha))) if mix != "none" else spec
 
 
 def stream_seed(kind: str, seed: int) -> int:
@@ -149,15 +175,19 @@ def augment(spec: AugmentSpec, images: torch.Tensor, seed: int, view: int,
 def make_inputs(spec: AugmentSpec, norm: tuple[Sequence[float], Sequence[float]] | None = None,
                 size: Sequence[int] | None = None, interpolation: str = "bilinear") -> Callable[[dict], torch.Tensor]:
     """batch -> the model's float input: each sample's view built from the batch's "aug_params"
-    (when the phase augments), then scaled (and normalised per channel: `norm`), then resized to
-    `size` (H, W) where the model expects another size than the data's (its preprocessing,
+    (when the phase augments), mixed with its partner's view where the batch carries a mix
+    (mixed_views), then scaled (and normalised per channel: `norm`), then resized to `size` (H,
+    W) where the model expects another size than the data's (its preprocessing,
     models/preprocessing.py). Resizing after normalising gives what resizing first would: both
-    interpolations are linear, and normalising is per channel."""
+    interpolations are linear, and normalising is per channel; so does mixing before either."""
     def inputs(batch):
-        images = batch["images"]
-        if "aug_params" in batch:
-            images = apply(spec, images, batch["aug_params"])
-        x = to_float(images, norm)
+        if "partner_pos" in batch:
+            x = normalize(mixed_views(spec, batch), norm)
+        else:
+            images = batch["images"]
+            if "aug_params" in batch:
+                images = apply(spec, images, batch["aug_params"])
+            x = to_float(images, norm)
         if size is None or tuple(x.shape[-2:]) == tuple(size):
             return x
         smooth = interpolation in ("bilinear", "bicubic")
@@ -168,20 +198,39 @@ def make_inputs(spec: AugmentSpec, norm: tuple[Sequence[float], Sequence[float]]
     return inputs
 
 
+def mixed_views(spec: AugmentSpec, batch: dict) -> torch.Tensor:
+    """float [B, C, H, W] in [0, 1]: each sample's view mixed with its partner's (data/mixing.py).
+    The partners' images ([E, ...], E >= 0) are stacked under the batch's own ([B, ...]), made
+    into views with their own parameters where the step applies them (an in-memory set's
+    "aug_params"; an image folder's workers sent views), and batch["partner_pos"] [B] picks each
+    sample's partner among the B + E. Mixed at the images' resolution, before any resize."""
+    images = torch.cat([batch["images"], batch["partner_images"]])
+    if "aug_params" in batch:
+        images = apply(spec, images, torch.cat([batch["aug_params"], batch["partner_aug_params"]]))
+    x = to_float(images)
+    b = len(batch["images"])
+    return mix_pixels(x[:b], x[batch["partner_pos"]], batch["mix"])
+
+
 class DrawnViews:
     """A fresh view per epoch (view e in epoch e) of every sample, from one stream's
     counter-based generator (the teacher, the baseline, the fixed and online students): the
-    in-memory augmentations as a per-epoch column of parameters the step applies on the device,
-    an image folder's crops drawn in its DataLoader workers (data.ViewPlan)."""
+    in-memory augmentations and mixes as per-epoch columns of parameters the step applies on the
+    device, an image folder's crops and mixes drawn in its DataLoader workers (data.ViewPlan)."""
 
     def __init__(self, spec: AugmentSpec, stream: int):
         self.spec, self.stream = spec, stream
 
-    def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
-        """{"aug_params": [N, 5]} of view `epoch`; nothing where the workers draw the view (rrc)."""
-        if self.spec.name == "none" or self.spec.in_workers:
+    def columns(self, epoch: int, n: int, in_workers: bool = False) -> dict[str, torch.Tensor]:
+        """{"aug_params": [N, 5]} of view `epoch`, and {"mix": [N, 7] int32} with a mix; nothing
+        where the workers draw the view (rrc, or `in_workers`: an image folder's)."""
+        if in_workers or self.spec.in_workers:
             return {}
-        return {"aug_params": draw_params(self.spec, self.stream, epoch, torch.arange(n))}
+        cols = {} if self.spec.name == "none" else {"aug_params": draw_params(self.spec, self.stream, epoch,
+                                                                                torch.arange(n))}
+        if self.spec.mix:
+            cols["mix"] = draw_mix(self.spec.mix, self.stream, epoch, torch.arange(n), n).to(torch.int32)
+        return cols
 
     def crops(self, view: int | None = None) -> CropPlan | None:
         """Where a streamed source's workers take each sample's crop: view `view`, or epoch e's
@@ -190,13 +239,25 @@ class DrawnViews:
 
         return DrawnCrops(self.stream, view) if self.spec.in_workers else None
 
+    def mixes(self, n: int, view: int | None = None) -> MixPlan | None:
+        """Where a streamed source's workers take each sample's mix (of n samples), as crops();
+        None without a mix."""
+        from .data.streamed import DrawnMixes  # noqa: PLC0415
+
+        return DrawnMixes(self.stream, self.spec.mix, n, view) if self.spec.mix else None
+
+    def partners(self, epoch: int, n: int) -> torch.Tensor | None:
+        """[n] each sample's mix partner in view `epoch` (None without a mix)."""
+        return pairing(self.stream, epoch, n) if self.spec.mix else None
+
 
 class CachedViews:
     """View e mod K of a K-view cache in epoch e (K = `views`, the run's: a cache may hold more, of
-    which the run uses the first K): the parameters the teacher's view was made with (a column
-    for the in-memory augmentations; for an image folder the crops its workers replay from the
-    cache file) and the teacher's logits on it, so the student sees exactly what the teacher
-    saw (data.ViewPlan)."""
+    which the run uses the first K): the parameters the teacher's view was made with (columns
+    for the in-memory augmentations; for an image folder the crops and mixes its workers replay
+    from the cache file) and the teacher's logits on it, so the student sees exactly what the
+    teacher saw (data.ViewPlan). The stored parameters are the crop's (if any), then the mix's
+    (data/mixing.py's 7 columns, if the cache's key names a mix)."""
 
     def __init__(self, soft: SoftTargets, views: int):
         if not 1 <= views <= soft.views:
@@ -204,12 +265,21 @@ class CachedViews:
         self.soft, self.views = soft, views
         # the cache's augmentation, by its key's canonical spec ("rrc(scale=...)": its name first)
         self.replayed_in_workers = get_spec(soft.meta.get("augment", "none").split("(")[0]).in_workers
+        self.mixed = soft.meta.get("mix", "none") != "none"
+        self.crop_cols = soft.params(0).shape[-1] - (len(MIX_COLUMNS) if self.mixed else 0)
 
-    def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
+    def columns(self, epoch: int, n: int, in_workers: bool = False) -> dict[str, torch.Tensor]:
         view = epoch % self.views
         cols = dict(self.soft.columns(view))
-        if not self.replayed_in_workers:
-            cols["aug_params"] = self.soft.params(view)
+        if in_workers or self.replayed_in_workers:
+            return cols
+        params = self.soft.params(view)
+        if not self.mixed:
+            cols["aug_params"] = params
+            return cols
+        if self.crop_cols:
+            cols["aug_params"] = params[:, :self.crop_cols]
+        cols["mix"] = params[:, self.crop_cols:].to(torch.int32)  # a copy: the step reads few uint16 ops
         return cols
 
     def crops(self, view: int | None = None) -> CropPlan | None:
@@ -218,3 +288,15 @@ class CachedViews:
         from .data.streamed import CachedCrops  # noqa: PLC0415
 
         return CachedCrops(self.soft.column("params"), self.views)
+
+    def mixes(self, n: int, view: int | None = None) -> MixPlan | None:
+        if not self.mixed:
+            return None
+        from .data.streamed import CachedMixes  # noqa: PLC0415
+
+        return CachedMixes(self.soft.column("params"), self.views, self.crop_cols)
+
+    def partners(self, epoch: int, n: int) -> torch.Tensor | None:
+        if not self.mixed:
+            return None
+        return partners(self.soft.params(epoch % self.views)[:, self.crop_cols:])

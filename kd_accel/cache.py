@@ -12,15 +12,23 @@ the plain image). Tensors, row i = training sample i:
   log-probabilities at T=1, the k largest of each row sorted descending, and `topk_index`
   [K, N, k], their classes in the smallest integer type that holds C. The other C - k entries
   are rebuilt by expand_topk, which spreads the remaining mass evenly over them. A view of a
-  sample costs 4k bytes in fp16 (6k in fp32) against 2C (4C) for the full logits: C / 2k times
-  less, 100x for ImageNet at k = 5.
+  sample costs 3k bytes in fp16 at C <= 256 (4k at ImageNet's int16 indices, 6k in fp32)
+  against 2C (4C) for the full logits: about C / 2k times less, 100x for ImageNet at k = 5.
+  Beside them, what the losses need beyond the top k (TOPK_STATS, fp32 [K, N] each, 16 bytes a
+  view; caches before them have none, `topk_stats` in the metadata says which): `target_logp`
+  (the label's log-probability at T=1: DKD's target class), `logit_lse` (the log-sum-exp, so
+  the top k's logits are logp + lse), `logit_mean` and `logit_std` (the row's mean and
+  unbiased std: logit standardisation).
 - `params` [K, N, P], optional: the parameters each view was made with, so a student rebuilds
   exactly the image whose logits it is taught. Their dtype is their augmentation's: float32 for
   the in-memory augmentations (P = 5: dx, dy, flip, angle, scale; kd_accel.augment), uint16 for
   an image folder's RandomResizedCrop (P = 5: top, left, height, width as fractions x 65535 and
   the flip; data/streamed.py, FKD's format). They are different parameters, not one quantity
   in two dtypes: the affine view's angle and scale are fractions of a degree and of 1, which
-  uint16 cannot hold, and a crop's fractions in uint16 are exact at half the bytes.
+  uint16 cannot hold, and a crop's fractions in uint16 are exact at half the bytes. A mixed view
+  (metadata `mix`, e.g. "mixup(alpha=1)") adds 7 columns after the crop's (data/mixing.py: the
+  partner's index in two 16-bit halves, the weight and the box as fractions x 65535: integers,
+  exact in either dtype; uint16 when the view has no crop parameters).
 - an image folder's identity, optional: `file_hashes` [N] int64 (each file's path and size),
   `content` [N] int64 (the first 8 bytes of the sha256 of the bytes the precompute read),
   `file_paths` uint8 and `file_path_offsets` [N+1] int64 (the relative paths), and the class
@@ -81,6 +89,13 @@ IDENTITY = ("file_hashes", "file_paths", "file_path_offsets")  # an image folder
 _TINY = torch.finfo(torch.float32).tiny
 _CHUNK_ROWS = 1 << 16  # rows compressed or written at a time: log_softmax makes a float32 copy of its input
 _DIGEST_LEN = 32  # hashing.tensor_digest's hex digits
+# per view and sample beside a top-k cache's log-probabilities: stored tensor -> its column
+# (SoftTargets.columns) -> what it is; what each loss rebuilds from them: soft_targets.TOPK_NEEDS
+TOPK_STATS = {"target_logp": ("teacher_target_logp", "the label's log-probability"),
+              "logit_lse": ("teacher_lse", "the logits' log-sum-exp"),
+              "logit_mean": ("teacher_mean", "the logits' mean"),
+              "logit_std": ("teacher_std", "the logits' standard deviation")}
+TOPK_STATS_STAMP = " ".join(TOPK_STATS)  # the metadata's `topk_stats` of a cache that stores them
 
 
 class CacheMismatch(KDError):
@@ -101,9 +116,12 @@ class CacheKey:
     augment_seed: int = 0
     # the teacher's input: size, interpolation, mean/std (models/preprocessing.describe)
     teacher_input: str | None = None
+    # each view's mix (data/mixing.py: "mixup(alpha=1)"); "none" is not written, so a cache
+    # without a mix keeps the metadata it had before mixes, and one from before reads as "none"
+    mix: str = "none"
 
     def as_metadata(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        return {k: str(v) for k, v in self.__dict__.items() if k != "mix" or v != "none"}
 
 
 def _checksum(t: torch.Tensor | np.ndarray) -> str:
@@ -137,8 +155,10 @@ def index_dtype(num_classes: int) -> torch.dtype:
 
 
 def _nonfinite_rows(t: torch.Tensor) -> int:
-    """Rows (last dim) of `t` holding NaN or inf."""
-    return int((~torch.isfinite(t)).any(dim=-1).sum()) if t.is_floating_point() else 0
+    """Rows (last dim; a [B] column: its entries) of `t` holding NaN or inf."""
+    if not t.is_floating_point():
+        return 0
+    return int((~torch.isfinite(t if t.dim() > 1 else t[:, None])).any(dim=-1).sum())
 
 
 def _check_finite(t: torch.Tensor, path: Path | str, what: str, dtype: str) -> None:
@@ -157,6 +177,17 @@ def compress_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     k = check_topk(k, logits.shape[-1])
     logp = torch.log_softmax(logits.float(), dim=-1)
     return torch.topk(logp, k, dim=-1, sorted=True)
+
+
+def compress_topk_stats(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """logits [B, C], labels [B] -> what a top-k cache stores of them: "topk_logp", "topk_index"
+    [B, k] (compress_topk's) and TOPK_STATS [B] float32, all from one float32 log_softmax (so
+    the label's log-probability is the top k's own value where it is among them)."""
+    x = logits.float()
+    logp = torch.log_softmax(x, dim=-1)
+    top, index = torch.topk(logp, check_topk(k, x.shape[-1]), dim=-1, sorted=True)
+    return {"topk_logp": top, "topk_index": index, "target_logp": logp.gather(-1, labels.long()[:, None])[:, 0],
+            "logit_lse": torch.logsumexp(x, dim=-1), "logit_mean": x.mean(dim=-1), "logit_std": x.std(dim=-1)}
 
 
 def expand_topk(logp: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -183,6 +214,39 @@ def topk_logits(cols: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor
     """[B, C] float32 log-probabilities from a top-k cache's columns (SoftTargets.columns, or a
     batch of their rows): "teacher_topk_logp" and "teacher_topk_index" [B, k], expanded."""
     return expand_topk(cols["teacher_topk_logp"], cols["teacher_topk_index"], num_classes)
+
+
+def _known(cols: dict[str, torch.Tensor], num_classes: int, labels: torch.Tensor,
+           label_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities [B, C] float32, known [B, C] bool): the top k's stored values and the
+    label's (teacher_target_logp) where the top k lack it and the sample keeps its label
+    (label_mask; a sample without a label reveals nothing of it); 0 where unknown."""
+    logp, index = cols["teacher_topk_logp"].float(), cols["teacher_topk_index"].long()
+    shape = (*logp.shape[:-1], num_classes)
+    known = torch.zeros(shape, dtype=torch.bool, device=logp.device).scatter_(-1, index, True)
+    values = logp.new_zeros(shape).scatter_(-1, index, logp)
+    at = labels.long()[:, None]
+    add = ~known.gather(-1, at)  # [B, 1]: the label outside the top k
+    if label_mask is not None:
+        add &= label_mask.bool()[:, None]
+    values.scatter_(-1, at, torch.where(add, cols["teacher_target_logp"].float()[:, None], values.gather(-1, at)))
+    return values, known.scatter_(-1, at, add | known.gather(-1, at))
+
+
+def topk_logit_estimate(cols: dict[str, torch.Tensor], num_classes: int, labels: torch.Tensor,
+                        label_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C] float32 logits rebuilt from a top-k cache's columns with its statistics: the top
+    k's and the label's (as _known says) exactly, logp + lse; every other class the mean of the
+    others, which the row's stored mean gives (C * mean - the known logits' sum), so the row
+    keeps its own mean. Standardised, its std is the stored one (losses.zscore's stats), not the
+    estimate's. At T > 1 this tail is closer than the even spread of the remaining mass, which
+    is exact at T = 1 only (docs/cache.md: the errors measured per loss)."""
+    values, known = _known(cols, num_classes, labels, label_mask)
+    logits = values + cols["teacher_lse"].float()[:, None]
+    unknown = (~known).sum(-1, keepdim=True)
+    total = cols["teacher_mean"].float()[:, None] * num_classes
+    tail = (total - torch.where(known, logits, 0.0).sum(-1, keepdim=True)) / unknown.clamp_min(1)
+    return torch.where(known, logits, tail)
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -237,6 +301,7 @@ class CacheWriter:
         if self.topk:
             layout["topk_logp"] = ((views, n, self.topk), self.dtype)
             layout["topk_index"] = ((views, n, self.topk), index_dtype(c))
+            layout.update({name: ((views, n), torch.float32) for name in TOPK_STATS})
         else:
             layout["logits"] = ((views, n, c), self.dtype)
         if params_cols:
@@ -244,6 +309,10 @@ class CacheWriter:
                 raise KDError(f"view parameters are stored as float32 or uint16, not {params_dtype}")
             layout["params"] = ((views, n, params_cols), params_dtype)
         fixed = {"labels": torch.as_tensor(labels, dtype=torch.int64)}
+        self.labels = fixed["labels"]  # the label of each row: its log-probability is stored (top-k)
+        if self.topk and len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < c:
+            raise KDError(f"cache {self.path}: labels must be class indices 0..{c - 1}, got "
+                          f"{int(self.labels.min())}..{int(self.labels.max())}")
         if "file_hashes" in identity:
             fixed["file_hashes"] = torch.as_tensor(identity["file_hashes"], dtype=torch.int64)
             layout["file_hashes"] = ((n,), torch.int64)
@@ -256,7 +325,8 @@ class CacheWriter:
         # widest elements first: every tensor starts at a multiple of its element size
         self.layout = dict(sorted(layout.items(), key=lambda item: -item[1][1].itemsize))
         self.meta = {"format_version": FORMAT_VERSION, **key.as_metadata(), "views": str(views), "dtype": dtype,
-                     "storage": f"top{self.topk}" if self.topk else "full"}
+                     "storage": f"top{self.topk}" if self.topk else "full",
+                     **({"topk_stats": TOPK_STATS_STAMP} if self.topk else {})}
         if "classes" in identity:
             self.meta["classes"] = json.dumps(list(identity["classes"]))
         for name, t in fixed.items():  # refused before anything is written
@@ -317,7 +387,7 @@ class CacheWriter:
 
     def write(self, view: int, idx: Any, logits: torch.Tensor, params: Any = None, digests: Any = None) -> None:
         """Rows `idx` [B] of view `view`: logits [B, C] (stored as the cache's dtype, or as their
-        top-k log-probabilities), params [B, P] (the view's parameters) and the digests [B] of
+        top-k log-probabilities and TOPK_STATS), params [B, P] (the view's parameters) and the digests [B] of
         the files read (the same in every view: a file rewritten during the precompute is
         refused). Rows not finite as stored are counted, and view_done refuses the view."""
         rows = _host_numpy(idx, np.int64)
@@ -338,8 +408,9 @@ class CacheWriter:
             self.arrays["content"][at] = digests
         logits = logits.detach().cpu()
         if self.topk:
-            logp, index = compress_topk(logits, self.topk)
-            stored = {"topk_logp": logp.to(self.dtype), "topk_index": index.to(self.layout["topk_index"][1])}
+            stored = compress_topk_stats(logits, self.labels[torch.from_numpy(rows)], self.topk)
+            stored["topk_logp"] = stored["topk_logp"].to(self.dtype)
+            stored["topk_index"] = stored["topk_index"].to(self.layout["topk_index"][1])
         else:
             stored = {"logits": logits.to(self.dtype)}
         if params is not None:
@@ -355,7 +426,8 @@ class CacheWriter:
         a view whose rows are not all finite as stored is refused."""
         for (v, name), bad in sorted(self._bad.items()):
             if v == view:
-                what = {"topk_logp": "top-k log-probabilities", "params": "view parameters"}.get(name, name)
+                what = {"topk_logp": "top-k log-probabilities", "params": "view parameters",
+                        **{k: desc for k, (_, desc) in TOPK_STATS.items()}}.get(name, name)
                 dtype = self.meta["dtype"] if name != "params" else str(self.layout["params"][1]).removeprefix("torch.")
                 raise KDError(f"refusing to write {self.path}: {bad} of {self.num_samples} rows of {what} "
                               f"{f'(view {view}) ' if self.views > 1 else ''}are not finite as {dtype}")
@@ -528,11 +600,13 @@ def check_metadata(meta: dict[str, str], key: CacheKey, path: Path | str = "cach
         "augment": "augmentation differs",
         "augment_seed": "augmentation seed differs",
         "teacher_input": "teacher preprocessing differs",
+        "mix": "mix differs",
     }
+    have = {"mix": "none", **meta}  # a cache's mix is written only when it has one
     diffs = [
-        f"{why} ({name}: cache {meta.get(name)!r}, run {want!r})"
-        for name, want in key.as_metadata().items()
-        if meta.get(name) != want
+        f"{why} ({name}: cache {have.get(name)!r}, run {want!r})"
+        for name, want in {**key.as_metadata(), "mix": key.mix}.items()
+        if have.get(name) != want
         for why in [labels[name]]
     ]
     if diffs:
@@ -608,6 +682,11 @@ def _layout(meta, tensors, path):
         layout["topk_logp"] = ((views, n, k), dtype)
         # int16 before the smallest type was chosen; any integer type that holds the classes
         layout["topk_index"] = ((views, n, k), tuple({torch.int16, index_dtype(c)}))
+        stats = meta.get("topk_stats")
+        if stats not in (None, TOPK_STATS_STAMP):
+            raise KDError(f"logits cache {path} is corrupted: metadata topk_stats={stats!r}")
+        if stats:  # written since the losses that need them (absent: an older top-k cache)
+            layout.update({name: ((views, n), torch.float32) for name in TOPK_STATS})
     else:
         raise KDError(f"logits cache {path} is corrupted: metadata storage={storage!r}")
     if "params" in tensors:  # optional; P is whatever the augmentation stored
@@ -634,6 +713,8 @@ class SoftTargets:
         self.num_classes = int(meta["num_classes"])
         self.storage = meta["storage"]  # "full" or "top<k>"
         self.topk = topk  # k, or None for full storage
+        # the columns a top-k cache holds besides its top k (TOPK_STATS' names; none: an older one)
+        self.stats = tuple(col for name, (col, _) in TOPK_STATS.items() if name in tensors)
         self.dtype = meta["dtype"]
         self.labels = tensors["labels"]  # [N] int64
         self._tensors = tensors
@@ -653,12 +734,14 @@ class SoftTargets:
         full storage, "teacher_logits" [N, C] (the stored slice, no copy); top-k, the stored
         "teacher_topk_logp" and "teacher_topk_index" [N, k], which the step expands per batch
         (topk_logits, via soft_targets.topk_objective), so [N, C] is never in memory: at C = 1000
-        that is the point."""
+        that is the point; and [N] each of TOPK_STATS where stored ("teacher_target_logp",
+        "teacher_lse", "teacher_mean", "teacher_std")."""
         v = self._view(view)
         t = self._tensors
         if self.topk is None:
             return {"teacher_logits": t["logits"][v]}
-        return {"teacher_topk_logp": t["topk_logp"][v], "teacher_topk_index": t["topk_index"][v]}
+        return {"teacher_topk_logp": t["topk_logp"][v], "teacher_topk_index": t["topk_index"][v],
+                **{col: t[name][v] for name, (col, _) in TOPK_STATS.items() if name in t}}
 
     def gather(self, view: int, idx: Any) -> torch.Tensor:
         """[B, C] rows `idx` of view `view`'s teacher logits: full storage, in the stored dtype (a

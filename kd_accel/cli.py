@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import outputs, runlock, study, tracking
+from . import outputs, recipes, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
 from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
@@ -20,11 +20,12 @@ from .config import (
     ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args, group_default,
     layered_defaults, settings_with_flags,
 )
-from .models import parse_arch
+from .models import check_arch
+from .optim import check_recipes
 from .data import DATA_DIR_ENV, NAMES as DATA_NAMES, data_files
 from .errors import KDError
 from .io import write_json
-from .losses import KD_LOSSES, loss_name
+from .losses import KD_LOSSES, loss_name, loss_settings
 from .pipeline import (
     RESULT_FILES, TEACHER_FILE, check_against_data, teacher_arch, check_resume_target, load_data, resolve_teacher,
     set_aside_previous_result, setup, train_student, train_teacher, write_config,
@@ -35,6 +36,8 @@ from .teaching import cache_path, ignored_cache_settings, precompute, resolve_so
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+
+    from accelerate import Accelerator
 
     from .config import Config, Groups
     from .study import Variant
@@ -48,7 +51,8 @@ CACHE = ("cache_dtype", "cache_topk", "views", "augment_seed")
 
 def registries() -> tuple[dict[str, list[str]], dict[str, Callable[[str], object]]]:
     """Choices and types of the flags whose values are registered elsewhere in the package."""
-    choices = {"dataset": sorted(DATA_NAMES), "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
+    choices = {"dataset": DATA_NAMES,  # sorted; any hf:NAME is in it too
+               "kd_loss": sorted(KD_LOSSES), "augment": list(AUGMENTS),
                "teacher_augment": list(AUGMENTS), "cache_dtype": sorted(DTYPES), "report_to": list(tracking.REPORT_TO)}
     return choices, {"kd_loss": loss_name}  # an old loss name ('seed-mse') is the same loss
 
@@ -65,6 +69,7 @@ def build_parser(description: str, groups: Groups, extra: Callable[[argparse.Arg
                                  "PATTERN (e.g. 'resnet*', 'timm:*mobile*'), and exit")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="recipe defaults: 'notebook' reproduces the notebook (default: %(default)s)")
+    recipes.add_config_flag(parser)
     choices, types = registries()
     add_flags(parser, groups, choices, types, defaults, only)
     if extra:
@@ -86,25 +91,34 @@ class ListModels(argparse.Action):
 
 def parse(parser: argparse.ArgumentParser, groups: Groups,
           argv: Sequence[str] | None = None) -> tuple[Config, dict[str, Any]]:
-    """Flags over the preset's over the data set's defaults; a Config, checked; and the raw dict."""
+    """Flags over a --config file's over the preset's over the data set's defaults; a Config,
+    checked; and the raw dict."""
     pre, _ = parser.parse_known_args(argv)
+    from_file = recipes.read_config(parser, pre.config, groups) if pre.config else {}
+    if from_file:  # the file's data set and preset choose the layers under it, unless flags do
+        parser.set_defaults(**from_file)
+        pre, _ = parser.parse_known_args(argv)
     known = {a.dest for a in parser._actions}
     layered = layered_defaults(getattr(pre, "dataset", None), pre.preset)
-    parser.set_defaults(**{k: v for k, v in layered.items() if k in known})
+    parser.set_defaults(**{**{k: v for k, v in layered.items() if k in known}, **from_file})
     args = vars(parser.parse_args(argv))
     cfg = from_args(args, groups)
     validate(cfg, groups)
     return cfg, args
 
 
-def validate(cfg: Config, groups: Groups = ALL) -> None:
-    """One clear line per bad value, before any work starts."""
+def validate(cfg: Config, groups: Groups = ALL, variant: bool = False) -> None:
+    """One clear line per bad value, before any work starts. `variant`: a compare.py variant's
+    settings, whose own cache settings study.parse_variant checks (the run's --views may serve
+    other variants than this one)."""
     try:
         check_bounds(cfg, groups)  # finite, within each setting's declared range
     except ValueError as e:
         raise KDError(str(e)) from None
     check_path_names(cfg, groups)  # before any path is used: a teacher trained, then unreadable
-    for line in ignored_cache_settings(cfg).values():  # e.g. --views without --augment
+    check_recipes(cfg, groups)  # optimizer and schedule combinations (--milestones of --schedule step, ...)
+    loss_settings(cfg.kd)  # a loss setting the loss has no use for (--logit-standardization of notebook-mse)
+    for line in [] if variant else ignored_cache_settings(cfg).values():  # e.g. --views without --augment
         raise KDError(line)
     check_models(cfg, groups)
     parse_every(cfg.run.checkpoint_every)
@@ -132,7 +146,7 @@ def check_models(cfg: Config, groups: Groups = ALL) -> None:
         recipe, prefix = getattr(cfg, group), groups[group] if groups[group] is not None else GROUPS[group][1]
         def flag(name: str) -> str:
             return "--" + (prefix + name).replace("_", "-")
-        parse_arch(recipe.arch)
+        check_arch(recipe.arch, recipe.arch_kwargs, flag("arch_kwargs"))  # model code imported, its callable found
         if recipe.weights and not os.path.isfile(recipe.weights):
             what = "is a folder" if os.path.isdir(recipe.weights) else "not found"
             raise KDError(f"{flag('weights')} {recipe.weights}: {what}; give a weights file (.pth, .bin, .safetensors)")
@@ -142,7 +156,8 @@ def check_models(cfg: Config, groups: Groups = ALL) -> None:
             raise KDError(f"{flag('epochs')} 0 uses the teacher as {flag('weights')} give it, untrained: give "
                           f"{flag('weights')} FILE, or epochs >= 1")
     if "teacher" in groups and groups["teacher"] != "" and cfg.run.teacher:
-        given = [f"--teacher-{name.replace('_', '-')}" for name in ("arch", "weights", "image_size", "normalize")
+        given = [f"--teacher-{name.replace('_', '-')}" for name in ("arch", "weights", "image_size", "normalize",
+                                                                     "arch_kwargs")
                  if getattr(cfg.teacher, name) != getattr(group_default("teacher"), name)]
         if given:
             raise KDError(f"--teacher {cfg.run.teacher} is a trained teacher file, which says its architecture and "
@@ -191,8 +206,11 @@ TEACHER_GROUPS = {"data": None, "teacher": "", "run": None}
 
 def teacher_parser() -> argparse.ArgumentParser:
     return build_parser("Train the teacher on hard labels; writes <output-dir>/teacher.safetensors.", TEACHER_GROUPS,
-                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers", "epochs",
-                              "batch_size", "lr", "schedule", "augment", "arch", "weights", "image_size", "normalize", "output_dir",
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers", "image_column",
+                              "label_column", "epochs",
+                              "batch_size", "lr", "schedule", "opt", "momentum", "nesterov", "weight_decay",
+                              "milestones", "gamma", "warmup_epochs", "clip_grad", "precise_bn",
+                              "augment", "mix", "mix_alpha", "arch", "weights", "image_size", "normalize", "output_dir",
                               "run_name", "seed", "mixed_precision", "grad_accum", "checkpoint_every",
                               "keep_checkpoints", "resume", "channels_last", "compile", "deterministic", "report_to"],
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
@@ -200,8 +218,9 @@ def teacher_parser() -> argparse.ArgumentParser:
 
 def precompute_parser() -> argparse.ArgumentParser:
     return build_parser("Run a teacher checkpoint once over the training set; write its logits cache.", ALL,
-                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers",
-                              "batch_size", "augment", "epochs",
+                        only=["dataset", "data_dir", "limit_train", "limit_test", "channels", "num_workers", "image_column",
+                              "label_column",
+                              "batch_size", "augment", "mix", "mix_alpha", "epochs",
                               "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
                               "mixed_precision", "channels_last", "compile", "deterministic"])
 
@@ -249,12 +268,25 @@ def cache_output(cfg: Config) -> list[outputs.Output]:
     return [outputs.Output("--logits" if cfg.run.logits else "--output-dir", cache_path(cfg), "cache")]
 
 
+def recipe_output(script: str) -> dict[str, str]:
+    return {recipes.recipe_file(script): "recipe"}
+
+
+def write_recipe(accelerator: Accelerator, cfg: Config, script: str, parser: argparse.ArgumentParser,
+                 args: Mapping[str, Any]) -> None:
+    """The run's recipe file (recipes.recipe_file) beside its config, as --config takes it back;
+    main process only."""
+    if accelerator.is_main_process:
+        recipes.write_recipe(cfg.run_dir / recipes.recipe_file(script), script, recipes.recipe_of(parser, args))
+
+
 def teacher_output(cfg: Config) -> dict[str, str]:
     return {} if cfg.run.teacher else {TEACHER_FILE: "model"}
 
 
 def distill_outputs(cfg: Config) -> list[outputs.Output]:
-    results = {name: ("json" if name.endswith(".json") else "model") for name in RESULT_FILES}
+    results = {name: ("json" if name.endswith(".json") else "recipe" if name.endswith(".yaml") else "model")
+               for name in RESULT_FILES}
     files = {**teacher_output(cfg), **results, "previous": "cleared folder", **CHECKPOINTS,
              **{f"previous/{name}": kind for name, kind in results.items()}}  # the last result, set aside
     return [*run_outputs(cfg, files), *cache_output(cfg)]
@@ -262,7 +294,7 @@ def distill_outputs(cfg: Config) -> list[outputs.Output]:
 
 def compare_outputs(cfg: Config, variants: Iterable[Variant], seeds: Sequence[int]) -> list[outputs.Output]:
     files = {**teacher_output(cfg), "results.json": "json", "results.md": "results table", "results.png": "png",
-             "config.compare.json": "json", "compare": "folder", **CHECKPOINTS,
+             "config.compare.json": "json", **recipe_output("compare"), "compare": "folder", **CHECKPOINTS,
              **{f"{study.comparison_label(v, seed)}.safetensors": "model" for v in variants for seed in seeds}}
     caches = {o.path: o for v in variants if v.distilled for o in cache_output(v.apply(cfg))}
     return [*run_outputs(cfg, files), *caches.values()]
@@ -270,20 +302,23 @@ def compare_outputs(cfg: Config, variants: Iterable[Variant], seeds: Sequence[in
 
 @ends_training
 def train_teacher_main(argv: Sequence[str] | None = None) -> None:
-    cfg, _ = parse(teacher_parser(), TEACHER_GROUPS, argv)
-    outputs.check(run_outputs(cfg, {TEACHER_FILE: "model", "config.train_teacher.json": "json", **CHECKPOINTS}),
-                  run_inputs(cfg))
+    parser = teacher_parser()
+    cfg, args = parse(parser, TEACHER_GROUPS, argv)
+    outputs.check(run_outputs(cfg, {TEACHER_FILE: "model", "config.train_teacher.json": "json",
+                                    **recipe_output("train_teacher"), **CHECKPOINTS}), run_inputs(cfg))
     check_resume_target(cfg, "train_teacher.py", ["teacher"])
     accelerator = setup(cfg, "train_teacher")
     train, test = load_data(accelerator, cfg)
     info = train_teacher(accelerator, cfg, train, test, cfg.run_dir / TEACHER_FILE)
     write_config(accelerator, cfg, "train_teacher")
+    write_recipe(accelerator, cfg, "train_teacher", parser, args)
     accelerator.print(f"teacher: {info['test_accuracy']:.2f}% test accuracy, saved {cfg.run_dir / TEACHER_FILE}")
 
 
 @ends_training
 def precompute_main(argv: Sequence[str] | None = None) -> None:
-    cfg, args = parse(precompute_parser(), ALL, argv)
+    parser = precompute_parser()
+    cfg, args = parse(parser, ALL, argv)
     if not cfg.run.teacher:
         raise KDError("precompute_logits.py needs --teacher PATH (a teacher checkpoint)")
     out = Path(cfg.run.out) if cfg.run.out else cache_path(cfg)
@@ -293,18 +328,21 @@ def precompute_main(argv: Sequence[str] | None = None) -> None:
     run_folder = not cfg.run.out or args.get("output_dir") is not None or args.get("run_name") is not None
     # before the teacher runs: nothing written on refusal
     outputs.check([outputs.Output("--out" if cfg.run.out else "--output-dir", out, "cache"),
-                   *(run_outputs(cfg, {"config.precompute_logits.json": "json"}) if run_folder else [])],
+                   *(run_outputs(cfg, {"config.precompute_logits.json": "json", **recipe_output("precompute_logits")})
+                     if run_folder else [])],
                   run_inputs(cfg))
     accelerator = setup(cfg, "precompute_logits", run_folder)
     train, _ = load_data(accelerator, cfg, run_folder)
     precompute(accelerator, cfg, cfg.run.teacher, train, out)
     if run_folder:
         write_config(accelerator, cfg, "precompute_logits")
+        write_recipe(accelerator, cfg, "precompute_logits", parser, args)
 
 
 @ends_training
 def distill_main(argv: Sequence[str] | None = None) -> None:
-    cfg, _ = parse(distill_parser(), ALL, argv)
+    parser = distill_parser()
+    cfg, args = parse(parser, ALL, argv)
     outputs.check(distill_outputs(cfg), run_inputs(cfg))
     phases = ["teacher"] * (not cfg.run.teacher) + ["student"] + ["baseline"] * cfg.kd.baseline
     check_resume_target(cfg, "distill.py", phases)
@@ -321,6 +359,7 @@ def distill_main(argv: Sequence[str] | None = None) -> None:
     metrics = experiment_metrics(accelerator, cfg, train, test, {**teacher, "path": str(teacher_path)}, student,
                                  baseline, cache)
     write_config(accelerator, cfg, "distill")
+    write_recipe(accelerator, cfg, "distill", parser, args)
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "metrics.json", metrics)
     print_summary(accelerator, metrics)
@@ -329,8 +368,14 @@ def distill_main(argv: Sequence[str] | None = None) -> None:
 @ends_training
 def compare_main(argv: Sequence[str] | None = None) -> None:
     """Baseline and distilled students over several seeds, one shared teacher and cache."""
-    cfg, args = parse(compare_parser(), ALL, argv)
+    parser = compare_parser()
+    cfg, args = parse(parser, ALL, argv)
     variants, reference = study.variants_from_flags(args["variants"], args["reference"], cfg)
+    for v in variants:  # each one's settings as a command line's (schedule=step needs milestones=...)
+        try:
+            validate(v.apply(cfg), variant=True)
+        except KDError as e:
+            raise KDError(f"variant {v.name!r}: {e}") from None
     study.check_seeds(args["seeds"])
     outputs.check(compare_outputs(cfg, variants, args["seeds"]), run_inputs(cfg))
     check_resume_target(cfg, "compare.py", study.comparison_phases(cfg, variants, args["seeds"]))
@@ -346,6 +391,7 @@ def compare_main(argv: Sequence[str] | None = None) -> None:
     teacher_path, teacher = resolve_teacher(accelerator, cfg, train, test)
     runs = study.run_comparison(accelerator, cfg, variants, args["seeds"], train, test, teacher_path, teacher)
     write_config(accelerator, cfg, "compare")
+    write_recipe(accelerator, cfg, "compare", parser, args)
     study.write_comparison(accelerator, cfg, variants, reference, runs, teacher)
 
 
@@ -371,7 +417,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> None:
     soft = open_cache(a.cache)
     logits, meta = soft.logits(a.view), soft.meta
     rows = study.temperature_stats(logits, sorted(a.temperatures))
-    views = f", view {a.view} of {soft.views} ({meta.get('augment')})" if soft.views > 1 else ""
+    mix = f"+{meta['mix']}" if "mix" in meta else ""  # a mixed cache's (cache.CacheKey)
+    views = f", view {a.view} of {soft.views} ({meta.get('augment')}{mix})" if soft.views > 1 else ""
     print(f"{meta.get('dataset')} {meta.get('split')}: {len(logits)} samples x {logits.shape[1]} classes{views}, "
           f"{soft.storage} (uniform entropy {math.log(logits.shape[1]):.3f} nats)")
     if meta.get("teacher_input"):  # caches since the teacher's preprocessing was stamped

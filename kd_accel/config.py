@@ -45,7 +45,9 @@ PATH = "a path: what it names is stamped by content (data fingerprint, teacher w
 
 
 
-SCHEDULES = ("cosine", "constant")
+# kd_accel/optim.py builds them (the defaults: adam, cosine, as before these settings existed)
+SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
@@ -65,6 +67,12 @@ class Data:
     num_workers: Optional[int] = setting(None, "image folders: DataLoader worker processes decoding images, per "
                                          "process", low=0, default_text="the cores per process, at most 8",
                                          unstamped="how many processes decode the files, not what they decode")
+    # Hugging Face datasets (--dataset hf, hf:NAME): which columns are read (kd_accel/data/hf.py)
+    image_column: Optional[str] = setting(None, "Hugging Face datasets: the image column", default_text="image or img",
+                                          unstamped="the data's fingerprint names the columns read")
+    label_column: Optional[str] = setting(None, "Hugging Face datasets: the label column (a ClassLabel, or integers)",
+                                          default_text="label, labels or fine_label",
+                                          unstamped="the data's fingerprint names the columns read")
 
 
 @dataclass
@@ -75,14 +83,44 @@ class Recipe:
     epochs: int = setting(20, "training epochs; a teacher's 0 takes its --teacher-weights as they are", low=0)
     batch_size: int = setting(100, "per-process batch size", low=1)
     # beyond 10 a run only fails later as "non-finite loss" (lr=1e3 blows Adam's weights up)
-    lr: float = setting(1e-3, "Adam learning rate", positive=True, high=10.0)
+    lr: float = setting(1e-3, "learning rate: the peak one, reached after --warmup-epochs", positive=True, high=10.0)
+    # losses.hard_term: every hard cross-entropy (teacher, baseline, the students' hard term)
+    label_smoothing: float = setting(0.0, "label smoothing of the hard-label cross-entropy", low=0.0, high=1.0)
     schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
+    # the optimizer and the schedule's shape (kd_accel/optim.py; combinations: optim.check_recipe)
+    opt: str = setting("adam", "optimizer (adam: L2 weight decay, adamw: decoupled)", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "--opt sgd: momentum", low=0.0, high=1.0)
+    nesterov: bool = setting(False, "--opt sgd: Nesterov momentum")
+    weight_decay: float = setting(0.0, "weight decay, not applied to biases and norm layers (parameters of 1 "
+                                  "dimension, as timm)", low=0.0)
+    milestones: Optional[list[int]] = setting(None, "--schedule step: the epochs at which the lr is multiplied by "
+                                              "--gamma", low=1, metavar="EPOCH", default_text="none")
+    gamma: float = setting(0.1, "--schedule step: the lr's factor at each milestone", positive=True, high=1.0)
+    warmup_epochs: int = setting(0, "epochs of linear lr warm-up from about 0 (per optimizer step) before the "
+                                 "schedule", low=0)
+    clip_grad: Optional[float] = setting(None, "clip the gradients' global L2 norm to this", positive=True,
+                                         default_text="off")
+    # BN statistics lag the weights by ~1/momentum steps (optim.SLOW_BN_MOMENTUM)
+    precise_bn: int = setting(0, "re-estimate BatchNorm statistics on N training batches before each evaluation "
+                              "and before saving (0: off)", low=0)
     # kd_accel/augment.py; the teacher's None means: the student's --augment
     augment: Optional[str] = setting("none", "augmentation of the training images")
-    # kd_accel/models: the spec is checked where the command line is built (cli.py). These four
+    # function matching (Beyer et al. 2022; kd_accel/data/mixing.py): drawn per view like the
+    # crops and stored in a K-view cache. The teacher's (--teacher-mix) does not follow the students'
+    mix: str = setting("none", "mixing of each training view with a partner sample's own view: mixup blends the "
+                       "two, cutmix pastes a box of the partner's; drawn per view like the crops, stored in a K-view "
+                       "cache and replayed", choices=("none", "mixup", "cutmix"))
+    mix_alpha: float = setting(1.0, "Beta(alpha, alpha) of the mixing weight lambda (1: uniform in [0, 1], "
+                               "function matching)", positive=True, high=100.0)
+    # a distilled student's hard term only: the teacher and the baseline learn the mixed labels
+    mix_labels: str = setting("mixed", "hard labels of a distilled student's mixed image: mixed (both labels by their "
+                              "shares, as timm's mixup) or none (no hard term; --alpha 1 is KL only either way)",
+                              choices=("mixed", "none"), phases=("student", "fitnets"))
+    # kd_accel/models: the spec is checked where the command line is built (cli.py). These five
     # are the teacher's too (--teacher-arch ...), and the student's under --student-arch as well
-    arch: str = setting("notebook:student", "architecture: torchvision:NAME, timm:NAME[.TAG] or notebook:teacher|"
-                        "student (list them with --list-models PATTERN)", role_flag=True)
+    arch: str = setting("notebook:student", "architecture: torchvision:NAME, timm:NAME[.TAG], notebook:teacher|"
+                        "student (list them with --list-models PATTERN), or model code: module.path:callable or "
+                        "path/to/file.py:callable", role_flag=True)
     # stamped by content: pipeline.resolved_settings puts the file's digest in its place
     weights: Optional[str] = setting(None, "initial weights from a local file: .pth/.pt/.bin (torch.save) or "
                                      ".safetensors; a state dict, or one under 'state_dict' or 'model'",
@@ -92,11 +130,16 @@ class Recipe:
     normalize: Optional[str] = setting(None, "input normalisation: the data set's mean/std, or the weights' known ones",
                                        choices=("data", "weights"), default_text="the weights' where known, else the "
                                        "data's", role_flag=True)
+    # models/user.py; stamped as canonical JSON (keys sorted) by pipeline.resolved_settings
+    arch_kwargs: Optional[str] = setting(None, "keyword arguments of the architecture's builder or model code, a JSON "
+                                         "object: '{\"depth\": 20}'", metavar="JSON", default_text="none",
+                                         role_flag=True)
 
 
 # The teacher's recipe in distill.py and compare.py (--teacher-*): 5 epochs of the notebook's
 # teacher; FOLLOWS None follows the students' flag (the same batch size and augmentation unless
-# told otherwise). --teacher-epochs 0 takes the teacher as --teacher-weights give it.
+# told otherwise; not the mix: a teacher mixes only with --teacher-mix). --teacher-epochs 0 takes
+# the teacher as --teacher-weights give it.
 TEACHER = Recipe(epochs=5, batch_size=None, augment=None, arch="notebook:teacher")
 FOLLOWS = ("batch_size", "augment")
 
@@ -108,7 +151,18 @@ class Distillation:
     # below 0.01 softmax(s/T) overflows (T=1e-40 gives a non-finite loss); far above 1000 every
     # target is uniform. Also the bounds of compare's variants (study.parse_variant).
     temperature: float = setting(4.0, "softmax temperature T", low=0.01, high=1000.0)
-    alpha: float = setting(0.9, "weight of the soft loss", low=0.0, high=1.0)
+    alpha: float = setting(0.9, "weight of the soft loss: (1-alpha)*CE + alpha*soft (hinton, notebook-mse; dkd and "
+                           "dist weigh CE by 1, as published)", low=0.0, high=1.0)
+    # kd_accel/losses.py; the published defaults (docs/usage.md, "Losses"). Stamped on every
+    # distilled student, as the others here, though only their own loss reads them
+    logit_standardization: bool = setting(False, "z-score the teacher's and the student's logits per sample before "
+                                          "the soft loss's softmax (Sun et al. 2024; they use T=2): hinton, dkd, dist")
+    dkd_alpha: float = setting(1.0, "dkd: weight of the target-class term (TCKD)", low=0.0)
+    dkd_beta: float = setting(8.0, "dkd: weight of the non-target term (NCKD)", low=0.0)
+    dkd_warmup: int = setting(20, "dkd: epochs over which its loss ramps up linearly (0: none)", low=0)
+    dist_beta: float = setting(1.0, "dist: weight of the inter-class (per-sample) Pearson term", low=0.0)
+    dist_gamma: float = setting(1.0, "dist: weight of the intra-class (per-class, over the batch) Pearson term",
+                                low=0.0)
     soft_targets: str = setting("all", "with --train-subset: soft targets on the whole set or the subset",
                                 choices=("all", "subset"))
     # where an augmented student's soft targets come from: a K-view cache (consistent: the student
@@ -223,7 +277,9 @@ PRESETS = {
 DATASET_DEFAULTS = {
     "fashion-mnist": dict(temperature=2.0),
     "cifar10": dict(augment="crop-flip"),
+    "cifar100": dict(augment="crop-flip"),  # the CRD/DKD protocol's random crop (pad 4) + flip
     "imagefolder": dict(augment="rrc"),  # torchvision's reference: RandomResizedCrop + flip
+    "hf": dict(augment="rrc"),  # Hugging Face datasets (and hf:NAME): read as image folders are
 }
 
 
@@ -277,6 +333,8 @@ def add_flags(parser: argparse.ArgumentParser, groups: Groups, choices: Mapping[
                 kw["choices"] = choices[dest]
             if kind is bool:
                 kw["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(kind) in (list, tuple):  # list[int]: --milestones 150 180 210
+                kw["nargs"], kw["type"] = "+", types.get(dest, typing.get_args(kind)[0])
             else:
                 kw["type"] = types.get(dest, kind)
             flags = ["--" + dest.replace("_", "-")]
@@ -330,7 +388,8 @@ def with_flags(cfg: Config, **flags: Any) -> Config:
 
 def layered_defaults(dataset: str | None, preset: str) -> dict[str, Any]:
     """The defaults under explicit flags, by dest: the data set's measured ones, then the preset's."""
-    return {**DATASET_DEFAULTS.get(dataset, {}), **PRESETS[preset]}
+    family = dataset.split(":")[0] if dataset else dataset  # hf:NAME takes hf's
+    return {**DATASET_DEFAULTS.get(family, {}), **PRESETS[preset]}
 
 
 def _declared(group, name):
@@ -353,6 +412,10 @@ def check_setting(group: str, name: str, value: object, flag: str | None = None)
     """The declared bounds of one setting (finite, low/high, positive), one line per problem."""
     meta = _declared(group, name)
     flag = flag or "--" + (GROUPS[group][1] + name).replace("_", "-")
+    if isinstance(value, (list, tuple)):  # a list setting's bounds are each element's
+        for v in value:
+            check_setting(group, name, v, flag)
+        return
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, float) and not math.isfinite(value):  # inf and nan slip through every comparison

@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import KD_LOSSES, loss_name
-
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -69,12 +67,12 @@ def hint_objective(hint: Hint) -> Objective:
     return objective
 
 
-def joint_objective(hint: Hint, kind: str, temperature: float, alpha: float, beta: float) -> Objective:
-    """KD from the cache plus beta x the hint regression, in one stage."""
+def joint_objective(hint: Hint, kd: Objective, beta: float) -> Objective:
+    """KD plus beta x the hint regression, in one stage: `kd` the student's KD objective of its
+    logits (training.make_objective, fed its soft targets: soft_targets' source.objective)."""
 
     def objective(out: tuple[torch.Tensor, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = KD_LOSSES[loss_name(kind)](out[0], batch["labels"], batch["teacher_logits"], temperature, alpha,
-                                label_mask=batch.get("label_mask"))
+        parts = kd(out[0], batch)
         h = F.mse_loss(out[1].float(), hint(batch["x"]))
         return {**parts, "loss": parts["loss"] + beta * h, "hint": h}
 

@@ -86,6 +86,7 @@ KINDS = {
     "results table": ("a kd_accel results table", lambda p: _starts_with(p, b"### ", b"| variant |")),
     "png": ("a PNG image", lambda p: _starts_with(p, b"\x89PNG\r\n\x1a\n")),
     "lock": ("a kd_accel run lock", _is_lock),
+    "recipe": ("a kd_accel recipe file", lambda p: _starts_with(p, b"# kd_accel recipe")),  # recipes.HEADER
     "folder": ("a folder", os.path.isdir),
     # deleted and made anew by the run (<run>/previous): no input may lie inside it
     "cleared folder": ("a folder", os.path.isdir),

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from accelerate.utils import set_seed
 
-from .augment import get_spec, stream_seed
+from .augment import get_spec, recipe_spec, stream_seed
 from .checkpointing import RESUME_HINT, Checkpointer, check_stamp
 from .data import balanced_subset
 from .errors import KDError
 from .evaluation import evaluate
 from .hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
+from .losses import loss_settings
 from .models import count_params, load_model, meta_number, meta_record, meta_role, read_checkpoint, save_model, state_fingerprint
 from .models.preprocessing import describe
 from .preflight import check_teacher_classes
@@ -57,7 +58,7 @@ def train_teacher(accelerator: Accelerator, cfg: Config, train: DataSource, test
     set_seed(cfg.run.seed)
     settings = phase_settings(accelerator, cfg, train, student=False)
     model, record = build(cfg.teacher, train, "teacher", accelerator.print)
-    spec, prep = get_spec(cfg.teacher.augment), record["preprocessing"]
+    spec, prep = recipe_spec(cfg.teacher), record["preprocessing"]  # with --teacher-mix: mixed views
     inputs = inputs_for(spec, prep)
     if cfg.teacher.epochs == 0:  # --teacher-weights as they are: evaluated, recorded, stamped
         start = time.perf_counter()
@@ -68,7 +69,8 @@ def train_teacher(accelerator: Accelerator, cfg: Config, train: DataSource, test
     else:
         data = train.at(prep).train_data(own_views(spec, stream_seed("teacher", cfg.run.seed)))
         ckpt = Checkpointer.of(cfg.run, cfg.run_dir / "checkpoints" / "teacher", settings)
-        model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.teacher, cfg.run), make_objective("ce"),
+        model, hist = fit(accelerator, model, data, test.at(prep), TrainSpec.of(cfg.teacher, cfg.run),
+                          make_objective("ce", label_smoothing=cfg.teacher.label_smoothing),
                           "teacher", ckpt, inputs=inputs)
     info = run_info(model, hist)
     if accelerator.is_main_process:
@@ -139,8 +141,11 @@ def student_data(cfg: Config, train: DataSource, soft: Any = None,
     default), its hard loss then masked to the labelled samples."""
     k = cfg.kd
     source = soft if hasattr(soft, "student_views") else source_of(soft, online, cache_views(cfg)[1])
-    views = source.student_views(get_spec(cfg.student.augment), stream_seed("student", cfg.run.seed))
-    extra, objective = source.columns(), source.objective(k.kd_loss, k.temperature, k.alpha)
+    views = source.student_views(recipe_spec(cfg.student), stream_seed("student", cfg.run.seed))
+    extra = source.columns()
+    if source.distilled and cfg.student.mix != "none" and cfg.student.mix_labels == "none":
+        extra = {**extra, "label_mask": torch.zeros(len(train), dtype=torch.bool)}  # mixed images: no hard term
+    objective = source.objective(k.kd_loss, k.temperature, k.alpha, cfg.student.label_smoothing, **loss_settings(k))
     if not cfg.data.train_subset:
         return train.train_data(views, extra), objective
     keep = balanced_subset(train.labels, cfg.data.train_subset)
@@ -243,7 +248,7 @@ def fitnet_training(accelerator: Accelerator, cfg: Config, model: nn.Module, dat
                           Checkpointer.of(cfg.run, ckpt / "kd", settings), inputs=inputs)
         hist = {"epochs": h2["epochs"], "train_time_s": h1["train_time_s"] + h2["train_time_s"]}
         return student, hist, {"hint_epochs": h1["epochs"]}
-    joint = source.feed(joint_objective(hint, k.kd_loss, k.temperature, k.alpha, k.hint_beta))
+    joint = joint_objective(hint, objective, k.hint_beta)  # the KD objective, fed its soft targets as it is
     wrapped, hist = fit(accelerator, wrapped, data, test, spec, joint, label, Checkpointer.of(cfg.run, ckpt, settings),
                         inputs=inputs)
     return wrapped.student, hist, {}

@@ -29,7 +29,8 @@ def load_data(accelerator: Accelerator, cfg: Config, run_folder: bool = True) ->
     d = cfg.data
     with accelerator.main_process_first():
         ensure_downloaded(d.dataset, d.data_dir)
-    train, test = open_splits(d.dataset, d.data_dir, d.channels, d.num_workers)  # val labelled by train's classes
+    train, test = open_splits(d.dataset, d.data_dir, d.channels, d.num_workers,  # val labelled by train's classes
+                              (d.image_column, d.label_column))
     train, test = train.subset(d.limit_train), test.subset(d.limit_test)
     check_against_data(cfg, train)
     if run_folder:
@@ -79,7 +80,8 @@ def check_model(recipe: Recipe, train: DataSource, role: str) -> None:
     architecture; a teacher used as its weights give it (epochs 0) whose classifier they do not
     fit (it would teach from a random head); and the input size: the model must run on the
     preprocessing's size (and train there, unless a teacher used as it is), or it is refused
-    naming a size it runs at (zoo.check_input_size)."""
+    naming a size it runs at (zoo.check_input_size); and its logits [B, the data's classes]
+    (model code builds its own head)."""
     record = recipe_record(recipe, train)
     model, notes = build_from_spec(record)
     if recipe.weights:
@@ -91,7 +93,8 @@ def check_model(recipe: Recipe, train: DataSource, role: str) -> None:
                           f"{note.n_model}: the classifier would be re-initialised, and --teacher-epochs 0 uses the "
                           f"teacher untrained (a random teacher); fine-tune it (--teacher-epochs N) or give weights "
                           f"for {note.n_model} classes")
-    check_input_size(model, record["spec"], record["input_shape"], SIZE_FLAGS[role], train=not used_as_is)
+    check_input_size(model, record["spec"], record["input_shape"], SIZE_FLAGS[role], train=not used_as_is,
+                     num_classes=record["num_classes"])
 
 
 def check_teacher_classes(meta: Mapping[str, str], path: Path | str, data: DataSource) -> None:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .deploy import add_report, fmt_flops, fmt_ms, headline
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sized
 
@@ -48,7 +50,8 @@ def fmt_secs(x: float | None) -> str:
 def summary_table(metrics: Mapping[str, Any]) -> Table:
     """The run's result at a glance: one row per model, then the gain and the cache status."""
     table = Table(title=f"kd_accel: {metrics['dataset']} ({metrics['run_dir']})")
-    for col in ("model", "test acc", "params", "train time", "note"):
+    best = any("best_epoch" in (metrics.get(role) or {}) for role in ("teacher", "student", "baseline"))
+    for col in ("model", "test acc", *("best epoch",) * best, "params", "train time", "note"):
         table.add_column(col, justify="left" if col in ("model", "note") else "right")
     for role in ("teacher", "student", "baseline"):
         m = metrics.get(role)
@@ -57,13 +60,70 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
         name = {"student": "distilled student"}.get(role, role)
         if m.get("arch") and not m["arch"].startswith("notebook:"):  # a zoo model: say which
             name += f"\n{m['arch']}"
-        table.add_row(name, fmt_pct(m["test_accuracy"]), f"{m['params']:,}", fmt_secs(m.get("train_time_s")), m.get("note", ""))
+        table.add_row(name, fmt_pct(m["test_accuracy"]), *[fmt_best(m)] * best, f"{m['params']:,}",
+                      fmt_secs(m.get("train_time_s")), m.get("note", ""))
     gain = metrics.get("gain_over_baseline")
     table.caption = (
         (f"gain over baseline: {gain:+.2f} points; " if gain is not None else "")
         + soft_targets_source(metrics["cache"])
+        + ("\ntest acc: the last epoch's, the result; best epoch: the highest over epochs, picked on the test set "
+           "(optimistic, as published best-epoch figures)" if best else "")
+        + (f"\n{headline(metrics)}" if headline(metrics) else "")
     )
     return table
+
+
+# the deployment report's table (deploy.py): its own, below the summary, so both fit 80 columns
+DEPLOY_COLUMNS = ("model", "FLOPs/img", "params", "file", "ms b1", "ms b64", "speed-up")
+
+
+def deployment_table(metrics: Mapping[str, Any]) -> Table | None:
+    """What each model costs at inference (FLOPs per image, parameters, file size, median latency
+    at batch 1 and 64, speed-up over the teacher at batch 1), measured where the run ended; None
+    without a report."""
+    report = metrics.get("deployment")
+    if not report:
+        return None
+    m = report["machine"]
+    table = Table(title=f"deployment: {m['device']}, {m['cpu']} ({'/'.join(m['cpu_flags']) or 'no AVX'}), "
+                        f"{m['threads']} threads, fp32")
+    for col in DEPLOY_COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    teacher = (metrics.get("teacher") or {}).get("deployment")
+    for role in ("teacher", "student", "baseline"):
+        cost = (metrics.get(role) or {}).get("deployment")
+        if cost:
+            table.add_row(role, fmt_flops(cost["flops"]),
+                          f"{cost['params']:,}", f"{cost['file_bytes'] / 1e6:.2f} MB", fmt_ms(cost, 1), fmt_ms(cost, 64),
+                          fmt_speedup(teacher, cost))
+    table.caption = ("ms b1 / b64: median latency of a batch of 1 / 64 images; speed-up: the teacher's at batch 1 "
+                     "over the model's" if report["budget_s"] else
+                     f"latency not measured: {report.get('latency_skipped') or '$KD_ACCEL_LATENCY_S=0'}")
+    return table
+
+
+def fmt_speedup(teacher: Mapping[str, Any] | None, cost: Mapping[str, Any]) -> str:
+    """The teacher's median latency at batch 1 over the model's, '-' where either is missing."""
+    if not teacher or not teacher.get("latency") or not cost.get("latency"):
+        return "-"
+    return f"{teacher['latency']['batch_1']['median_ms'] / cost['latency']['batch_1']['median_ms']:.1f}x"
+
+
+def fmt_best(m: Mapping[str, Any]) -> str:
+    return f"{m['best_test_accuracy']:.2f}% (epoch {m['best_epoch']})" if "best_epoch" in m else "-"
+
+
+def epoch_accuracies(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What metrics.json adds to a model's `test_accuracy` (the last epoch's: the headline, as
+    every table and claim here): `last_epoch`, and the best epoch's accuracy and number (the first
+    of equals). {} for a model with no per-epoch history (a teacher reused from its file). A
+    best-epoch figure picks the epoch on the test set: optimistic, yet several published numbers
+    are of that kind, so both are kept."""
+    scored = [e for e in info.get("epochs") or () if "test_accuracy" in e]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda e: e["test_accuracy"])  # max keeps the first of equals
+    return {"last_epoch": scored[-1]["epoch"], "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"]}
 
 
 def soft_targets_source(cache: Mapping[str, Any]) -> str:
@@ -78,6 +138,9 @@ def soft_targets_source(cache: Mapping[str, Any]) -> str:
 def print_summary(accelerator: Accelerator, metrics: Mapping[str, Any]) -> None:
     if accelerator.is_main_process:
         Console().print(summary_table(metrics))
+        deployment = deployment_table(metrics)
+        if deployment is not None:
+            Console().print(deployment)
 
 
 def experiment_metrics(accelerator: Accelerator, cfg: Config, train: Sized, test: Sized, teacher: dict[str, Any],
@@ -92,14 +155,15 @@ def experiment_metrics(accelerator: Accelerator, cfg: Config, train: Sized, test
     k, aug = cfg.kd, cfg.student.augment
     note = f"{k.kd_loss} T={k.temperature:g} alpha={k.alpha:g}" + (
         f", augment {aug}, teacher {k.teacher_mode}" if aug != "none" else "")
-    return {
+    metrics = {
         "dataset": cfg.data.dataset,
         "run_dir": str(cfg.run_dir),
         "num_train": len(train),
         "num_test": len(test),
-        "teacher": teacher,
-        "student": {**student, "note": note},
-        "baseline": baseline and {**baseline, "note": "hard labels only" + (f", augment {aug}" if aug != "none" else "")},
+        "teacher": {**teacher, **epoch_accuracies(teacher)},
+        "student": {**student, **epoch_accuracies(student), "note": note},
+        "baseline": baseline and {**baseline, **epoch_accuracies(baseline),
+                                  "note": "hard labels only" + (f", augment {aug}" if aug != "none" else "")},
         "gain_over_baseline": baseline and student["test_accuracy"] - baseline["test_accuracy"],
         "cache": cache,
         "environment": {
@@ -108,3 +172,8 @@ def experiment_metrics(accelerator: Accelerator, cfg: Config, train: Sized, test
             "mixed_precision": accelerator.mixed_precision,
         },
     }
+    if accelerator.is_main_process:  # measured once, by the process that writes metrics.json
+        add_report(metrics, {"teacher": teacher.get("path"), "student": cfg.run_dir / "student.safetensors",
+                             "baseline": baseline and cfg.run_dir / "baseline.safetensors"}, accelerator.device,
+                   earlier=[cfg.run_dir / "metrics.json", cfg.run_dir / "previous" / "metrics.json"])
+    return metrics

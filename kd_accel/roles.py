@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from .augment import make_inputs
 from .errors import KDError
-from .models import arch_spec, build_from_spec, load_weights, meta_record, parse_arch
+from .models import arch_identity, arch_spec, build_from_spec, load_weights, meta_record, parse_arch
 from .models.preprocessing import describe, mix_note, norm_of, of_data, resolve
+from .models.user import canonical_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -54,7 +55,8 @@ def recipe_record(recipe: Recipe, train: DataSource) -> dict[str, Any]:
     """zoo.arch_spec's record of the model `recipe` names for `train`: spec, classes, the model's
     input shape (the data's channels at the preprocessing's size) and the preprocessing."""
     prep = recipe_preprocessing(recipe, train)
-    return arch_spec(recipe.arch, train.num_classes, (train.input_shape[0], *prep["image_size"]), prep)
+    return arch_spec(recipe.arch, train.num_classes, (train.input_shape[0], *prep["image_size"]), prep,
+                     recipe.arch_kwargs)
 
 
 def build(recipe: Recipe, train: DataSource, role: str,
@@ -112,9 +114,11 @@ def weights_digest(path: Path | str) -> str:
 
 
 def resolved_recipe(recipe: Recipe, train: DataSource) -> dict[str, Any]:
-    """A recipe's model settings as used: the spec as parsed, the weights by content, the
+    """A recipe's model settings as used: the spec as parsed (model code with its source's
+    digest: changed code is a changed arch), its kwargs canonical, the weights by content, the
     preprocessing resolved (so naming a default, or a file by another path, is no change)."""
     record = recipe_record(recipe, train)
     prep = record["preprocessing"]
-    return {"arch": record["spec"], "weights": recipe.weights and weights_digest(recipe.weights),
+    return {"arch": arch_identity(record), "arch_kwargs": canonical_kwargs(record.get("kwargs")),
+            "weights": recipe.weights and weights_digest(recipe.weights),
             "image_size": prep["image_size"], "normalize": describe(prep)}

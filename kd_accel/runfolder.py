@@ -53,7 +53,7 @@ def write_config(accelerator: Accelerator, cfg: Config, script: str) -> None:
                    resolved_config(accelerator, cfg, script))
 
 
-RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors")
+RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors", "recipe.yaml")
 
 
 def set_aside_previous_result(accelerator: Accelerator, cfg: Config) -> None:

@@ -13,8 +13,15 @@ student phase (`source_of`), and nothing below asks which kind it holds.
 
 Each answers the three questions a student phase asks: which views the student sees (a
 data.ViewPlan, epoch by epoch), which columns ride along with its samples, and the objective of
-a batch (the distillation loss, fed the teacher's logits its own way: gathered, expanded from
+a batch (the distillation loss, fed the teacher's logits its own way: gathered, rebuilt from
 top-k, or computed online).
+
+From a top-k cache each loss gets the teacher's row rebuilt from the stored columns (TOPK_REBUILDS):
+the top k with the rest of the mass spread evenly (hinton and notebook-mse: the earlier runs'
+rows, bit for bit; dist, whose errors this keeps lowest at its published T = 1), or logits (dkd
+and --logit-standardization: the top k's and the label's exactly, the others at their mean; the
+stored std for the z-score), which the errors measured in docs/cache.md favour at T > 1. A cache
+without the columns a loss needs is refused by name.
 """
 from __future__ import annotations
 
@@ -23,29 +30,71 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import torch
 
 from .augment import AugmentSpec, CachedViews, DrawnViews
-from .cache import SoftTargets, topk_logits
+from .cache import TOPK_STATS, CacheMismatch, SoftTargets, topk_logit_estimate, topk_logits
+from .losses import loss_name
 from .training import make_objective, online_objective
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from .data import ViewPlan
 
 Objective = Callable[[torch.Tensor, dict], dict]
 
 
-def topk_objective(num_classes: int, objective: Objective) -> Objective:
-    """Soft targets from a top-k cache: the batch's stored top-k columns [B, k] expanded to
-    [B, num_classes] (cache.topk_logits, row by row: the rows the whole-cache expansion would
-    give, bit for bit) just before the loss, so only [N, k] lives in memory."""
+def _logit_estimate(batch: dict, num_classes: int) -> torch.Tensor:
+    return topk_logit_estimate(batch, num_classes, batch["labels"], batch.get("label_mask"))
+
+
+# How a top-k cache's row is rebuilt for a loss: (the columns it reads besides the top k,
+# (batch, C) -> the teacher's [B, C] row: log-probabilities, or logits). A standardising loss
+# reads "teacher_std" too (losses.batch_inputs).
+TOPK_REBUILDS = {
+    "mass": ((), topk_logits),
+    "logits": (("teacher_target_logp", "teacher_lse", "teacher_mean"), _logit_estimate),
+}
+
+
+def checked_rebuild(have: Collection[str], kind: str, standardize: bool, path: Any) -> str:
+    """The TOPK_REBUILDS entry loss `kind` needs (dkd, --logit-standardization: logits); a
+    top-k cache whose columns (`have`) lack what it reads (an older cache, written before
+    them) is refused in one line naming the loss and the first missing column."""
+    rebuild = "logits" if standardize or loss_name(kind) == "dkd" else "mass"
+    needs = (*TOPK_REBUILDS[rebuild][0], *(("teacher_std",) if standardize else ()))
+    missing = [col for col in needs if col not in have]
+    if missing:
+        what = next(desc for col, desc in TOPK_STATS.values() if col == missing[0])
+        loss = f"--kd-loss {loss_name(kind)}" + (" --logit-standardization" if standardize else "")
+        raise CacheMismatch(f"{loss} from the top-k cache {path} needs {what} ({missing[0]}), which it lacks (written "
+                            "before kd_accel stored it): precompute it again, or give another --logits")
+    return rebuild
+
+
+def check_serves(soft: SoftTargets, kd: Any) -> None:
+    """A top-k cache `soft` holds what `kd`'s loss (config.Distillation) rebuilds its teacher
+    row from (checked_rebuild); any full cache does."""
+    if soft.topk:
+        checked_rebuild(soft.stats, kd.kd_loss, bool(getattr(kd, "logit_standardization", False)), soft.path)
+
+
+def topk_objective(num_classes: int, objective: Objective, rebuild: str = "mass") -> Objective:
+    """Soft targets from a top-k cache: the batch's stored top-k columns [B, k] rebuilt to
+    [B, num_classes] as TOPK_REBUILDS[rebuild] says (mass: cache.topk_logits, row by row: the
+    rows the whole-cache expansion would give, bit for bit) just before the loss, so only [N, k]
+    lives in memory."""
+    rows = TOPK_REBUILDS[rebuild][1]
+
     def run(logits: torch.Tensor, batch: dict) -> dict:
-        batch["teacher_logits"] = topk_logits(batch, num_classes)
+        batch["teacher_logits"] = rows(batch, num_classes)
         return objective(logits, batch)
 
     return run
 
 
 def own_views(spec: AugmentSpec, stream: int) -> ViewPlan | None:
-    """A fresh view per epoch from the phase's own stream; None when the phase does not augment."""
-    return None if spec.name == "none" else DrawnViews(spec, stream)
+    """A fresh view per epoch from the phase's own stream; None when the phase neither augments
+    nor mixes."""
+    return DrawnViews(spec, stream) if spec.varies else None
 
 
 class SoftTargetSource(Protocol):
@@ -61,14 +110,17 @@ class SoftTargetSource(Protocol):
         """Columns [N, ...] gathered with each batch by sample index (fixed teacher logits)."""
         ...
 
-    def feed(self, objective: Objective) -> Objective:
-        """`objective` (which reads batch["teacher_logits"], e.g. FitNets' joint loss) given the
-        teacher's logits this source's way: gathered (as they are), expanded from top-k, or
-        computed by the teacher on the batch."""
+    def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
+        """`objective` (which reads batch["teacher_logits"]), the loss `kind` (standardising its
+        logits or not), given the teacher's logits this source's way: gathered (as they are),
+        rebuilt from top-k as that loss needs (checked_rebuild), or computed by the teacher on the
+        batch."""
         ...
 
-    def objective(self, kind: str, temperature: float, alpha: float) -> Objective:
-        """The loss of a batch: hard labels, or the distillation loss `kind` at T and alpha."""
+    def objective(self, kind: str, temperature: float, alpha: float, label_smoothing: float = 0.0,
+                  **settings: Any) -> Objective:
+        """The loss of a batch: hard labels (smoothed by label_smoothing), or the distillation
+        loss `kind` at T and alpha with its own settings (losses.loss_settings)."""
         ...
 
 
@@ -81,11 +133,15 @@ class _Source:
     def columns(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def feed(self, objective: Objective) -> Objective:
+    def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
         return objective
 
-    def objective(self, kind: str, temperature: float, alpha: float) -> Objective:
-        return self.feed(make_objective(kind, temperature, alpha)) if self.distilled else make_objective("ce")
+    def objective(self, kind: str, temperature: float, alpha: float, label_smoothing: float = 0.0,
+                  **settings: Any) -> Objective:
+        if not self.distilled:
+            return make_objective("ce", label_smoothing=label_smoothing)
+        standardize = bool(settings.get("logit_standardization"))
+        return self.feed(make_objective(kind, temperature, alpha, label_smoothing, **settings), kind, standardize)
 
 
 class HardLabels(_Source):
@@ -101,27 +157,32 @@ class CachedTeacherViews(_Source):
     def student_views(self, spec: AugmentSpec, stream: int) -> ViewPlan | None:
         return CachedViews(self.soft, self.views)  # the teacher's own views, not the student's stream
 
-    def feed(self, objective: Objective) -> Objective:
-        return topk_objective(self.soft.num_classes, objective) if self.soft.topk else objective
+    def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
+        if not self.soft.topk:
+            return objective
+        return topk_objective(self.soft.num_classes, objective,
+                              checked_rebuild(self.soft.stats, kind, standardize, self.soft.path))
 
 
 class FixedView(_Source):
     """One view's teacher logits (a cache's view 0, or [N, C] given), whatever view the student sees."""
 
-    def __init__(self, columns: dict[str, torch.Tensor], topk_classes: int | None = None):
-        self._columns, self.topk_classes = columns, topk_classes
+    def __init__(self, columns: dict[str, torch.Tensor], topk_classes: int | None = None, path: Any = None):
+        self._columns, self.topk_classes, self.path = columns, topk_classes, path
 
     @classmethod
     def of(cls, soft: SoftTargets | torch.Tensor) -> FixedView:
         if isinstance(soft, SoftTargets):
-            return cls(soft.columns(0), soft.num_classes if soft.topk else None)
+            return cls(soft.columns(0), soft.num_classes if soft.topk else None, soft.path)
         return cls({"teacher_logits": soft})
 
     def columns(self) -> dict[str, torch.Tensor]:
         return self._columns
 
-    def feed(self, objective: Objective) -> Objective:
-        return topk_objective(self.topk_classes, objective) if self.topk_classes else objective
+    def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
+        if not self.topk_classes:
+            return objective
+        return topk_objective(self.topk_classes, objective, checked_rebuild(self._columns, kind, standardize, self.path))
 
 
 class OnlineTeacher(_Source):
@@ -132,7 +193,7 @@ class OnlineTeacher(_Source):
     def __init__(self, teacher: torch.nn.Module, inputs: Callable[[dict], torch.Tensor] | None = None):
         self.teacher, self.inputs = teacher, inputs
 
-    def feed(self, objective: Objective) -> Objective:
+    def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
         return online_objective(self.teacher, objective, self.inputs)
 
 

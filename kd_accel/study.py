@@ -4,6 +4,8 @@ temperature inspection of a cache. Tables are plain text/markdown; plots need ma
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,15 +13,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .augment import SPECS as AUGMENTS
-from .config import check_setting, setting_choices
+from .config import ALL_GROUPS, GROUPS, check_setting, flag_fields, setting_choices, with_flags
 from .errors import KDError
 from .io import atomic_path, write_json
-from .losses import loss_name
+from .losses import KD_LOSSES, LOSS_ALIASES, loss_name
 from .models import parse_arch
 from .pipeline import train_student
+from .recipes import declared, flag_value, setting_actions
+from .reporting import epoch_accuracies
 from .roles import TeacherId
 from .stats import mean, paired_ci, std
-from .teaching import cache_views, ignored_cache_settings, resolve_soft_targets
+from .teaching import cache_path, cache_views, ignored_cache_settings, resolve_soft_targets
 
 if TYPE_CHECKING:
     import argparse
@@ -61,6 +65,9 @@ class Variant:
     views: int | None = None
     topk: int | None = None  # soft targets from a top-k cache (cache.compress_topk)
     arch: str | None = None  # the student's architecture (models/zoo.py spec); None: the run's --student-arch
+    # any other declared student or distillation setting, by flag dest, in the spec's order
+    # (('opt', 'sgd'), ('weight_decay', 0.0005)); list values as tuples, so the record stays hashable
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @property
     def distilled(self) -> bool:
@@ -76,6 +83,7 @@ class Variant:
         suffix = "".join(f" {key}={value}" for key, value in (("augment", self.augment),
                          ("teacher", self.teacher_mode), ("K", self.views), ("topk", self.topk), ("arch", self.arch))
                          if value is not None)
+        suffix += "".join(f" {dest.replace('_', '-')}={_shown(value)}" for dest, value in self.settings)
         if not self.distilled:
             return "baseline" + suffix
         kd = f"T={self.temperature:g} a={self.alpha:g}{suffix}"
@@ -97,10 +105,20 @@ class Variant:
         if self.hints:
             kd = dataclasses.replace(kd, hint_mode=self.hints.mode, hint_epochs=self.hints.epochs,
                                      hint_beta=self.hints.beta)
-        return dataclasses.replace(cfg, student=student, kd=kd)
+        cfg = dataclasses.replace(cfg, student=student, kd=kd)
+        return with_flags(cfg, **{dest: list(v) if isinstance(v, tuple) else v for dest, v in self.settings})
 
 
-_SPEC = re.compile(r"^(baseline|hinton|notebook-mse|seed-mse|fitnets)(?::(.*))?$")  # seed-mse: old name
+def _shown(value):
+    """A setting's value in a variant's name: as the spec writes it (lists with commas)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_shown, value))
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# the heads of a spec besides the KD losses (losses.KD_LOSSES, and their old names): a new loss
+# is a variant head with nothing to add here
+_HEADS = ("baseline", "fitnets")
 # spec key -> (Variant field or Hints field, type, kinds that take it)
 _KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a": ("alpha", float),
          "alpha": ("alpha", float), "augment": ("augment", str), "teacher": ("teacher_mode", str), "K": ("views", int),
@@ -108,37 +126,105 @@ _KEYS = {"T": ("temperature", float), "temperature": ("temperature", float), "a"
 _STUDENT_KEYS = ("augment", "arch")  # what a baseline takes too
 _HINT_KEYS = {"mode": ("mode", str), "hint_epochs": ("epochs", int), "beta": ("beta", float)}
 _TEACHER_MODES = setting_choices("kd", "teacher_mode")  # declared once, with --teacher-mode
+# the settings (flag dests) the keys above stand for: their flag names reach the same fields, so a
+# variant's name and its shared cache stay one whichever spelling a spec uses
+_KEY_OF = {"teacher_mode": "teacher", "views": "K", "cache_topk": "topk", "hint_mode": "mode", "hint_beta": "beta"}
+_LOSS_KEYS = ("loss", "kd_loss")  # hinton:loss=dkd is dkd; the head names the loss otherwise
+NOT_PER_VARIANT = ("baseline",)  # --baseline: which phases distill.py runs, not how a student trains
+
+
+def variant_heads() -> list[str]:
+    """What a variant spec may begin with, as its refusal lists them."""
+    return ["baseline", *KD_LOSSES, *LOSS_ALIASES, "fitnets"]
+
+
+def variant_settings(distilled: bool) -> list[str]:
+    """The flag dests a variant may set by flag name: every declared student setting (a
+    baseline's too) and, distilled, every distillation setting; less those with a key of their
+    own above and NOT_PER_VARIANT."""
+    groups = ("student", "kd") if distilled else ("student",)
+    return [GROUPS[g][1] + f.name for g in groups for _, f, _ in flag_fields(g)
+            if f.name not in (*_KEY_OF, *_KEYS, *_HINT_KEYS, *_LOSS_KEYS, *NOT_PER_VARIANT)]
+
+
+def _kind(spec, head, parts):
+    """The variant's kind: its head (a loss by its current name), or the loss a loss= key names."""
+    kind, heads = loss_name(head), [*_HEADS, *KD_LOSSES]
+    if kind not in heads:
+        raise KDError(f"bad variant {spec!r}: begins with one of {', '.join(variant_heads())}, then ':key=value,...'")
+    losses = [val for key, _, val in parts if key.replace("-", "_") in _LOSS_KEYS]
+    if losses and kind in _HEADS:
+        raise KDError(f"bad variant {spec!r}: loss= chooses the loss of a KD variant (hinton:loss=dkd), not of {kind}")
+    if losses and loss_name(losses[-1]) not in KD_LOSSES:
+        raise KDError(f"bad variant {spec!r}: loss is one of {', '.join(KD_LOSSES)}")
+    return loss_name(losses[-1]) if losses else kind
+
+
+@functools.cache
+def _flags():
+    """{dest: argparse action} of compare.py's flags: a variant's setting is converted and checked
+    as its flag would be (type, choices, bounds). Imported here: cli imports this module."""
+    from .cli import compare_parser
+
+    return {a.dest: a for a in setting_actions(compare_parser())}
+
+
+def _setting(spec, kind, key, val):
+    """(dest, value) of a generic `key=val` of a variant spec, or KDError naming it."""
+    dest, distilled = key.replace("-", "_"), kind != "baseline"
+    if dest not in variant_settings(distilled):
+        if dest in variant_settings(True):
+            raise KDError(f"bad variant {spec!r}: {key} is a distillation setting; a baseline takes student settings "
+                          "only")
+        keys = [*(_KEYS if distilled else _STUDENT_KEYS), *(d.replace("_", "-") for d in variant_settings(distilled))]
+        close = difflib.get_close_matches(key, keys, n=3)
+        raise KDError(f"bad variant {spec!r}: unknown setting {key}" + (f"; did you mean {', '.join(close)}?" if close
+                                                                        else ""))
+    value = flag_value(_flags()[dest], val, f"bad variant {spec!r}: {key}", declared(ALL_GROUPS).get(dest))
+    return dest, tuple(value) if isinstance(value, list) else value
 
 
 def parse_variant(spec: str, cfg: Config) -> Variant:
     """A Variant from its spec: 'baseline', 'hinton' (the run's T/alpha), 'hinton:T=4,alpha=0.9',
     'notebook-mse' (the notebook's loss, also by its old name 'seed-mse'; T=1.5, alpha=0.6 unless
-    given), 'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
+    given), any other KD loss by name ('dkd:T=4'; or 'hinton:loss=dkd'),
+    'fitnets[:T=..,alpha=..,mode=two-stage|joint,hint_epochs=..,beta=..]' (hints + Hinton
     KD). Any may add augment=NAME, a distilled one teacher=cache|fixed|online, K=views and
     topk=k (soft targets stored as the top k log-probabilities), e.g.
     'baseline:augment=shift' or 'hinton:T=4,alpha=0.9,augment=shift,teacher=cache,K=20'; and any
     arch=SPEC, the student's architecture ('baseline:arch=torchvision:mobilenet_v3_small'), so one
-    study compares student architectures (their own baselines beside them)."""
-    m = _SPEC.match(spec)
-    if not m:
-        raise KDError(f"bad variant {spec!r}: use baseline, hinton[:T=..,alpha=..], notebook-mse[:...] or fitnets[:...]")
-    kind, args = loss_name(m.group(1)), m.group(2)
+    study compares student architectures (their own baselines beside them). Any other student
+    setting, and a distilled one's distillation settings, by flag name, converted and checked as
+    the flag is: 'hinton:opt=sgd,weight-decay=5e-4', 'baseline:mix=mixup', 'baseline:milestones=3 6'
+    (variant_settings)."""
+    head, _, args = spec.partition(":")
+    parts = [tuple(x.strip() for x in part.partition("=")) for part in filter(None, args.split(","))]
+    kind = _kind(spec, head, parts)
     k = cfg.kd
     values = dict(zip(("temperature", "alpha"), (1.5, 0.6) if kind == "notebook-mse" else (k.temperature, k.alpha)))
     hints = {"mode": k.hint_mode, "epochs": k.hint_epochs, "beta": k.hint_beta}
-    for part in filter(None, (args or "").split(",")):
-        key, _, val = (x.strip() for x in part.partition("="))
+    settings, seen = {}, set()
+    for key, eq, val in parts:
+        norm = key.replace("-", "_")
+        name = _KEY_OF.get(norm) or (norm if norm in _HINT_KEYS else key)  # a flag name of a keyed field: its key
+        if not (key and eq):
+            raise KDError(f"bad variant {spec!r}: {key!r} is not key=value")
+        if norm in _LOSS_KEYS:
+            continue
         try:
-            if key in _KEYS and (kind != "baseline" or key in _STUDENT_KEYS):
-                field, cast = _KEYS[key]
+            if name in _KEYS and (kind != "baseline" or name in _STUDENT_KEYS):
+                field, cast = _KEYS[name]
                 values[field] = cast(val)
-            elif key in _HINT_KEYS and kind == "fitnets":
-                field, cast = _HINT_KEYS[key]
-                hints[field] = cast(val)
+            elif name in _HINT_KEYS and kind == "fitnets":
+                hint, cast = _HINT_KEYS[name]
+                hints[hint], field = cast(val), f"hint {hint}"  # its own name in `seen`: hint epochs, not epochs
             else:
-                raise ValueError
+                field, settings[field] = _setting(spec, kind, key, val)
         except ValueError:
-            raise KDError(f"bad variant {spec!r}: unknown or malformed {part!r}") from None
+            raise KDError(f"bad variant {spec!r}: unknown or malformed {key}={val}") from None
+        if field in seen:
+            raise KDError(f"bad variant {spec!r}: {key} sets what an earlier key set; give it once")
+        seen.add(field)
     if values.get("augment", "none") not in AUGMENTS or values.get("teacher_mode", "cache") not in _TEACHER_MODES \
             or values.get("views", 1) < 1 or values.get("topk", 1) < 1:
         raise KDError(f"bad variant {spec!r}: augment is one of {', '.join(AUGMENTS)}, teacher one of "
@@ -149,7 +235,8 @@ def parse_variant(spec: str, cfg: Config) -> Variant:
         except KDError as e:
             raise KDError(f"bad variant {spec!r}: {e}") from None
     if kind == "baseline":
-        return Variant("baseline", augment=values.get("augment"), arch=values.get("arch"))
+        return Variant("baseline", augment=values.get("augment"), arch=values.get("arch"),
+                       settings=tuple(settings.items()))
     try:  # the bounds --temperature, --alpha and --hint-beta have (config.py)
         check_setting("kd", "temperature", values["temperature"], f"bad variant {spec!r}: T")
         check_setting("kd", "alpha", values["alpha"], f"bad variant {spec!r}: alpha")
@@ -158,7 +245,8 @@ def parse_variant(spec: str, cfg: Config) -> Variant:
         raise KDError(str(e)) from None
     if kind == "fitnets" and (hints["mode"] not in ("two-stage", "joint") or hints["epochs"] < 1):
         raise KDError(f"bad variant {spec!r}: mode is two-stage or joint, hint_epochs >= 1")
-    variant = Variant(kind, hints=Hints(**hints) if kind == "fitnets" else None, **values)
+    variant = Variant(kind, hints=Hints(**hints) if kind == "fitnets" else None, settings=tuple(settings.items()),
+                      **values)
     # K= and topk= where this variant reads no K-view cache or no cache at all (K is --views)
     ignored = ignored_cache_settings(variant.apply(cfg))
     for key, name in (("views", "views"), ("topk", "cache_topk")):
@@ -175,6 +263,9 @@ def summarize(runs: Runs, baseline: str = "baseline") -> dict[str, dict[str, Any
         accs = [by_seed[s]["test_accuracy"] for s in sorted(by_seed)]
         row = {"n": len(accs), "mean": mean(accs), "std": std(accs), "accuracies": accs,
                "train_time_s": mean([by_seed[s]["train_time_s"] for s in by_seed])}
+        best = [epoch_accuracies(by_seed[s]).get("best_test_accuracy") for s in sorted(by_seed)]
+        if None not in best:  # the accuracies above are the last epoch's: the result; these are optimistic
+            row["best_epoch_mean"] = mean(best)
         shared = sorted(set(by_seed) & set(base))
         if name != baseline and shared:
             diffs = [by_seed[s]["test_accuracy"] - base[s]["test_accuracy"] for s in shared]
@@ -184,14 +275,21 @@ def summarize(runs: Runs, baseline: str = "baseline") -> dict[str, dict[str, Any
 
 
 def markdown_table(summary: Summary, title: str = "") -> str:
+    """The comparison's table: accuracies of the last epoch (the result), and, where each seed's
+    history is known, the mean of the best epochs' in a last column, said to be optimistic."""
+    best = any("best_epoch_mean" in r for r in summary.values())
     lines = [f"### {title}", ""] if title else []
-    lines += ["| variant | seeds | test acc (mean ± std) | gain over baseline [95% CI] | p (paired t) | train time |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| variant | seeds | test acc (mean ± std) | gain over baseline [95% CI] | p (paired t) | train time |"
+              + " best-epoch acc (mean) |" * best, "| --- | --- | --- | --- | --- | --- |" + " --- |" * best]
     for name, r in summary.items():
         g = r.get("gain")
         gain = "-" if not g else f"{g['mean']:+.3f}" + (f" [{g['low']:+.3f}, {g['high']:+.3f}]" if g["p"] is not None else "")
         p = "-" if not g or g["p"] is None else "< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}"
-        lines.append(f"| {name} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} | {gain} | {p} | {r['train_time_s']:.1f}s |")
+        cells = f"| {name} | {r['n']} | {r['mean']:.3f} ± {r['std']:.3f} | {gain} | {p} | {r['train_time_s']:.1f}s |"
+        lines.append(cells + (f" {r['best_epoch_mean']:.3f} |" if "best_epoch_mean" in r else " - |") * best)
+    if best:
+        lines += ["", "Test accuracies are the last epoch's. Best-epoch: each seed's highest test accuracy over its "
+                      "epochs, picked on the test set, so optimistic (as published best-epoch figures)."]
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +299,8 @@ def grid_matrix(summary: Summary, variants: Iterable[Variant]) -> str:
     significant at 5% (paired t)."""
     cells = {}
     for v in variants:
-        plain = v.kind == "hinton" and v.augment is None and v.teacher_mode is None and v.views is None
+        plain = v.kind == "hinton" and v.augment is None and v.teacher_mode is None and v.views is None \
+            and not v.settings
         if plain and "gain" in summary.get(v.name, {}):
             cells[v.temperature, v.alpha] = summary[v.name]["gain"]
     if len(cells) < 2:
@@ -305,9 +404,10 @@ def plot_temperature(rows: Sequence[Mapping[str, float]], num_classes: int, path
 def add_comparison_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     parser.add_argument("--variants", nargs="+", default=["baseline", "hinton", "notebook-mse"],
-                        help="baseline, hinton[:T=..,alpha=..], notebook-mse[:T=..,alpha=..] (old name: seed-mse), "
-                             "fitnets[:...]; each may add augment=NAME and, distilled, teacher=cache|fixed|online, "
-                             "K=VIEWS (default: %(default)s)")
+                        help=f"baseline, a KD loss ({'|'.join(KD_LOSSES)})[:T=..,alpha=..] (notebook-mse's old "
+                             "name: seed-mse), fitnets[:...]; each may add augment=NAME and, distilled, "
+                             "teacher=cache|fixed|online, K=VIEWS, and any student setting by flag name (opt=sgd, "
+                             "weight-decay=5e-4), a distilled one any distillation setting too (default: %(default)s)")
     parser.add_argument("--reference", help="the variant gains are measured against, as the table names it "
                                             "(default: the first baseline listed)")
 
@@ -377,9 +477,14 @@ def run_comparison(accelerator: Accelerator, cfg: Config, variants: Sequence[Var
     teacher) and shared. Returns {variant name: {seed: info}}."""
     sources, fp = {}, TeacherId.of(teacher)
 
-    def soft_targets(vcfg):
+    def soft_targets(v, vcfg):
         spec, views = cache_views(vcfg)
-        key = (vcfg.kd.teacher_mode, spec.describe(), views, vcfg.kd.cache_topk)
+        # a variant's own student settings (mix=, epochs=, ...) may shape what the teacher saw, so
+        # they choose their own source (a valid cache found again is only opened); its own KD
+        # settings change the loss alone (those that shape a cache are named here)
+        own = tuple((dest, value) for dest, value in v.settings if dest in variant_settings(False))
+        key = (vcfg.kd.teacher_mode, spec.describe(), views, vcfg.kd.cache_topk, vcfg.kd.augment_seed,
+               vcfg.kd.cache_dtype, str(cache_path(vcfg)), own)
         if key not in sources:
             sources[key] = resolve_soft_targets(accelerator, vcfg, teacher_path, fp, train)[:2]
         return sources[key]
@@ -390,11 +495,11 @@ def run_comparison(accelerator: Accelerator, cfg: Config, variants: Sequence[Var
             vcfg = v.apply(cfg)
             vcfg = dataclasses.replace(vcfg, run=dataclasses.replace(vcfg.run, seed=seed))
             label = comparison_label(v, seed)
-            soft, online = soft_targets(vcfg) if v.distilled else (None, None)
+            soft, online = soft_targets(v, vcfg) if v.distilled else (None, None)
             # a FitNets student: another objective (hints from the teacher's block 2), the same phase
             info = train_student(accelerator, vcfg, train, test, soft, label, fp, online,
                                  hints_from=teacher_path if v.hints else None)
-            runs[v.name][seed] = info
+            runs[v.name][seed] = info = {**info, **epoch_accuracies(info)}
             accelerator.print(f"{v.name} seed {seed}: {info['test_accuracy']:.2f}%", flush=True)
     return runs
 

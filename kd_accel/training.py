@@ -18,11 +18,17 @@ from .data import to_float
 from .distributed import sync_batchnorm
 from .errors import KDError
 from .evaluation import evaluate
-from .losses import KD_LOSSES, ce_loss, loss_name
+from .losses import KD_LOSSES, batch_inputs, batch_mix, ce_loss, loss_name
+# adam and lr_lambda live in optim.py; imported here too, where earlier code and tests find them
+from .optim import (  # noqa: F401
+    adam, bn_layers, first_batches, lr_lambda, make_optimizer, precise_bn, schedule_of, slow_bn_momentum,
+)
 from .reporting import progress_bar
 from .tracking import PhaseLog
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from accelerate import Accelerator
     from torch import nn
 
@@ -33,7 +39,9 @@ if TYPE_CHECKING:
 class TrainSpec:
     """What one training run is, all that fit reads of the configuration: epochs, the batch size
     (per process and per micro-batch: a step sees batch_size * grad_accum * processes samples),
-    the lr and its schedule, the seed of the data order, and the memory format."""
+    the lr and its schedule, the seed of the data order, and the memory format; then the
+    optimizer, the schedule's shape (warm-up, milestones in epochs), gradient clipping and
+    precise BN (config.Recipe's settings of the same names; kd_accel/optim.py)."""
 
     epochs: int
     batch_size: int
@@ -41,11 +49,26 @@ class TrainSpec:
     schedule: str = "constant"
     seed: int = 0
     channels_last: bool = True
+    opt: str = "adam"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    clip_grad: float | None = None
+    precise_bn: int = 0
 
     @classmethod
     def of(cls, recipe: Any, run: Any) -> TrainSpec:
         """From a recipe (config.Recipe: the teacher's or the students') and the run (config.Run)."""
-        return cls(recipe.epochs, recipe.batch_size, recipe.lr, recipe.schedule, run.seed, run.channels_last)
+        optim = {name: getattr(recipe, name) for name in OPTIM_SETTINGS}
+        return cls(recipe.epochs, recipe.batch_size, recipe.lr, recipe.schedule, run.seed, run.channels_last,
+                   **optim, milestones=tuple(recipe.milestones or ()))
+
+
+# the Recipe settings TrainSpec takes as they are (milestones: as a tuple)
+OPTIM_SETTINGS = ("opt", "momentum", "nesterov", "weight_decay", "gamma", "warmup_epochs", "clip_grad", "precise_bn")
 
 
 @dataclass
@@ -73,20 +96,28 @@ HOOKS = Hooks()
 LOG_EVERY = 50
 
 
-def hard_label_objective(logits: torch.Tensor, batch: dict) -> dict:
-    return ce_loss(logits, batch["labels"])
+def hard_label_objective(logits: torch.Tensor, batch: dict, label_smoothing: float = 0.0) -> dict:
+    """Cross-entropy on the batch's labels (losses.hard_term: smoothed, mixed when the batch
+    carries a mix partner, masked by its label_mask)."""
+    return ce_loss(logits, batch["labels"], batch.get("label_mask"), label_smoothing, batch_mix(batch))
 
 
-def kd_objective(logits: torch.Tensor, batch: dict, kind: str, temperature: float, alpha: float) -> dict:
+def kd_objective(logits: torch.Tensor, batch: dict, kind: str, temperature: float, alpha: float,
+                 label_smoothing: float = 0.0, **settings: Any) -> dict:
+    """KD loss `kind` of the batch's teacher_logits [B, C]; `settings`: the loss's own
+    (losses.LOSS_SETTINGS, e.g. dkd_beta); the batch adds its label mask, mix and epoch."""
     return KD_LOSSES[kind](logits, batch["labels"], batch["teacher_logits"], temperature, alpha,
-                           label_mask=batch.get("label_mask"))
+                           label_smoothing=label_smoothing, **settings, **batch_inputs(kind, batch, settings))
 
 
-def make_objective(kind: str, temperature: float | None = None, alpha: float | None = None) -> Objective:
-    """'ce' for hard labels only; 'hinton' or 'notebook-mse' for distillation from the cache."""
+def make_objective(kind: str, temperature: float | None = None, alpha: float | None = None,
+                   label_smoothing: float = 0.0, **settings: Any) -> Objective:
+    """'ce' for hard labels only; a KD_LOSSES name (hinton, notebook-mse, dkd, dist) for
+    distillation, with its own settings by name (losses.loss_settings of a config.Distillation)."""
     if kind == "ce":
-        return hard_label_objective
-    return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha)
+        return partial(hard_label_objective, label_smoothing=label_smoothing) if label_smoothing else hard_label_objective
+    return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha,
+                   label_smoothing=label_smoothing, **settings)
 
 
 def online_objective(teacher: nn.Module, objective: Objective,
@@ -102,23 +133,6 @@ def online_objective(teacher: nn.Module, objective: Objective,
         return objective(logits, batch)
 
     return run
-
-
-def adam(params: Any, lr: float, device: torch.device | str) -> torch.optim.Adam:
-    """Adam, fused on CUDA: one kernel per step for every parameter, and under fp16 GradScaler's
-    overflow check stays on the device instead of a host read every step. Elsewhere torch's
-    default (foreach), whose updates CPU runs have always used (bit-identity with earlier runs);
-    fused and foreach agree within float rounding (tests/test_training.py)."""
-    return torch.optim.Adam(params, lr=lr, fused=torch.device(device).type == "cuda")
-
-
-def lr_lambda(schedule: str, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base lr at a step: 'constant' (the notebook) or 'cosine' to zero."""
-    if schedule == "constant":
-        return lambda step: 1.0
-    if schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    raise KDError(f"unknown lr schedule {schedule!r}")
 
 
 class NonFiniteWatch:
@@ -186,11 +200,12 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
         model = sync_batchnorm(model, torch.distributed.get_backend())
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # faster conv/BN kernels on CPU (other float rounding)
-    optimizer = adam(model.parameters(), spec.lr, accelerator.device)
+    optimizer = make_optimizer(model, spec, accelerator.device)
     # Counted in optimizer steps on the un-sharded loader: the prepared scheduler steps once
-    # per process on each optimizer step and not at all on accumulation micro-steps.
-    total_steps = spec.epochs * math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec.schedule, total_steps))
+    # per process on each optimizer step and not at all on accumulation micro-steps. Warm-up and
+    # milestones, in epochs, are converted the same way.
+    steps_per_epoch = math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_of(spec, steps_per_epoch))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     log_every = LOG_EVERY
@@ -204,6 +219,7 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
         elapsed0, carried = p["elapsed_s"], p["sums"]
         accelerator.print(f"{label}: resumed from {resume} (epoch {epoch0 + 1}, batch {pos0})", flush=True)
 
+    bn_hint(accelerator, model, spec, label)
     watch = NonFiniteWatch(label)
     log = PhaseLog(accelerator, label)  # --report-to: per-step values flushed at the sync points below
     start = time.perf_counter()
@@ -237,10 +253,13 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
                 batch = data.complete(batch)  # the index-keyed columns a streamed source gathers here
                 with accelerator.accumulate(model):
                     x = batch["x"] = inputs(batch).contiguous(memory_format=memory_format)
+                    batch["epoch"] = epoch  # 0-based: for losses with a warm-up of their own (DKD)
                     parts = objective(model(x), batch)
                     for hook in hooks.batch:
                         hook(label, batch)
                     accelerator.backward(parts["loss"])
+                    if spec.clip_grad and accelerator.sync_gradients:  # once per step, on the summed micro-batches
+                        accelerator.clip_grad_norm_(model.parameters(), spec.clip_grad)
                     lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (a float: no sync)
                     optimizer.step()
                     scheduler.step()
@@ -266,6 +285,12 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
                     checkpoint(epoch, position, sums, steps)
         watch.check()
         check_finite_weights(model, label, global_step)  # before evaluating or returning them
+        if spec.precise_bn and (test_split is not None or epoch == spec.epochs - 1):
+            # before this epoch's evaluation, and before the last epoch's checkpoint and the
+            # returned model: a resumed run continues from the same statistics
+            bn_batches = epoch_inputs(loader, data, epoch, spec.precise_bn,
+                                      lambda b: inputs(b).contiguous(memory_format=memory_format))
+            precise_bn(accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), bn_batches)
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
         epoch_time = time.perf_counter() - epoch_start  # training only (synced by .item() above), not evaluation
         log.flush()
@@ -281,4 +306,39 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
         if checkpoints and checkpoints.due_at_epoch_end(epoch, spec.epochs):
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start
+    bn_warning(accelerator, model, spec, label, history, test_split)
     return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}
+
+
+def epoch_inputs(loader: Any, data: TrainData, epoch: int, n: int,
+                 inputs: Callable[[dict], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The model's inputs of the first `n` training batches of `epoch` (prepared `loader`: this
+    process's shard), as the epoch's steps made them, whether it ran through or was resumed."""
+    loader.set_epoch(epoch)
+    for batch in first_batches(loader, n):
+        yield inputs(data.complete(batch))
+
+
+def _precise_bn_flag(label: str) -> str:
+    return "--teacher-precise-bn N (train_teacher.py: --precise-bn N)" if label == "teacher" else "--precise-bn N"
+
+
+def bn_hint(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: str) -> None:
+    """At a phase's start, one line where BatchNorm statistics will lag the weights
+    (optim.SLOW_BN_MOMENTUM) and precise BN is off."""
+    momentum = None if spec.precise_bn else slow_bn_momentum(model)
+    if momentum is not None:
+        accelerator.print(f"{label}: BatchNorm momentum {momentum:g}: its running statistics follow the weights over "
+                          f"~{1 / momentum:.0f} steps, so early evaluations may not reflect them; "
+                          f"{_precise_bn_flag(label)} re-estimates them before each evaluation", flush=True)
+
+
+def bn_warning(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: str, history: list[dict],
+               test_split: DataSource | None) -> None:
+    """After the last epoch, one line when a model with BatchNorm (precise BN off) ends below
+    twice chance: its statistics, not its weights, are the likelier cause (issue 27)."""
+    acc = history[-1].get("test_accuracy") if history and test_split is not None else None
+    if acc is None or spec.precise_bn or not bn_layers(model) or acc >= 200.0 / test_split.num_classes:
+        return
+    accelerator.print(f"{label}: final test accuracy {acc:.2f}% is below twice chance; its BatchNorm statistics may "
+                      f"not match its weights: {_precise_bn_flag(label)} re-estimates them", flush=True)

@@ -22,7 +22,7 @@ def test_two_process_pipeline_matches_one_process_cache(mnist_dir, tmp_path):
     # rank-0-only output: the summary is printed once
     assert proc.stdout.count("distilled student") == 1, proc.stdout
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["config.json", "metrics.json", "student.safetensors", "teacher.safetensors",
+    assert files == ["config.json", "metrics.json", "recipe.yaml", "student.safetensors", "teacher.safetensors",
                      "teacher_logits.safetensors"], files
 
     # the same teacher, one process: the caches agree row for row

@@ -1,6 +1,7 @@
 import torch
 
 from kd_accel.hints import FitNetStudent, hint_objective, joint_objective, teacher_hint
+from kd_accel.training import make_objective
 from kd_accel.models import Student, Teacher
 
 
@@ -31,7 +32,7 @@ def test_joint_loss_adds_weighted_hint_and_trains_everything():
     x = torch.rand(8, 1, 28, 28)
     batch = {"x": x, "labels": torch.randint(0, 10, (8,)), "teacher_logits": torch.randn(8, 10)}
     teacher, fn = Teacher(), FitNetStudent(Student())
-    parts = joint_objective(teacher_hint(teacher), "hinton", 2.0, 0.5, beta=3.0)(fn(x), batch)
+    parts = joint_objective(teacher_hint(teacher), make_objective("hinton", 2.0, 0.5), beta=3.0)(fn(x), batch)
     assert torch.allclose(parts["loss"], 0.5 * parts["hard"] + 0.5 * parts["soft"] + 3.0 * parts["hint"])
     parts["loss"].backward()
     assert fn.student.head[1].weight.grad.abs().sum() > 0 and fn.regressor.weight.grad.abs().sum() > 0

@@ -24,14 +24,31 @@ ALTERNATIVES = {
     "dataset": "fashion-mnist", "data_dir": "LINKED_DATA", "limit_train": 150, "limit_test": 40, "train_subset": 50,
     # image folders' (issue 19): on MNIST each is refused in one line (tests/test_folder_errors.py)
     "channels": 1, "num_workers": 0,
+    # Hugging Face datasets' (issue 28): on MNIST refused in one line (tests/test_hf.py)
+    "image_column": "img", "label_column": "fine_label",
     "epochs": 2, "batch_size": 25, "lr": 2e-3, "schedule": "constant", "augment": "shift",
     "teacher_epochs": 2, "teacher_batch_size": 25, "teacher_lr": 2e-3, "teacher_schedule": "constant",
     "teacher_augment": "shift",
+    # function matching (issue 27): an alpha or unmixed labels without a mix, and the teacher's
+    # unmixed labels, are refused on every command line (teaching.mixed_settings)
+    "mix": "mixup", "mix_alpha": 0.5, "mix_labels": "none", "teacher_mix": "cutmix", "teacher_mix_alpha": 0.5,
+    "teacher_mix_labels": "none",
+    # optimizers and schedules (issue 27), the students' and the teacher's: under the sweep's 1 epoch
+    # and cosine, --nesterov (with adam), --milestones and --warmup-epochs are refused at the start
+    **{role + dest: value for role in ("", "teacher_") for dest, value in {
+        "opt": "sgd", "momentum": 0.5, "nesterov": True, "weight_decay": 1e-4, "milestones": [1], "gamma": 0.5,
+        "warmup_epochs": 1, "clip_grad": 1.0, "precise_bn": 2}.items()},
     # the models (issue 18): another architecture, starting weights, input size; --normalize weights
     # is refused where no known preprocessing exists (test_own_models.py stamps the case where it does)
     "arch": "notebook:teacher", "teacher_arch": "notebook:student", "weights": "REF:student.safetensors",
     "teacher_weights": "REF:teacher.safetensors", "image_size": 32, "teacher_image_size": 32, "normalize": "weights",
     "teacher_normalize": "weights",
+    # builder kwargs (issue 27): the notebook's models take none, refused at the start; stamped
+    # as canonical JSON (test_user_models.py refuses changed model code on resume)
+    "arch_kwargs": '{"width": 3}', "teacher_arch_kwargs": '{"width": 3}',
+    # the losses (issue 27): label smoothing of both recipes, the losses' own settings
+    "label_smoothing": 0.1, "teacher_label_smoothing": 0.1, "logit_standardization": True, "dkd_alpha": 2.0,
+    "dkd_beta": 4.0, "dkd_warmup": 5, "dist_beta": 2.0, "dist_gamma": 2.0,
     "kd_loss": "notebook-mse", "temperature": 2.0, "alpha": 0.5, "soft_targets": "subset", "teacher_mode": "online",
     "views": 2, "augment_seed": 1, "cache_dtype": "fp16", "cache_topk": 3, "hint_mode": "joint", "hint_epochs": 3,
     "hint_beta": 0.5, "baseline": False,
@@ -122,6 +139,8 @@ def flag(dest, value):
     name = "--" + dest.replace("_", "-")
     if isinstance(value, bool):
         return [name if value else "--no-" + dest.replace("_", "-")]
+    if isinstance(value, list):  # nargs='+': --milestones 1 2
+        return [name, *map(str, value)]
     return [name, str(value)]
 
 

@@ -121,11 +121,21 @@ def test_top_k_cache_round_trip_with_two_views(tmp_path, dtype):
 
     meta = read_metadata(path)
     assert meta["storage"] == "top3" and meta["views"] == "2" and meta["dtype"] == dtype
+    assert meta["topk_stats"] == "target_logp logit_lse logit_mean logit_std"
+    stats = ["logit_lse", "logit_mean", "logit_std", "target_logp"]
     with safe_open(str(path), framework="pt") as f:  # the file as safetensors itself reads it
-        assert sorted(f.keys()) == ["labels", "params", "topk_index", "topk_logp"]
+        assert sorted(f.keys()) == sorted(["labels", "params", "topk_index", "topk_logp", *stats])
         assert f.get_tensor("topk_index").dtype == torch.uint8 and f.get_slice("topk_index").get_shape() == [2, 40, 3]
         assert f.get_tensor("topk_logp").dtype == {"fp32": torch.float32, "fp16": torch.float16}[dtype]
         assert all(f"{n}_sha256" in meta for n in f.keys())
+        # per view and sample, fp32 whatever the dtype, from the logits the cache was given
+        x = logits.double()
+        want = {"logit_lse": x.logsumexp(-1), "logit_mean": x.mean(-1), "logit_std": x.std(-1),
+                "target_logp": torch.log_softmax(x, -1).gather(-1, labels.expand(2, -1)[..., None])[..., 0]}
+        for name in stats:
+            got = f.get_tensor(name)
+            assert got.dtype == torch.float32 and got.shape == (2, 40), name
+            assert torch.allclose(got.double(), want[name], atol=1e-5), name
 
     got = open_cache(path, KEY, views=2)
     assert (got.views, got.storage, got.topk) == (2, "top3", 3) and torch.equal(got.labels, labels)
@@ -173,7 +183,8 @@ def test_top_k_storage_size_per_view(tmp_path, c):
     # header growth is at most a few bytes (a digit of a shape or offset, 8-byte padding)
     assert abs(full - n * c * 2) <= 16  # fp16 logits
     index_bytes = 1 if c <= 256 else 2  # the smallest integer type that holds the classes
-    assert abs(topk - n * k * (2 + index_bytes)) <= 16  # fp16 log-probabilities + uint8 / int16 indices
+    # fp16 log-probabilities + uint8 / int16 indices + 4 fp32 statistics (16 B)
+    assert abs(topk - n * (k * (2 + index_bytes) + 16)) <= 16
     if c == 1000:
         assert topk < full / 50
 
@@ -236,3 +247,45 @@ def test_a_student_trains_from_top_k_rows_expanded_per_batch(accelerator, tmp_pa
         assert torch.equal(new[name], old[name]), name
     torch.manual_seed(0)
     assert not torch.equal(Student().state_dict()["head.1.weight"], new["head.1.weight"])  # it trained
+
+
+# --- what the losses need beyond the top k (issue 27) ------------------------------------------------
+
+def test_top_k_statistics_are_columns_and_rebuild_the_logits_losses_standardise(tmp_path):
+    """Each view stores the label's log-probability, the log-sum-exp and the logits' mean and std
+    (fp32 [K, N]); SoftTargets.columns carries them; topk_logit_estimate gives the top k's and
+    the label's logits exactly, the row's own mean, the others equal."""
+    from kd_accel.cache import topk_logit_estimate
+
+    torch.manual_seed(3)
+    logits, labels = torch.randn(2, 40, 10) * 4, torch.randint(0, 10, (40,))
+    path = tmp_path / "c.safetensors"
+    save_cache(path, logits, labels, KEY, "fp32", topk=3)
+    soft = open_cache(path, KEY, views=2)
+    cols = soft.columns(1)
+    assert soft.stats == ("teacher_target_logp", "teacher_lse", "teacher_mean", "teacher_std")
+    assert all(cols[name].shape == (40,) and cols[name].dtype == torch.float32 for name in soft.stats)
+    x = logits[1]
+    assert torch.allclose(cols["teacher_std"], x.std(-1), atol=1e-5)
+    mask = torch.arange(40) % 2 == 0
+    est = topk_logit_estimate(cols, 10, labels, mask)
+    top = x.topk(3, -1).indices
+    assert torch.allclose(est.gather(-1, top), x.gather(-1, top), atol=1e-4)
+    at = labels[:, None]
+    assert torch.allclose(est.gather(-1, at)[mask], x.gather(-1, at)[mask], atol=1e-4)  # labelled: exact
+    assert torch.allclose(est.mean(-1), x.mean(-1), atol=1e-4)  # the tail from the stored mean
+    unlabelled_outside = ~mask & ~(top == at).any(-1)  # a hidden label tells the rebuild nothing
+    assert unlabelled_outside.any()
+    i = int(unlabelled_outside.nonzero()[0])
+    rest = torch.ones(10, dtype=torch.bool).scatter_(0, top[i], False)
+    assert torch.allclose(est[i][rest], est[i][rest][0].expand(7))
+
+    with pytest.raises(KDError, match="labels must be class indices 0..9, got 0..10"):
+        save_cache(tmp_path / "d.safetensors", logits, torch.arange(40) % 11, KEY, topk=3)
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    from safetensors.torch import save_file
+    save_file(tensors, str(tmp_path / "e.safetensors"), {**meta, "topk_stats": "lse"})
+    with pytest.raises(KDError, match="corrupted: metadata topk_stats='lse'"):
+        open_cache(tmp_path / "e.safetensors")

@@ -1,6 +1,7 @@
 """Batches by index, for every kind of data source: a batch is one gather per column of aligned
 tensors, carrying the dataset indices of its samples, in an order that is a pure function of the
-run's seed and the epoch (EpochPermutation); and uint8 images to the model's float input."""
+run's seed and the epoch (EpochPermutation; with a mix, pairs kept together: pair_order); and
+uint8 images to the model's float input."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import KDError
+from .mixing import label_share, partners
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -62,7 +64,24 @@ class IndexedTensors(Dataset):
             idx = self.order[pos] if self.order is not None else pos
         batch = {k: v[idx] for k, v in self.columns.items()}
         batch["idx"] = idx
+        if "mix" in batch:
+            batch.update(self.partners(batch["mix"]))
         return batch
+
+    def partners(self, mix: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a batch of mixed views (data/mixing.py) needs of its samples' partners, gathered
+        by their sample index as the batch's own rows: "partner_images" [B, ...] and
+        "partner_aug_params" (each partner's own parameters of the view, applied with the batch's),
+        "partner_pos" [B] (row B + j of the two stacked), "mix_labels" [B] (the partners' labels)
+        and "mix_lam" [B] (each own label's share at the images' resolution). Every partner is
+        gathered, in the batch or not: a gather on the device, no host sync."""
+        p, images = partners(mix), self.columns["images"]
+        out = {"partner_images": images[p], "mix_labels": self.columns["labels"][p],
+               "partner_pos": torch.arange(len(p), 2 * len(p), device=p.device),
+               "mix_lam": label_share(mix, *images.shape[-2:])}
+        if "aug_params" in self.columns:
+            out["partner_aug_params"] = self.columns["aug_params"][p]
+        return out
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -94,9 +113,26 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def pair_order(partner: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N] int64: the samples with each mutual pair (i, partner[i]) side by side, the pairs in the
+    order of `generator` (None: of their smaller index), then the samples of no pair (an odd N's
+    last). A batch of even size then holds whole pairs, so a worker that mixes a sample with its
+    partner decodes each image once (data/mixing.py)."""
+    i = torch.arange(len(partner))
+    mutual = (partner[partner] == i) & (partner != i)
+    first = i[mutual & (i < partner)]
+    single = i[~mutual]
+    if generator is not None:
+        first = first[torch.randperm(len(first), generator=generator)]
+        single = single[torch.randperm(len(single), generator=generator)]
+    return torch.cat([torch.stack([first, partner[first]], 1).flatten(), single])
+
+
 class EpochPermutation(Sampler):
     """The training order: epoch e visits the samples in randperm(n) drawn from
-    epoch_seed(seed, e), a pure function of the run's seed and the epoch.
+    epoch_seed(seed, e), a pure function of the run's seed and the epoch; with `pairs` (epoch ->
+    each sample's mix partner [N], or None), the epoch's pairs side by side in an order drawn
+    from the same generator (pair_order).
 
     This sampler is the one owner of the data order. It is not a RandomSampler, so
     accelerator.prepare keeps it as it is (Accelerate's seedable sampler, seeded once per
@@ -104,15 +140,17 @@ class EpochPermutation(Sampler):
     prepared loader's set_epoch reaches it on every rank, so all ranks draw the same global
     permutation and shard it by whole batches, and a resumed epoch replays it exactly."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, int(seed), 0
+    def __init__(self, n: int, seed: int, pairs: Callable[[int], torch.Tensor | None] | None = None) -> None:
+        self.n, self.seed, self.epoch, self.pairs = n, int(seed), 0, pairs
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def permutation(self, epoch: int | None = None) -> torch.Tensor:
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-        return torch.randperm(self.n, generator=g)
+        epoch = self.epoch if epoch is None else epoch
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        partner = self.pairs(epoch) if self.pairs is not None else None
+        return torch.randperm(self.n, generator=g) if partner is None else pair_order(partner, g)
 
     def __iter__(self):
         return iter(self.permutation().tolist())
@@ -197,7 +235,11 @@ def to_float(images: torch.Tensor, norm: tuple[Sequence[float], Sequence[float]]
     """uint8 [B, C, H, W] -> float32 in [0, 1] (the notebook's only preprocessing, and all that
     MNIST and Fashion-MNIST get). With norm = (mean, std), one value per channel (Split.norm):
     (x - mean) / std, channel by channel, on the images' device."""
-    x = images.float().div_(255.0)
+    return normalize(images.float().div_(255.0), norm)
+
+
+def normalize(x: torch.Tensor, norm: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.Tensor:
+    """float [B, C, H, W] in [0, 1] -> (x - mean) / std per channel, in place (norm None: x)."""
     if norm is None:
         return x
     mean, std = _norm_tensors(tuple(tuple(map(float, v)) for v in norm), x.device)

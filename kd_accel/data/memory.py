@@ -1,8 +1,9 @@
-"""Data sets as in-memory tensors: MNIST, Fashion-MNIST and CIFAR-10 read from their files.
+"""Data sets as in-memory tensors: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 read from their
+files.
 
-MNIST-sized sets are a few tens of MB (CIFAR-10 150 MB), so (as in airbench) they live as one
-uint8 tensor and a batch is `images[idx]`: no PIL, no ToTensor, no per-sample Python work in the
-training loop.
+MNIST-sized sets are a few tens of MB (CIFAR-10 and CIFAR-100 150 MB each), so (as in airbench)
+they live as one uint8 tensor and a batch is `images[idx]`: no PIL, no ToTensor, no per-sample
+Python work in the training loop.
 Every batch carries the dataset indices of its samples, so anything keyed by sample index (the
 teacher-logits cache) is looked up by index, never by batch position.
 """
@@ -52,6 +53,9 @@ class DatasetSpec:
     # per-channel mean/std of the [0, 1] pixels; None: the pixels are only scaled by 1/255
     mean: tuple = None
     std: tuple = None
+    label_key: str = "labels"  # a CIFAR batch's labels (CIFAR-100: "fine_labels", its 100 classes)
+    meta: tuple = ()  # (file, key): the pickled dict whose list under key names the classes; a required file
+    title: str = ""  # the set's name in messages ("CIFAR-10")
 
     @property
     def norm(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -64,6 +68,7 @@ _IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_CIFAR100_FILES = {"train": ("train",), "test": ("test",)}
 
 # New data sets register here (a new file format adds a reader to _READERS).
 DATASETS = {
@@ -74,7 +79,14 @@ DATASETS = {
     # torchvision's CIFAR10 unpacks its python-version tarball into <data_dir>/cifar-10-batches-py
     "cifar10": DatasetSpec("cifar10", "cifar-10-batches-py", _CIFAR_FILES, 10, "CIFAR10", image_size=(32, 32),
                            reader="cifar", channels=3, subdir="", pattern="{data_batch_1..5,test_batch}",
-                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), title="CIFAR-10"),
+    # torchvision's CIFAR100 unpacks into <data_dir>/cifar-100-python: train, test and meta, each
+    # a pickled dict; the 100 fine classes (fine_labels, meta's fine_label_names), not the 20
+    # coarse ones. Mean/std: RepDistiller's and mdistiller's (the CRD/DKD protocol's).
+    "cifar100": DatasetSpec("cifar100", "cifar-100-python", _CIFAR100_FILES, 100, "CIFAR100", image_size=(32, 32),
+                            reader="cifar", channels=3, subdir="", pattern="{train,test,meta}",
+                            mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), label_key="fine_labels",
+                            meta=("meta", "fine_label_names"), title="CIFAR-100"),
 }
 
 
@@ -92,6 +104,7 @@ class Split:
     labels: torch.Tensor
     num_classes: int
     norm: tuple = None
+    classes: tuple = None  # the class names, where the files say them (CIFAR-100's meta)
 
     def __len__(self):
         return len(self.labels)
@@ -105,7 +118,8 @@ class Split:
         """The first n samples (for smoke tests); indices stay 0..n-1."""
         if n is None or n >= len(self):
             return self
-        return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes, self.norm)
+        return Split(self.dataset, self.split, self.images[:n], self.labels[:n], self.num_classes, self.norm,
+                     self.classes)
 
     def at(self, prep: dict[str, Any]) -> Split:
         """The split for a model of preprocessing `prep`: the same tensors (augment.make_inputs
@@ -274,7 +288,7 @@ def _empty_bytes():
     return b""
 
 
-# Every global a CIFAR-10 batch names: numpy's array reconstruction (Python 2's cPickle wrote
+# Every global a CIFAR-10 or CIFAR-100 batch names: numpy's array reconstruction (Python 2's cPickle wrote
 # numpy.core.*, numpy 2 writes numpy._core.*; protocol 5 rebuilds from the raw bytes) and, in
 # protocol-2 pickles written by Python 3, the pixel bytes. dicts, lists, str and int are pickle
 # opcodes, not globals.
@@ -297,7 +311,7 @@ class _Refused(pickle.UnpicklingError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles what a CIFAR-10 batch holds and nothing else: a pickle that names any other
+    """Unpickles what a CIFAR batch holds and nothing else: a pickle that names any other
     callable (os.system, builtins.eval, ...) is refused when the name is looked up, before
     anything is called, so a data file cannot run code."""
 
@@ -312,21 +326,22 @@ def _first_line(e):
     return f"{type(e).__name__}: {first_line(e)}"
 
 
-def _read_batch(path):
-    """A pickled batch as a dict with str keys. Python 2 wrote the real files: latin1 turns their
-    str values (numpy's raw pixel bytes among them) into text numpy accepts."""
+def _read_batch(path, spec):
+    """A pickled batch (or CIFAR-100's meta) as a dict with str keys. Python 2 wrote the real
+    files: latin1 turns their str values (numpy's raw pixel bytes among them) into text numpy
+    accepts."""
     try:
         with _open(path) as f:
             batch = _BatchUnpickler(f, encoding="latin1").load()
     except _Refused as e:
-        raise KDError(f"{path}: refused to unpickle {e}: a CIFAR-10 batch needs only numpy arrays, lists "
+        raise KDError(f"{path}: refused to unpickle {e}: a {spec.title} batch needs only numpy arrays, lists "
                       "and dicts, and a data file must not run code") from None
     except Exception as e:  # noqa: BLE001 - a truncated or corrupt pickle fails in many ways
-        raise KDError(f"cannot read CIFAR-10 batch {path} (truncated or not a pickled batch?): "
+        raise KDError(f"cannot read {spec.title} batch {path} (truncated or not a pickled batch?): "
                       f"{_first_line(e)}") from None
     if not isinstance(batch, dict):
-        raise KDError(f"{path}: holds a {type(batch).__name__}, expected a CIFAR-10 batch "
-                      "(a dict with 'data' and 'labels')")
+        raise KDError(f"{path}: holds a {type(batch).__name__}, expected a {spec.title} batch "
+                      f"(a dict with 'data' and '{spec.label_key}')")
     # keys pickled as bytes (b'data') read like str keys
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
@@ -334,8 +349,8 @@ def _read_batch(path):
 def _batch_arrays(path, spec):
     """One batch: pixels uint8 [n, C*H*W] (each row the C colour planes in turn, each plane
     H x W row-major) and labels int64 [n]."""
-    batch = _read_batch(path)
-    missing = [k for k in ("data", "labels") if k not in batch]
+    batch = _read_batch(path, spec)
+    missing = [k for k in ("data", spec.label_key) if k not in batch]
     if missing:
         raise KDError(f"{path}: the batch has no {' or '.join(map(repr, missing))} (keys: {sorted(map(str, batch))})")
     data, size = batch["data"], spec.channels * math.prod(spec.image_size)
@@ -345,7 +360,7 @@ def _batch_arrays(path, spec):
         what = f"{data.dtype} [{', '.join(map(str, data.shape))}]" if is_array else f"a {type(data).__name__}"
         raise KDError(f"{path}: data is {what}, expected uint8 [N, {size}] with N >= 1")
     try:
-        labels = np.asarray(batch["labels"])
+        labels = np.asarray(batch[spec.label_key])
     except (ValueError, TypeError):  # ragged lists
         labels = np.asarray(None)
     if labels.dtype.kind not in "iu" or labels.shape != (len(data),):
@@ -357,12 +372,27 @@ def _batch_arrays(path, spec):
 
 
 def _load_cifar(spec, folder, split):
-    """A split of CIFAR-10's pickled batches, concatenated in file order (data_batch_1..5 for
-    train): images uint8 [N, 3, 32, 32], labels int64 [N]."""
+    """A split of CIFAR-10's or CIFAR-100's pickled batches, concatenated in file order
+    (data_batch_1..5 for CIFAR-10's train): images uint8 [N, 3, 32, 32], labels int64 [N]."""
     pixels, labels = zip(*(_batch_arrays(_find(folder, f), spec) for f in spec.files[split]))
     # a row is the colour planes one after another, each row-major: one reshape to [N, C, H, W]
     images = torch.from_numpy(np.concatenate(pixels)).reshape(-1, spec.channels, *spec.image_size)
     return images, torch.cat(labels)
+
+
+def _class_names(spec, folder):
+    """The class names a set's meta file lists (spec.meta: (file, key)), num_classes strings, or
+    None for a set without one."""
+    if not spec.meta:
+        return None
+    name, key = spec.meta
+    path = _find(folder, name)
+    names = _read_batch(path, spec).get(key)
+    if not (isinstance(names, list) and len(names) == spec.num_classes and all(isinstance(n, str) for n in names)):
+        got = f"{len(names)} items" if isinstance(names, list) else \
+            "nothing" if names is None else f"a {type(names).__name__}"
+        raise KDError(f"{path}: {key!r} holds {got}, expected the {spec.num_classes} class names of {spec.title}")
+    return tuple(names)
 
 
 _READERS = {"idx": _load_idx, "cifar": _load_cifar}
@@ -372,8 +402,13 @@ def _home(spec, data_dir):
     return data_dir / spec.folder / spec.subdir
 
 
+def _file_names(spec):
+    """Every file a set is read from: its splits' and its meta file."""
+    return [f for names in spec.files.values() for f in names] + list(spec.meta[:1])
+
+
 def _missing_in(raw, spec):
-    return [raw / f for names in spec.files.values() for f in names if _find(raw, f) is None]
+    return [raw / f for f in _file_names(spec) if _find(raw, f) is None]
 
 
 def raw_dir(spec: DatasetSpec, data_dir: Path) -> Path | None:
@@ -390,7 +425,7 @@ def data_files(dataset: str, data_dir: str | Path | None = None) -> list[Path]:
     replace; data.data_files answers for every kind)."""
     spec = get_spec(dataset)
     raw = raw_dir(spec, resolve_data_dir(data_dir)[0])
-    return [] if raw is None else [_find(raw, f) for names in spec.files.values() for f in names]
+    return [] if raw is None else [_find(raw, f) for f in _file_names(spec)]
 
 
 def _missing_files(spec, data_dir):
@@ -435,8 +470,9 @@ def get_spec(dataset: str) -> DatasetSpec:
 
 def load_split(dataset: str, split: str, data_dir: str | Path | None = None) -> Split:
     """Read one split into tensors: images uint8 [N, C, H, W] ([N, 1, 28, 28] for MNIST and
-    Fashion-MNIST, [N, 3, 32, 32] for CIFAR-10), labels int64 [N], and the set's norm."""
+    Fashion-MNIST, [N, 3, 32, 32] for CIFAR-10 and CIFAR-100), labels int64 [N], the set's norm
+    and, where its files name them, the class names."""
     spec = get_spec(dataset)
     raw = raw_dir(spec, ensure_downloaded(dataset, data_dir, allow_download=False))
     images, labels = _READERS[spec.reader](spec, raw, split)
-    return Split(dataset, split, images, labels, spec.num_classes, spec.norm)
+    return Split(dataset, split, images, labels, spec.num_classes, spec.norm, _class_names(spec, raw))

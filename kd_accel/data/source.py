@@ -4,9 +4,9 @@ uint8 tensor) and the streamed image folders (streamed.FolderSplit: files decode
 workers). Callers hold a DataSource and never ask which kind it is.
 
 A phase's views come from above the data layer (augment.DrawnViews, augment.CachedViews, the soft
-targets): a ViewPlan says, epoch by epoch, which columns change (augmentation parameters the step
-applies on the device, a cache's teacher logits) and where a streamed source's workers take
-each sample's crop. Each kind takes what applies to it.
+targets): a ViewPlan says, epoch by epoch, which columns change (augmentation and mix parameters
+the step applies on the device, a cache's teacher logits) and where a streamed source's workers
+take each sample's crop and mix. Each kind takes what applies to it.
 """
 from __future__ import annotations
 
@@ -30,16 +30,35 @@ class CropPlan(Protocol):
 
 
 @runtime_checkable
+class MixPlan(Protocol):
+    """Where a streamed source's DataLoader workers take each sample's mix (picklable, as
+    CropPlan): params(epochs, idx) -> int32 [B, 7] (data/mixing.py's MIX_COLUMNS)."""
+
+    def params(self, epochs: list[int] | None, idx: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class ViewPlan(Protocol):
     """How a phase's samples are viewed, epoch by epoch."""
 
-    def columns(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
-        """Columns [n, ...] for epoch `epoch`, gathered with each batch by sample index."""
+    def columns(self, epoch: int, n: int, in_workers: bool = False) -> dict[str, torch.Tensor]:
+        """Columns [n, ...] for epoch `epoch`, gathered with each batch by sample index: a cache's
+        logits and, unless the view is made in a streamed source's workers (`in_workers`), the
+        parameters the step applies ("aug_params" [n, P], "mix" [n, 7] int32)."""
         ...
 
     def crops(self, view: int | None = None) -> CropPlan | None:
         """A streamed source's crops: view `view` of every sample, or epoch e's view in epoch e
         (None); None where the view is not made in the workers."""
+        ...
+
+    def mixes(self, n: int, view: int | None = None) -> MixPlan | None:
+        """A streamed source's mixes (of n samples), as crops(); None without a mix."""
+        ...
+
+    def partners(self, epoch: int, n: int) -> torch.Tensor | None:
+        """[n] int64: each sample's mix partner in epoch `epoch`'s view (a streamed source keeps
+        pairs in one batch: loading.pair_order); None without a mix."""
         ...
 
 

@@ -18,6 +18,14 @@ resolution. The crops plan says where they come from: drawn in the worker (Drawn
 from a K-view cache (CachedCrops: the student replays the teacher's view e mod K), or none
 (CentreCrop: resize the short side, centre-crop; torchvision's evaluation transform).
 
+A mix (mixing.py; DrawnMixes, CachedMixes) adds each sample's partner: the worker sends the
+partner's own view of the epoch beside the batch, to be mixed on the training device
+(augment.make_inputs), with "mix" int32 [B, 7], "partner_pos" [B] (the partner's row in the
+batch's images stacked over "partner_images" [E, ...]), "mix_labels" and "mix_lam" [B]. The
+epoch keeps each pair in one batch (loading.pair_order), so the partner's view is one the batch
+holds already and E is 0; a partner outside the batch (an odd batch size, an odd N) is decoded
+too.
+
 Training order: FolderPermutation yields (epoch, index) keys, so the worker knows the epoch's
 view without any state shared with the main process (persistent workers keep their own copy of
 the dataset). Bad files stop the run with one line naming the file, also from a worker
@@ -41,7 +49,8 @@ from .crops import crop_boxes as fraction_boxes, draw_crops
 from .decode import DECODER_VERSION, _decode
 from .content import Ledger, digest, ledger_path
 from .folder import differences, load_listing, paths_from_tensors, save_listing, scan
-from .loading import EpochPermutation
+from .loading import EpochPermutation, pair_order
+from .mixing import MIX_COLUMNS, MixSpec, draw_mix, label_share, partners
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,12 +58,13 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from .folder import FolderIndex
-    from .source import CropPlan, ViewPlan
+    from .source import CropPlan, MixPlan, ViewPlan
 
 DATASET = "imagefolder"
 SPLIT_DIRS = {"train": "train", "test": "val"}
 FOLDER_SIZE = 224  # the model input side when neither --image-size nor the weights say one (torchvision, timm)
 CROP_LEVELS = 65535  # crop fractions stored as uint16 x / 65535
+CROP_COLUMNS = 5  # top, left, height, width, flip (crops.COLUMNS)
 
 
 def quantize(fractions: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -121,7 +131,41 @@ class CachedCrops:
     def params(self, epochs: list[int] | None, idx: np.ndarray, heights: torch.Tensor,
                widths: torch.Tensor) -> torch.Tensor:
         params = self.column().numpy()
-        return torch.from_numpy(params[np.asarray(epochs) % self.views, idx])
+        return torch.from_numpy(params[np.asarray(epochs) % self.views, idx, :CROP_COLUMNS])  # a mix's columns follow
+
+
+@dataclass(frozen=True)
+class DrawnMixes:
+    """Mixes drawn from (seed, view, index) of n samples (mixing.draw_mix): view = the key's
+    epoch, or the fixed `view`, as DrawnCrops."""
+
+    seed: int
+    spec: MixSpec
+    n: int
+    view: int = None
+
+    def params(self, epochs: list[int] | None, idx: np.ndarray) -> torch.Tensor:
+        views = np.asarray([self.view] * len(idx) if self.view is not None else epochs)
+        out = torch.empty(len(idx), len(MIX_COLUMNS), dtype=torch.int32)
+        for v in np.unique(views).tolist():
+            sel = np.flatnonzero(views == v)
+            out[sel] = draw_mix(self.spec, self.seed, v, torch.from_numpy(idx[sel]), self.n).to(torch.int32)
+        return out
+
+
+@dataclass(frozen=True)
+class CachedMixes:
+    """The mixes a K-view cache stores (its params' MIX_COLUMNS from `offset`): epoch e replays
+    view e mod `views`, as CachedCrops."""
+
+    column: object  # () -> the cache's params [K, N, P], memory-mapped (cache.CacheColumn)
+    views: int
+    offset: int
+
+    def params(self, epochs: list[int] | None, idx: np.ndarray) -> torch.Tensor:
+        params = self.column().numpy()
+        rows = params[np.asarray(epochs) % self.views, idx, self.offset:self.offset + len(MIX_COLUMNS)]
+        return torch.from_numpy(rows.astype(np.int32))
 
 
 # --- the data set a worker reads --------------------------------------------------------------------
@@ -143,9 +187,9 @@ class FolderDataset(Dataset):
     FolderPermutation) into one batch, in the worker that draws it."""
 
     def __init__(self, index: FolderIndex, channels: int, view: View, crops: CropPlan = CentreCrop(),
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, mixes: MixPlan | None = None) -> None:
         self.root, self.paths, self.labels = index.root, index.paths, index.labels
-        self.channels, self.view, self.crops, self.ledger = channels, view, crops, ledger
+        self.channels, self.view, self.crops, self.ledger, self.mixes = channels, view, crops, ledger, mixes
 
     def _path(self, i):
         return os.path.join(self.root, self.paths[i])
@@ -188,6 +232,33 @@ class FolderDataset(Dataset):
         tagged = bool(keys) and isinstance(keys[0], (tuple, list))
         epochs = [k[0] for k in keys] if tagged else None
         idx = np.asarray([k[1] for k in keys] if tagged else keys, dtype=np.int64)
+        out, crops, digests = self._views(idx, epochs)
+        batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx,
+                 "digests": torch.from_numpy(digests)}
+        if crops is not None:
+            batch["crops"] = crops
+        if self.mixes is not None:
+            batch.update(self._partners(idx, epochs))
+        return batch
+
+    def _partners(self, idx, epochs):
+        """The batch's mixes and its partners' views (mixing.py): a partner the batch holds is
+        pointed at, one it lacks is decoded and made its own view of the same epoch."""
+        mix = self.mixes.params(epochs, idx)
+        partner = partners(mix).numpy()
+        rows = {i: j for j, i in enumerate(idx.tolist())}
+        lacking = list(dict.fromkeys(p for p in partner.tolist() if p not in rows))
+        views = torch.empty(0, self.channels, *self.view.size, dtype=torch.uint8)
+        if lacking:  # each in the view of the epoch of the sample it mixes with
+            at = dict(zip(partner.tolist(), epochs)) if epochs is not None else None
+            views = self._views(np.asarray(lacking, dtype=np.int64), at and [at[p] for p in lacking])[0]
+        rows.update({p: len(idx) + k for k, p in enumerate(lacking)})
+        return {"mix": mix, "partner_images": views, "partner_pos": torch.tensor([rows[p] for p in partner.tolist()]),
+                "mix_labels": torch.from_numpy(self.labels[partner]), "mix_lam": label_share(mix, *self.view.size)}
+
+    def _views(self, idx, epochs):
+        """(views uint8 [B, C, H, W], crops uint16 [B, 5] or None, digests int64 [B]) of samples
+        idx, read, checked against the ledger, decoded and cropped as the crops plan says."""
         images, digests = zip(*[self._read(i) for i in idx.tolist()]) if len(idx) else ((), ())
         digests = np.asarray(digests, dtype=np.int64)
         if self.ledger is not None:  # a file whose bytes changed since the run folder read it: refused here
@@ -205,11 +276,7 @@ class FolderDataset(Dataset):
             for j, (img, (top, left, h, w)) in enumerate(zip(images, boxes)):
                 view = self._resize(img[:, top:top + h, left:left + w], self.view.size)  # crop first: less to resize
                 out[j] = view.flip(-1) if flips[j] else view
-        batch = {"images": out, "labels": torch.from_numpy(self.labels[idx]), "idx": torch.from_numpy(idx), "rows": idx,
-                 "digests": torch.from_numpy(digests)}
-        if crops is not None:
-            batch["crops"] = crops
-        return batch
+        return out, crops, digests
 
 
 def _collate(batch):
@@ -236,18 +303,37 @@ class FolderPermutation(EpochPermutation):
         return ((self.epoch, i) for piece in self.permutation().split(1 << 16) for i in piece.tolist())
 
 
+class FixedOrder(torch.utils.data.Sampler):
+    """The samples in one given order [N] (a mixed precompute's pairs side by side)."""
+
+    def __init__(self, order: torch.Tensor) -> None:
+        self.order = order
+
+    def __iter__(self):
+        return iter(self.order.tolist())
+
+    def __len__(self):
+        return len(self.order)
+
+
 def folder_loader(dataset: FolderDataset, batch_size: int, workers: int | None, device: torch.device | str,
-                  shuffle: bool = False, seed: int = 0) -> DataLoader:
+                  shuffle: bool = False, seed: int = 0, pairs: Callable[[int], torch.Tensor | None] | None = None,
+                  partner: torch.Tensor | None = None) -> DataLoader:
     """A DataLoader decoding in `workers` worker processes (0: in this process), pinned memory
     on CUDA; ready for accelerator.prepare, which shards it. A training loader (shuffle) keeps
     its workers from epoch to epoch; an evaluation's or a precompute's stop when it ends: the
     Accelerator keeps every prepared loader until the next phase, and their idle workers with
-    them."""
+    them. With a mix, the pairs of each sample and its partner side by side: a training loader's
+    `pairs` (epoch -> partners [N]) in its epoch's order, an inference loader's `partner` [N] in
+    index order (loading.pair_order), so each batch holds its samples' partners."""
     workers = default_workers() if workers is None else workers
-    sampler = FolderPermutation(len(dataset), seed) if shuffle else None
-    if isinstance(getattr(dataset, "crops", None), DrawnCrops) and dataset.crops.view is None and not shuffle:
-        raise ValueError("DrawnCrops without a view draws epoch e's view from FolderPermutation's (epoch, index) "
-                         "keys: give it a view, or shuffle")
+    sampler = FolderPermutation(len(dataset), seed, pairs) if shuffle else None
+    if partner is not None and not shuffle:
+        sampler = FixedOrder(pair_order(partner))
+    for plan in (getattr(dataset, "crops", None), getattr(dataset, "mixes", None)):
+        if isinstance(plan, (DrawnCrops, DrawnMixes)) and plan.view is None and not shuffle:
+            raise ValueError(f"{type(plan).__name__} without a view draws epoch e's view from FolderPermutation's "
+                             "(epoch, index) keys: give it a view, or shuffle")
     extra = dict(persistent_workers=shuffle, prefetch_factor=2, worker_init_fn=_worker_init) if workers else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", **extra)
@@ -359,15 +445,19 @@ class FolderSplit:
             raise KDError(f"--augment {spec.name} is for the in-memory data sets; an image folder takes rrc "
                           "(RandomResizedCrop + flip) or none")
 
-    def dataset_for(self, crops: CropPlan = CentreCrop()) -> FolderDataset:
-        return FolderDataset(self.index, self.channels, self.view, crops, self.ledger)
+    def dataset_for(self, crops: CropPlan = CentreCrop(), mixes: MixPlan | None = None) -> FolderDataset:
+        return FolderDataset(self.index, self.channels, self.view, crops, self.ledger, mixes)
 
     def inference_loader(self, accelerator: Accelerator, batch_size: int, views: ViewPlan | None = None,
                          view: int = 0) -> DataLoader:
-        """Every sample once, in index order, as view `view` of `views` (source.ViewPlan: the
-        crops its workers draw; None, or no crops: the centre crop, evaluation's)."""
+        """Every sample once, in index order (with a mix: its pairs side by side), as view `view`
+        of `views` (source.ViewPlan: the crops and mixes its workers draw; None, or no crops: the
+        centre crop, evaluation's)."""
         crops = (views.crops(view) if views else None) or CentreCrop()
-        return accelerator.prepare(folder_loader(self.dataset_for(crops), batch_size, self.workers, accelerator.device))
+        mixes = views.mixes(len(self), view) if views else None
+        partner = views.partners(view, len(self)) if mixes else None
+        return accelerator.prepare(folder_loader(self.dataset_for(crops, mixes), batch_size, self.workers,
+                                                 accelerator.device, partner=partner))
 
     def view_params(self, spec: Any) -> tuple[str, torch.dtype, int] | None:
         """(batch column, dtype, count) of a view's parameters as a cache stores them: the
@@ -398,7 +488,10 @@ class FolderSplit:
         if views is None:
             return FolderData(self, CentreCrop(), extra or {}, None)
         n = len(self)
-        return FolderData(self, views.crops() or CentreCrop(), extra or {}, lambda epoch: views.columns(epoch, n))
+        mixes = views.mixes(n)
+        return FolderData(self, views.crops() or CentreCrop(), extra or {},
+                          lambda epoch: views.columns(epoch, n, in_workers=True), mixes,
+                          (lambda epoch: views.partners(epoch, n)) if mixes else None)
 
 
 class FolderData:
@@ -407,15 +500,17 @@ class FolderData:
     sample indices and moved to the device with it."""
 
     def __init__(self, split: FolderSplit, crops: CropPlan, columns: dict[str, torch.Tensor],
-                 per_epoch: Callable[[int], dict[str, torch.Tensor]] | None) -> None:
+                 per_epoch: Callable[[int], dict[str, torch.Tensor]] | None, mixes: MixPlan | None = None,
+                 pairs: Callable[[int], torch.Tensor | None] | None = None) -> None:
         self.split, self.crops, self.columns, self.per_epoch = split, crops, columns, per_epoch
+        self.mixes, self.pairs = mixes, pairs
         self.current = dict(columns)
         self.device = None
 
     def loader(self, accelerator: Accelerator, batch_size: int, seed: int) -> DataLoader:
         self.device = accelerator.device
-        return folder_loader(self.split.dataset_for(self.crops), batch_size, self.split.workers, self.device,
-                             shuffle=True, seed=seed)
+        return folder_loader(self.split.dataset_for(self.crops, self.mixes), batch_size, self.split.workers,
+                             self.device, shuffle=True, seed=seed, pairs=self.pairs)
 
     def set_epoch(self, epoch: int) -> None:
         self.current = {**self.columns, **(self.per_epoch(epoch) if self.per_epoch else {})}

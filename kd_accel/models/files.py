@@ -2,10 +2,11 @@
 rebuilds it (load_model) with no flags.
 
 Metadata (strings): "role" (teacher or student), "arch" (the spec, "torchvision:resnet18"),
-"arch_spec" (JSON: spec, num_classes, in_chans, input_shape, preprocessing: models/zoo.arch_spec),
-"num_classes", "input_shape" ("C,H,W": the model's input), and whatever the run adds (accuracy,
-stamps). Files written before "arch_spec" existed hold the notebook's models: their "arch" was the
-role, and they take the data as they are.
+"arch_spec" (JSON: spec, num_classes, in_chans, input_shape, preprocessing: models/zoo.arch_spec;
+with --arch-kwargs their "kwargs", keys sorted; for model code also "code": the source file's
+absolute path and sha256, models/user.py), "num_classes", "input_shape" ("C,H,W": the model's
+input), and whatever the run adds (accuracy, stamps). Files written before "arch_spec" existed
+hold the notebook's models: their "arch" was the role, and they take the data as they are.
 """
 from __future__ import annotations
 

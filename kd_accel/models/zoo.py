@@ -2,9 +2,11 @@
 
 A spec is "SOURCE:NAME": "torchvision:resnet18", "timm:resnet10t" (timm's NAME may carry a
 pretrained tag, "timm:resnet50.a1_in1k", for its preprocessing), or the notebook's own
-"notebook:teacher" / "notebook:student". Models are built without weights (nothing is
+"notebook:teacher" / "notebook:student"; or one's own model code, "module.path:callable" or
+"path/to/file.py:callable" (models/user.py). Models are built without weights (nothing is
 downloaded); load_weights reads what users have on disk. Builders and loaders return notes,
-lines for the log about what was adapted, each said once.
+lines for the log about what was adapted, each said once. torchvision's and timm's builders and
+model code take keyword arguments (--arch-kwargs, a JSON object); the notebook's take none.
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ from torch import nn
 
 from ..errors import KDError, first_line as _first_line
 from ..validate import check_finite, file_kind, reads_tensors
-from . import notebook
+from . import notebook, user
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-SOURCES = ("torchvision", "timm", "notebook")
+SOURCES = user.ZOO_SOURCES  # ("torchvision", "timm", "notebook"); model code is the "code" source
 LIST_HINT = "list them with --list-models PATTERN"
 # what wrappers put in front of every key: DDP / DataParallel, and torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -90,15 +92,20 @@ def _listing(lead, names, tail=""):
 
 
 def parse_arch(spec: str) -> tuple[str, str]:
-    """(source, name) from "SOURCE:NAME", or one line naming the closest known names."""
+    """(source, name) from "SOURCE:NAME", or one line naming the closest known names. Model code
+    (models/user.py) is ("code", the spec as given), by its form only: the file or module is
+    imported where the model is built (or by check_arch)."""
     source, colon, name = str(spec).strip().partition(":")
     if not colon:
         close = _closest(source, _installed_specs())
         raise KDError(f"architecture {spec!r} is not SOURCE:NAME{_listing('; did you mean ', close, '?')}; {LIST_HINT}")
+    if source not in SOURCES and user.is_code_spec(spec) and _is_code(spec):
+        user.split_spec(spec)  # the callable's name is a Python name
+        return "code", str(spec).strip()
     if source not in SOURCES:
         close = difflib.get_close_matches(source, SOURCES, n=1)
         raise KDError(f"unknown model source {source!r} in {spec!r}{_listing(' (did you mean ', close, '?)')}; "
-                      f"choose from {', '.join(SOURCES)}")
+                      f"choose from {', '.join(SOURCES)}, or {user.CODE_HINT}")
     names = _names(source, f"architecture {spec!r}")
     base, dot, tag = name.partition(".") if source == "timm" else (name, "", "")  # timm: NAME.TAG
     if base not in names:
@@ -107,6 +114,24 @@ def parse_arch(spec: str) -> tuple[str, str]:
     if dot:
         _check_timm_tag(spec, base, tag)
     return source, name
+
+
+def _is_code(spec):
+    """A file spec, or a module spec whose top-level package is importable; "torchvison:resnet18"
+    is a misspelt source, not a module."""
+    kind, target, _ = user.split_spec(spec)
+    return kind == "file" or user.module_findable(target)
+
+
+def check_arch(spec: str, kwargs: str | None = None, kwargs_flag: str = "--arch-kwargs") -> None:
+    """A spec and its --arch-kwargs, before any work: the name known (zoo), the file or module
+    imported and its callable found (model code), the kwargs a JSON object, and none for the
+    notebook's models. One line each."""
+    source, _ = parse_arch(spec)
+    if user.parse_kwargs(kwargs, kwargs_flag) and source == "notebook":
+        raise KDError(f"{kwargs_flag}: {spec} takes no keyword arguments (torchvision, timm and model code do)")
+    if source == "code":
+        user.check_code(spec)
 
 
 def _check_timm_tag(spec, base, tag):
@@ -167,24 +192,43 @@ def _adapt_input_conv(model, spec, in_chans):
     return f"first convolution {name} adapted from 3 to {in_chans} input channels"
 
 
-def build_zoo_model(spec: str, num_classes: int, in_chans: int = 3,
-                    image_size: Sequence[int] | None = None) -> tuple[nn.Module, list[str]]:
+def build_zoo_model(spec: str, num_classes: int, in_chans: int = 3, image_size: Sequence[int] | None = None,
+                    kwargs: str | dict[str, Any] | None = None,
+                    code: dict[str, Any] | None = None) -> tuple[nn.Module, list[str]]:
     """(model, notes): a fresh, weightless `spec` for num_classes classes and in_chans input
-    channels. image_size (H, W) matters only to the notebook's models (their linear layers
-    depend on it; default 28x28); torchvision and timm models pool globally."""
+    channels. image_size (H, W) matters to the notebook's models (their linear layers depend on
+    it; default 28x28) and to model code that takes input_shape; torchvision and timm models
+    pool globally. kwargs: the builder's keyword arguments (JSON text or dict); code: a record's
+    "code" (models/user.py), for a model file being rebuilt."""
     source, name = parse_arch(spec)
     _check_counts(num_classes, in_chans)
+    kwargs = user.parse_kwargs(kwargs)
+    h, w = image_size or notebook.DEFAULT_INPUT_SHAPE[1:]
+    if source == "code":
+        return user.build_code_model(spec, num_classes, (in_chans, h, w), kwargs, code), []
     if source == "notebook":
-        h, w = image_size or notebook.DEFAULT_INPUT_SHAPE[1:]
+        if kwargs:
+            raise KDError(f"{spec} takes no keyword arguments (--arch-kwargs)")
         return notebook.build_model(name, num_classes, (in_chans, h, w)), []
     if source == "timm":  # timm adapts in_chans itself
-        return _timm(f"architecture {spec!r}").create_model(name, pretrained=False, num_classes=num_classes,
-                                                           in_chans=in_chans), []
+        timm = _timm(f"architecture {spec!r}")
+        return _with_kwargs(spec, kwargs, timm.create_model, name, pretrained=False, num_classes=num_classes,
+                            in_chans=in_chans), []
     import torchvision.models as tvm
     # no auxiliary classifiers: in training mode they make the forward give a tuple, not the logits
     extra = {"aux_logits": False} if name in AUX_HEADS else {}
-    model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
+    model = _with_kwargs(spec, kwargs, tvm.get_model, name, weights=None, num_classes=num_classes, **extra)
     return model, ([] if in_chans == 3 else [_adapt_input_conv(model, spec, in_chans)])
+
+
+def _with_kwargs(spec, kwargs, builder, *args, **fixed):
+    """builder(*args, **fixed, **kwargs); a keyword it does not take is one line naming the spec."""
+    if not kwargs:
+        return builder(*args, **fixed)
+    try:
+        return builder(*args, **fixed, **kwargs)
+    except TypeError as e:
+        raise KDError(f"{spec} with --arch-kwargs {user.canonical_kwargs(kwargs)}: {_first_line(e)}") from None
 
 
 # --- the input size a model runs at --------------------------------------------------------
@@ -193,22 +237,27 @@ def build_zoo_model(spec: str, num_classes: int, in_chans: int = 3,
 # its source says it takes (timm's pretrained_cfg, torchvision's weights: _size_hints)
 SIZE_LADDER = (32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
 _NOT_LOGITS = "not a tensor of logits"
-_RUNS = {}  # (spec, C, H, W, train) -> None (runs) or _refusal's: each model and size tried once per process
+_RUNS = {}  # (spec, C, H, W, train, classes) -> None (runs) or _refusal's: each model and size tried once
 
 
-def _forward_problem(model, shape, train=False):
+def _forward_problem(model, shape, train=False, num_classes=None):
     """Why `model` does not run on zero inputs of `shape` (C, H, W), or None; on the CPU, no grad.
     Evaluation: one input in eval mode (BatchNorm in training mode fails on one 1x1 map).
     Training (train=True): two inputs in training mode, giving a tensor of logits (torchvision's
-    inception_v3 gives a tuple with its auxiliary logits); the BatchNorm statistics are put back."""
+    inception_v3 gives a tuple with its auxiliary logits); the BatchNorm statistics are put back.
+    num_classes: the logits must be [B, num_classes] (model code may build another head)."""
     was = model.training
     buffers = {k: v.clone() for k, v in model.named_buffers()} if train else {}
     model.train(train)
+    n = 2 if train else 1
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2 if train else 1, *shape))
+            out = model(torch.zeros(n, *shape))
         if not isinstance(out, torch.Tensor):
             return f"in training mode it gives a {type(out).__name__}, {_NOT_LOGITS}"
+        if num_classes is not None and tuple(out.shape) != (n, num_classes):
+            return (f"it gives a tensor of shape {list(out.shape)} for {n} input(s), "
+                    f"{_NOT_LOGITS} [{n}, {num_classes}] for the data's {num_classes} classes")
         return None
     except Exception as e:  # noqa: BLE001 - too small an input fails as RuntimeError, AssertionError, ValueError...
         return _first_line(e)[:200]
@@ -220,9 +269,10 @@ def _forward_problem(model, shape, train=False):
                     v.copy_(buffers[k])
 
 
-def _runs(model, shape, train):
+def _runs(model, shape, train, num_classes=None):
     """Why `model` does not evaluate (and, if train, train) on `shape` inputs, or None."""
-    return _forward_problem(model, shape) or (_forward_problem(model, shape, True) if train else None)
+    return _forward_problem(model, shape, False, num_classes) \
+        or (_forward_problem(model, shape, True, num_classes) if train else None)
 
 
 def _size_hints(model, spec):
@@ -245,33 +295,34 @@ def _size_hints(model, spec):
 
 
 def check_input_size(model: nn.Module, spec: str, shape: Sequence[int], flag: str | None = None,
-                     train: bool = True) -> None:
+                     train: bool = True, num_classes: int | None = None) -> None:
     """Refuse, in one line, a model that does not run on inputs of `shape` (C, H, W), naming a
     size it runs at and the flag that chooses it (e.g. `timm:vit_tiny_patch16_224 does not run
     on 28x28 inputs (...); it needs 224x224: use --image-size 224`); found by forward passes of
     zero inputs at each size tried (smallest first, above the refused one). train: the model will
-    be trained, so it must also run in training mode and give a tensor of logits there."""
+    be trained, so it must also run in training mode and give a tensor of logits there.
+    num_classes: the logits' width the data need (checked where given)."""
     c, h, w = (int(v) for v in shape)
-    key = (spec, c, h, w, bool(train))
-    if key not in _RUNS:
-        _RUNS[key] = _refusal(model, spec, (c, h, w), train)
+    key = (spec, c, h, w, bool(train), num_classes)
+    if key not in _RUNS or user.is_code_spec(spec):  # model code differs by its kwargs and source: tried each time
+        _RUNS[key] = _refusal(model, spec, (c, h, w), train, num_classes)
     if _RUNS[key]:
         line, s = _RUNS[key]
         raise KDError(line.format(use=f"use {flag} {s}" if flag else f"give it {s}x{s} inputs"))
 
 
-def _refusal(model, spec, shape, train):
+def _refusal(model, spec, shape, train, num_classes=None):
     """None if the model runs on `shape`; else (the line, with {use} where the flag goes, and the
     size it runs at)."""
     c, h, w = shape
-    problem = _runs(model, shape, train)
+    problem = _runs(model, shape, train, num_classes)
     if problem is None:
         return None
     sides = sorted(set(SIZE_LADDER) | set(_size_hints(model, spec)))
     side = min(h, w)
     quoted = problem.replace("{", "{{").replace("}", "}}")
     for s in [side] + [s for s in sides if s > side] + [s for s in reversed(sides) if s < side]:
-        found = problem if s == side else _runs(model, (c, s, s), train)
+        found = problem if s == side else _runs(model, (c, s, s), train, num_classes)
         if found and _NOT_LOGITS in found:  # no size mends that
             found = found.replace("{", "{{").replace("}", "}}")
             return f"{spec} cannot be trained here: {found} (kd_accel trains models whose forward gives the logits)", s
@@ -462,16 +513,30 @@ def load_weights(model: nn.Module, path: Path | str) -> list[str]:
 
 # --- the record of what was built ----------------------------------------------------------
 
-def arch_spec(spec: str, num_classes: int, input_shape: Sequence[int],
-              preprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
+def arch_spec(spec: str, num_classes: int, input_shape: Sequence[int], preprocessing: dict[str, Any] | None = None,
+              kwargs: str | dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-able record of what was built, for a checkpoint's metadata: build_from_spec
     rebuilds the same model from it. input_shape (C, H, W) is the model's input (the data's
-    channels at the preprocessing's size); in_chans its C; preprocessing: preprocessing.resolve's."""
+    channels at the preprocessing's size); in_chans its C; preprocessing: preprocessing.resolve's.
+    kwargs (--arch-kwargs, JSON text or dict) are recorded as "kwargs" where there are any; model
+    code also records "code", its source file and digest (models/user.py)."""
     source, name = parse_arch(spec)
     c, h, w = notebook.check_input_shape(input_shape)
     _check_counts(num_classes, c)
-    return {"spec": f"{source}:{name}", "num_classes": int(num_classes), "in_chans": c, "input_shape": [c, h, w],
-            "preprocessing": preprocessing}
+    record = {"spec": name if source == "code" else f"{source}:{name}", "num_classes": int(num_classes), "in_chans": c,
+              "input_shape": [c, h, w], "preprocessing": preprocessing}
+    kwargs = user.parse_kwargs(kwargs)
+    if kwargs or source == "code":
+        record["kwargs"] = kwargs
+    if source == "code":
+        record["code"] = user.code_record(name)
+    return record
+
+
+def arch_identity(record: Mapping[str, Any]) -> str:
+    """What stamps say of a record's architecture: the spec; for model code, its file or module,
+    callable and source digest (user.identity), so that changed code is a changed setting."""
+    return user.identity(record["spec"], record.get("code")) if "code" in record else record["spec"]
 
 
 def build_from_spec(record: dict[str, Any] | str | bytes) -> tuple[nn.Module, list[str]]:
@@ -486,4 +551,4 @@ def build_from_spec(record: dict[str, Any] | str | bytes) -> tuple[nn.Module, li
     c, h, w = notebook.check_input_shape(record["input_shape"], "architecture record input_shape")
     if record["in_chans"] != c:
         raise KDError(f"architecture record: in_chans {record['in_chans']!r} is not input_shape's {c}")
-    return build_zoo_model(record["spec"], record["num_classes"], c, (h, w))
+    return build_zoo_model(record["spec"], record["num_classes"], c, (h, w), record.get("kwargs"), record.get("code"))

@@ -66,7 +66,9 @@ class AugmentSpec:
         cache made with other ranges under the same name is refused too; a mix follows it
         ("shift(...)+mixup(alpha=1)"; the cache stamps the two apart: teaching.cache_key)."""
         crops = self.describe_crops()
-        return crops if not self.mix else self.mix.describe() if self.name == "none" else f"{crops}+{self.mix.describe()}"
+        if not self.mix:
+            return crops
+        return self.mix.describe() if self.name == "none" else f"{crops}+{self.mix.describe()}"
 
     def describe_crops(self) -> str:
         """describe() without the mix."""
@@ -97,8 +99,7 @@ def get_spec(name: str) -> AugmentSpec:
 def recipe_spec(recipe: Recipe) -> AugmentSpec:
     """The views of a recipe (config.Recipe): its --augment, with its --mix (and --mix-alpha)."""
     spec = get_spec(recipe.augment)
-    mix = getattr(recipe, "mix", "none")
-    return replace(spec, mix=MixSpec(mix, float(recipe.mix_alpha))) if mix != "none" else spec
+    return replace(spec, mix=MixSpec(recipe.mix, float(recipe.mix_alpha))) if recipe.mix != "none" else spec
 
 
 def stream_seed(kind: str, seed: int) -> int:

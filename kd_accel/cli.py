@@ -212,7 +212,8 @@ def teacher_parser() -> argparse.ArgumentParser:
                               "milestones", "gamma", "warmup_epochs", "clip_grad", "precise_bn",
                               "augment", "mix", "mix_alpha", "arch", "weights", "image_size", "normalize", "output_dir",
                               "run_name", "seed", "mixed_precision", "grad_accum", "checkpoint_every",
-                              "keep_checkpoints", "resume", "channels_last", "compile", "deterministic", "report_to"],
+                              "keep_checkpoints", "resume", "channels_last", "compile", "deterministic", "report_to",
+                              "quiet"],
                         defaults={name: getattr(Recipe(), name) for name in ("batch_size", "augment")})
 
 
@@ -222,7 +223,7 @@ def precompute_parser() -> argparse.ArgumentParser:
                               "label_column",
                               "batch_size", "augment", "mix", "mix_alpha", "epochs",
                               "teacher_mode", *CACHE, "output_dir", "run_name", "seed", "teacher", "out",
-                              "mixed_precision", "channels_last", "compile", "deterministic"])
+                              "mixed_precision", "channels_last", "compile", "deterministic", "quiet"])
 
 
 # distill.py and compare.py write their caches in the run folder (or at --logits): --out is

@@ -218,6 +218,8 @@ class Run:
                                   "on GPUs, slower")
     report_to: str = setting("none", "log losses, lr and accuracy per phase to Accelerate trackers; 'all': every one "
                              "installed", unstamped="what is logged, not what is trained")
+    quiet: bool = setting(False, "no progress bar (terminal) or progress lines (log files) inside a phase",
+                          unstamped="what is printed, not what is trained")
 
     @property
     def run_dir(self) -> Path:
@@ -239,7 +241,8 @@ class Config:
         if unset:
             self.teacher = dataclasses.replace(self.teacher, **unset)
         if self.run.output_dir is None and self.run.run_name is None:
-            self.run = dataclasses.replace(self.run, run_name=self.data.dataset)
+            # hf:user/name -> runs/hf-user-name: one folder, no colon in a path
+            self.run = dataclasses.replace(self.run, run_name=self.data.dataset.replace(":", "-").replace("/", "-"))
 
     @property
     def run_dir(self) -> Path:

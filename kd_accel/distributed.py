@@ -10,10 +10,26 @@ import functools
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from .errors import KDError
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over ranks of a tensor, whose gradient is the sum over ranks of its gradients (each
+    rank's loss depends on every rank's statistics). What torch.distributed.nn.functional.all_reduce
+    did, op for op (a contiguous clone all-reduced; backward the same on the gradient): torch 2.14
+    deprecates it (a FutureWarning on every call) for functional collectives, which are private."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
 
 
 def _syncing(bn):
@@ -30,7 +46,7 @@ def _sync_normalise(bn, x):
     # the count made on the device (torch.full: no host tensor copied over on every forward)
     count = torch.full((1,), xf.numel() // c, dtype=xf.dtype, device=xf.device)
     local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
-    total = dist_fn.all_reduce(local)
+    total = _AllReduceSum.apply(local)
     n = total[-1]
     mean = total[:c] / n
     var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalizes with

@@ -85,7 +85,7 @@ def predict_rows(accelerator: Accelerator, model: torch.nn.Module, loader: Any, 
     model.eval()
     seen = torch.zeros(n, dtype=torch.bool, device=accelerator.device)
     pending = None
-    with progress_bar(accelerator, desc, len(loader)) as advance:
+    with progress_bar(accelerator, desc, len(loader), rows=n) as advance:
         for batch in loader:
             logits = model(inputs(batch)).float()
             # gloo gathers no uint16: the extra columns (a view's crops) travel as int32
@@ -99,7 +99,7 @@ def predict_rows(accelerator: Accelerator, model: torch.nn.Module, loader: Any, 
                 if pending is not None:
                     write(*pending.wait())
                 pending = _HostRows((idx, logits, *cols))
-            advance()
+            advance(images=len(idx))  # the gathered rows: every process's
     if pending is not None:
         write(*pending.wait())
     if not bool(seen.all()):

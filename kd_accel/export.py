@@ -194,12 +194,15 @@ def export_metadata(src: Source) -> dict[str, str]:
             "source_file": src.path.name, "weights_fingerprint": src.fingerprint, "kd_accel": __version__}
     if names:
         info["class_names"] = json.dumps(names)
-    for key in ("role", "phase", "test_accuracy", "seed"):
+    for key in ("role", "phase", "seed"):
         if key in src.meta:
             info[key] = src.meta[key]
-    dataset = src.meta.get("dataset") or _stamp(src).get("dataset")  # a teacher's own key; a student's stamp
+    # a teacher's own keys; a student's stamp and "info"
+    dataset, accuracy = src.meta.get("dataset") or _stamp(src).get("dataset"), own_accuracy(src)
     if dataset:
         info["dataset"] = str(dataset)
+    if accuracy is not None:
+        info["test_accuracy"] = f"{accuracy:g}"
     return info
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration
 
-from . import tracking
+from . import reporting, tracking
 from .data import reads_in_workers
 from .determinism import set_deterministic
 from .errors import KDError
@@ -33,6 +33,7 @@ def make_accelerator(cfg: Config, script: str | None = None, say_threads: bool =
         tracking.check_logging_dir(trackers, logging_dir)  # before the run folder exists, so nothing is left
         kwargs.update(log_with=trackers, project_config=ProjectConfiguration(
             project_dir=str(cfg.run_dir), logging_dir=str(logging_dir)))
+    reporting.set_quiet(cfg.run.quiet)  # no progress bar or lines in this process (reporting.progress_bar)
     set_deterministic(cfg.run.deterministic)  # before any kernel runs (kd_accel/determinism.py)
     accelerator = Accelerator(
         mixed_precision=cfg.run.mixed_precision,

@@ -1,12 +1,15 @@
 """What a person reads: progress bars, the summary table, metrics.json.
 
-Progress bars are drawn only on the main process and only on a terminal; in a log file (CI,
-SLURM) each epoch is one plain line instead of thousands of redraws."""
+Progress is shown only on the main process: a bar on a terminal; in a log file (CI, SLURM) a plain
+line every 30 seconds instead of thousands of redraws; nothing with --quiet."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
+import time
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -14,29 +17,123 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .deploy import add_report, fmt_flops, fmt_ms, headline
+from .errors import KDError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sized
 
+    import torch
     from accelerate import Accelerator
 
     from .config import Config
 
+# Progress inside a phase (progress_bar): a log file gets a plain line every PLAIN_EVERY_S seconds
+# ($KD_ACCEL_PROGRESS_EVERY); a terminal's bar is redrawn, and the running loss read, every REFRESH_S.
+PROGRESS_ENV = "KD_ACCEL_PROGRESS_EVERY"
+PLAIN_EVERY_S = 30.0
+REFRESH_S = 0.5
+_quiet = False  # --quiet (set_quiet)
+
 
 def interactive(accelerator: Accelerator) -> bool:
-    return accelerator.is_main_process and sys.stderr.isatty()
+    """Whether this process draws a rich bar: the main process, not --quiet, stderr a terminal."""
+    return accelerator.is_main_process and not _quiet and sys.stderr.isatty()
+
+
+def set_quiet(quiet: bool) -> None:
+    """--quiet: neither bar nor progress lines in this process (process.make_accelerator sets it,
+    before any work)."""
+    global _quiet
+    _quiet = quiet
+    if not quiet:
+        progress_every()  # a bad $KD_ACCEL_PROGRESS_EVERY: one line before any work
+
+
+def progress_every() -> float:
+    """Seconds between two plain progress lines: $KD_ACCEL_PROGRESS_EVERY, else PLAIN_EVERY_S."""
+    text = os.environ.get(PROGRESS_ENV, "").strip()
+    try:
+        every = float(text) if text else PLAIN_EVERY_S
+    except ValueError:
+        every = -1.0
+    if not every >= 0:  # also NaN
+        raise KDError(f"${PROGRESS_ENV} must be a number of seconds >= 0, got {text!r}")
+    return every
+
+
+def read_loss(loss: torch.Tensor | Callable[[], torch.Tensor]) -> float:
+    """The running loss on the host: the one device sync of a progress update."""
+    return float(loss() if callable(loss) else loss)
+
+
+class PhaseProgress:
+    """What a phase has done and how fast; `show` is called at most once per `every` seconds,
+    and only then is the running loss read (read_loss: a host sync), so a step costs a
+    time.monotonic() and a few additions. Call it once per batch: advance(n=1, images=B, loss=L),
+    L a 0-d device tensor or a callable giving one (not called unless a display is due)."""
+
+    def __init__(self, description: str, total: int, rows: int | None, done: int, every: float,
+                 show: Callable[[PhaseProgress], None]) -> None:
+        self.description, self.total, self.rows, self.every, self.show = description, total, rows, every, show
+        self.done = self.done0 = done  # done0: batches a resumed epoch skipped (not in the rate)
+        self.images, self.loss = 0, None  # loss: as last read
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, n: int = 1, images: int = 0, loss: torch.Tensor | Callable[[], torch.Tensor] | None = None
+                 ) -> None:
+        self.done += n
+        self.images += images
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        if loss is not None:
+            self.loss = read_loss(loss)
+        self.show(self)
+
+    def status(self) -> str:
+        """'6,000/10,000 rows, 2,345 img/s, loss 0.4321': what a bar adds to its batch count."""
+        rate = self.images / max(self.last - self.start, 1e-9)
+        return ", ".join([*([f"{self.images:,}/{self.rows:,} rows"] if self.rows is not None else []),
+                          *([f"{rate:,.0f} img/s"] if self.images else []),
+                          *([f"loss {self.loss:.4f}"] if self.loss is not None else [])])
+
+    def line(self) -> str:
+        """The plain line: 'teacher epoch 1/5: 120/600 batches, 2,345 img/s, loss 0.4321, ETA 0:01:02'."""
+        ran = self.done - self.done0
+        eta = timedelta(seconds=round((self.total - self.done) * (self.last - self.start) / ran)) if ran else "-"
+        return ", ".join([f"{self.description}: {self.done:,}/{self.total:,} batches",
+                          *filter(None, [self.status()]), f"ETA {eta}"])
+
+
+def _print_line(progress: PhaseProgress) -> None:
+    print(progress.line(), file=sys.stderr, flush=True)
+
+
+def _ignore(n: int = 1, images: int = 0, loss: Any = None) -> None:
+    """advance where nothing is shown (--quiet, other processes): nothing read, nothing synced."""
 
 
 @contextmanager
-def progress_bar(accelerator: Accelerator, description: str, total: int) -> Iterator[Callable[..., None]]:
-    """Yield an `advance(n=1)` callable backed by a rich bar (or a no-op when not interactive)."""
-    if not interactive(accelerator):
-        yield lambda n=1: None
+def progress_bar(accelerator: Accelerator, description: str, total: int, done: int = 0,
+                 rows: int | None = None) -> Iterator[Callable[..., None]]:
+    """Yield a phase's `advance(n=1, images=0, loss=None)` (PhaseProgress) for `total` batches,
+    `done` of them already (a resumed epoch), `rows` the samples to cover where that is worth
+    showing (precompute). On the main process: a rich bar on a terminal; elsewhere (a log file:
+    SLURM, CI) a plain line every progress_every() seconds; with --quiet, and on the other
+    processes, nothing."""
+    if not accelerator.is_main_process or _quiet:
+        yield _ignore
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+    if not interactive(accelerator):
+        yield PhaseProgress(description, total, rows, done, progress_every(), _print_line)
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True, refresh_per_second=1 / REFRESH_S) as bar:
+        task = bar.add_task(description, total=total, completed=done, status="")
+        yield PhaseProgress(description, total, rows, done, REFRESH_S,
+                            lambda p: bar.update(task, completed=p.done, status=p.status()))
 
 
 def fmt_pct(x: float | None) -> str:
@@ -52,7 +149,8 @@ def summary_table(metrics: Mapping[str, Any]) -> Table:
     table = Table(title=f"kd_accel: {metrics['dataset']} ({metrics['run_dir']})")
     best = any("best_epoch" in (metrics.get(role) or {}) for role in ("teacher", "student", "baseline"))
     for col in ("model", "test acc", *("best epoch",) * best, "params", "train time", "note"):
-        table.add_column(col, justify="left" if col in ("model", "note") else "right")
+        # the model's name never wraps (logs are grepped for "distilled student"); the note may
+        table.add_column(col, justify="left" if col in ("model", "note") else "right", no_wrap=col != "note")
     for role in ("teacher", "student", "baseline"):
         m = metrics.get(role)
         if not m:

@@ -182,7 +182,8 @@ class FixedView(_Source):
     def feed(self, objective: Objective, kind: str = "hinton", standardize: bool = False) -> Objective:
         if not self.topk_classes:
             return objective
-        return topk_objective(self.topk_classes, objective, checked_rebuild(self._columns, kind, standardize, self.path))
+        rebuild = checked_rebuild(self._columns, kind, standardize, self.path)
+        return topk_objective(self.topk_classes, objective, rebuild)
 
 
 class OnlineTeacher(_Source):

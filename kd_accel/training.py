@@ -114,8 +114,10 @@ def make_objective(kind: str, temperature: float | None = None, alpha: float | N
                    label_smoothing: float = 0.0, **settings: Any) -> Objective:
     """'ce' for hard labels only; a KD_LOSSES name (hinton, notebook-mse, dkd, dist) for
     distillation, with its own settings by name (losses.loss_settings of a config.Distillation)."""
+    if kind == "ce" and not label_smoothing:
+        return hard_label_objective  # the very function of the runs before label smoothing
     if kind == "ce":
-        return partial(hard_label_objective, label_smoothing=label_smoothing) if label_smoothing else hard_label_objective
+        return partial(hard_label_objective, label_smoothing=label_smoothing)
     return partial(kd_objective, kind=loss_name(kind), temperature=temperature, alpha=alpha,
                    label_smoothing=label_smoothing, **settings)
 
@@ -247,8 +249,7 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
         steps = carried.get("_steps", 0) if epoch == epoch0 else 0
         carried = {}
         epoch_start, seen = time.perf_counter(), 0
-        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{spec.epochs}", len(loader)) as advance:
-            advance(position)
+        with progress_bar(accelerator, f"{label} epoch {epoch + 1}/{spec.epochs}", len(loader), position) as advance:
             for batch in batches:
                 batch = data.complete(batch)  # the index-keyed columns a streamed source gathers here
                 with accelerator.accumulate(model):
@@ -271,7 +272,8 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
                 watch.update(global_step + 1, parts)
                 log.micro(parts)
                 seen += len(batch["labels"])  # a shape: no sync
-                advance()
+                # the epoch's running mean loss, read (a host sync) only when a line or redraw is due
+                advance(images=len(batch["labels"]) * accelerator.num_processes, loss=lambda: sums["loss"] / steps)
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
@@ -307,7 +309,7 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start
     bn_warning(accelerator, model, spec, label, history, test_split)
-    return accelerator.unwrap_model(model), {"epochs": history, "train_time_s": train_time}
+    return accelerator.unwrap_model(model, keep_torch_compile=False), {"epochs": history, "train_time_s": train_time}
 
 
 def epoch_inputs(loader: Any, data: TrainData, epoch: int, n: int,

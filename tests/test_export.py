@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli_error, run_main
+from conftest import cli_error, run_main, run_script
 from kd_accel import cli, export
 from kd_accel.deploy import BATCHES, LATENCY_ENV, add_report, headline
 from kd_accel.models import arch_spec, build_zoo_model, load_model, save_model
@@ -78,6 +78,7 @@ def test_a_tiny_run_reports_deployment_and_its_student_exports_with_a_card(tmp_p
     props = {p.key: p.value for p in onnx.load(str(out / "student.onnx")).metadata_props}
     assert props["arch"] == "notebook:student" and props["input_shape"] == "1,28,28" and props["mean"] == "none"
     assert json.loads(props["preprocessing"])["image_size"] == [28, 28] and props["dataset"] == "mnist"
+    assert float(props["test_accuracy"]) == metrics["student"]["test_accuracy"]
     assert torch.allclose(torch.export.load(str(out / "student.pt2")).module()(x), want, atol=1e-5)
     card = (out / "README.md").read_text()
     for words in ("# distilled student: `notebook:student`", "student.onnx", "1 channel (grey)", "data: mnist",
@@ -174,3 +175,13 @@ def test_export_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch, c
     assert "pip install 'kd_accel[export]'" in cli_error(export.export_main, [path, "--onnx", out / "a.onnx"], capsys)
     assert not out.exists() or not any(out.iterdir())
     assert [p.name for p in mine.iterdir()] == ["README.md"]
+
+
+@pytest.mark.slow  # a process: the launch script's imports and its run_cli wrapper, as a user runs it
+def test_the_launch_script_exports_and_refuses_in_one_line(tmp_path):
+    path = saved(tmp_path, "notebook:student", (1, 28, 28))
+    ok = run_script("export.py", path, "--pt2", tmp_path / "m.pt2", "--check")
+    assert "torch.export.load: max abs difference" in ok.stdout and (tmp_path / "README.md").is_file()
+    bad = run_script("export.py", tmp_path / "missing.safetensors", "--pt2", tmp_path / "n.pt2", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"kd_accel: error: checkpoint not found: {tmp_path / 'missing.safetensors'}"], bad.stderr

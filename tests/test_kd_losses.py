@@ -195,7 +195,8 @@ def test_objectives_read_mix_epoch_and_settings_from_the_batch():
     assert make_objective("ce") is make_objective("ce", label_smoothing=0.0)  # the teacher's and baseline's as before
 
     class Kd:
-        kd_loss, logit_standardization, dkd_alpha, dkd_beta, dkd_warmup, dist_beta, dist_gamma = "dist", True, 1, 8, 20, 2, 3
+        kd_loss, logit_standardization, dist_beta, dist_gamma = "dist", True, 2, 3
+        dkd_alpha, dkd_beta, dkd_warmup = 1, 8, 20
 
     assert loss_settings(Kd) == {"logit_standardization": True, "dist_beta": 2, "dist_gamma": 3}
     Kd.kd_loss = "notebook-mse"
@@ -252,7 +253,8 @@ TOPK_CASES = {
     "dkd T=4": ("dkd", {"temperature": 4.0, "dkd_warmup": 0}, ((0.8, 1.2), (0.1, 0.6), (0.05, 0.3))),
     "dist T=1": ("dist", {"temperature": 1.0}, ((0.01, 0.25), (0.01, 0.05), (0.01, 0.02))),
     "dist T=4": ("dist", {"temperature": 4.0}, ((0.01, 0.5), (0.01, 0.25), (0.01, 0.15))),
-    "hinton+LS T=2": ("hinton", {"temperature": 2.0, "logit_standardization": True}, ((0.25, 0.7), (0.1, 0.4), (0.05, 0.25))),
+    "hinton+LS T=2": ("hinton", {"temperature": 2.0, "logit_standardization": True},
+                      ((0.25, 0.7), (0.1, 0.4), (0.05, 0.25))),
     "dkd+LS T=2": ("dkd", {"temperature": 2.0, "dkd_warmup": 0, "logit_standardization": True},
                    ((0.5, 1.2), (0.2, 0.75), (0.08, 0.45))),
 }

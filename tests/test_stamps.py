@@ -55,7 +55,7 @@ ALTERNATIVES = {
     "output_dir": "OTHER_DIR", "run_name": "other", "seed": 1, "teacher": "REF:teacher.safetensors",
     "logits": "REF:teacher_logits.safetensors", "out": "OTHER_DIR/cache.safetensors", "mixed_precision": "bf16",
     "grad_accum": 2, "checkpoint_every": "1", "keep_checkpoints": 1, "resume": "latest", "channels_last": False,
-    "compile": True, "deterministic": True, "report_to": "tensorboard",
+    "compile": True, "deterministic": True, "report_to": "tensorboard", "quiet": True,
 }
 # The augmented reference (one stored view: where --augment-seed went unstamped) and what changes on it.
 AUGMENTED = {"augment": "shift", "views": 1}

@@ -89,16 +89,58 @@ def expected(data, channels):
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def png16(array, colour_type):
-    """PNG bytes of uint16 samples [H, W, bands] (PIL cannot write 16-bit colour or grey+alpha)."""
+# Adam7's seven passes: (x0, y0, dx, dy), the pixels at x0 + k dx, y0 + l dy
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png(array, depth, colour_type, interlace=0, plte=b"", trns=None):
+    """PNG bytes of samples [H, W, bands] at bit depth `depth` (1-16; rows unfiltered), Adam7-
+    interlaced if asked, with a palette and a tRNS chunk if given: what PIL cannot write (16-bit
+    colour and grey+alpha, 2- and 4-bit grey, interlacing)."""
     h, w = array.shape[:2]
-    rows = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(h))
+
+    def row_bytes(row):  # [w', bands] -> the row's bytes, its filter byte first (0: none)
+        flat = row.reshape(-1).astype(np.int64)
+        if depth >= 8:
+            return b"\0" + flat.astype(">u2" if depth == 16 else np.uint8).tobytes()
+        bits = (flat[:, None] >> np.arange(depth - 1, -1, -1)) & 1  # most significant first
+        return b"\0" + np.packbits(bits.reshape(-1).astype(np.uint8)).tobytes()
+
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    raw = b"".join(row_bytes(sub[y]) for x0, y0, dx, dy in passes
+                   for sub in [array[y0::dy, x0::dx]] if sub.size for y in range(sub.shape[0]))
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, interlace))
+            + (chunk(b"PLTE", plte) if plte else b"") + (chunk(b"tRNS", trns) if trns is not None else b"")
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def png16(array, colour_type):
+    """PNG bytes of uint16 samples [H, W, bands] (PIL cannot write 16-bit colour or grey+alpha)."""
+    return png(array, 16, colour_type)
+
+
+def png_variants(rng):
+    """(name, bytes) of every PNG colour type x bit depth the standard allows, plain and Adam7-
+    interlaced, with and without a tRNS chunk where the type takes one: 9 x 11 pixels."""
+    bands = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+    depths = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+    files = []
+    for colour_type, ds in depths.items():
+        for depth in ds:
+            top = (1 << depth) if colour_type != 3 else min(1 << depth, 7)  # 7 palette entries
+            samples = rng.integers(0, top, (9, 11, bands[colour_type]))
+            plte = rng.integers(0, 256, 21, dtype=np.uint8).tobytes() if colour_type == 3 else b""
+            trns = {0: samples[0, 0].astype(">u2").tobytes(), 2: samples[0, 0].astype(">u2").tobytes(),
+                    3: bytes([0, 128, 255])}.get(colour_type)
+            for interlace in (0, 1):
+                for t in (None, trns) if trns else (None,):
+                    name = f"ct{colour_type}-{depth}bit{'-adam7' if interlace else ''}{'-trns' if t else ''}.png"
+                    files.append((name, png(samples, depth, colour_type, interlace, plte, t)))
+    return files
 
 
 def sweep_files(tmp_path):
@@ -138,6 +180,7 @@ def sweep_files(tmp_path):
             files.append((f"{im.mode}-{'-'.join(f'{k}{v}' for k, v in options.items())}.{fmt.lower()}", buf.getvalue()))
     files.append(("rgb48.png", png16(rng.integers(0, 65536, (5, 7, 3)), 2)))
     files.append(("la32.png", png16(rng.integers(0, 65536, (5, 7, 2)), 4)))
+    files += png_variants(rng)
     rgb = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), "RGB")
     for fmt in sorted(Image.SAVE):
         buf = io.BytesIO()
@@ -155,8 +198,9 @@ def sweep_files(tmp_path):
 
 def test_every_mode_and_extension_decodes_as_pil_converts_it_or_is_one_line(tmp_path):
     """The rule, over every PIL mode x listed extension x frames (as PIL can write them) x
-    channels: equal to PIL's convert, exactly (JPEG and WebP too: torchvision's decoders give
-    PIL's pixels here), 16-bit as its high byte; or refused in one line naming the file, and
+    channels, and every PNG colour type x bit depth x interlacing x tRNS: equal to PIL's convert,
+    exactly (JPEG, PNG and WebP too: TorchCodec's decoders give PIL's pixels here), 16-bit as its
+    high byte; or refused in one line naming the file, and
     refused only where the rule says."""
     files = sweep_files(tmp_path)
     failures, decoded, refusals = [], 0, 0
@@ -184,13 +228,15 @@ def test_every_mode_and_extension_decodes_as_pil_converts_it_or_is_one_line(tmp_
     assert not failures, "\n".join(failures)
     names = {n for n, _ in files}
     # the sweep is not vacuous: 16-bit grey in PNG, PGM and TIFF, WebP and JPEG, multi-frame files were in it
-    assert {"I_16-1.png", "I_16-1.pgm", "I_16-1.tif", "L-1.webp", "RGB-1.jpg", "RGB-2.webp", "RGB-2.png"} <= names
+    assert {"I_16-1.png", "I_16-1.pgm", "I_16-1.tif", "L-1.webp", "RGB-1.jpg", "RGB-2.webp", "RGB-2.png",
+            "ct0-2bit-adam7-trns.png", "ct3-4bit-adam7-trns.png", "ct4-16bit-adam7.png"} <= names
     assert decoded > 250 and refusals > 20, (decoded, refusals)
 
 
 def test_sixteen_bit_grey_keeps_its_range(tmp_path):
-    """A 16-bit grey PNG (torchvision's decoder) and TIFF (PIL's) decode to the high byte of each
-    sample: not the low byte (torchvision's uint16 cast to uint8), not PIL's clip to 255."""
+    """A 16-bit grey PNG (TorchCodec's decoder) and TIFF (PIL's) decode to the high byte of each
+    sample: not the low byte (a uint16 cast to uint8), not TorchCodec's uint8 (v / 257, rounded),
+    not PIL's clip to 255."""
     values = np.array([[0, 255, 256, 4660, 40000, 65535]], dtype=np.uint16)
     for ext in ("png", "tif", "pgm"):
         path = tmp_path / f"deep.{ext}"
@@ -202,8 +248,8 @@ def test_sixteen_bit_grey_keeps_its_range(tmp_path):
 
 
 def test_a_webp_in_a_grey_run_decodes_grey(tmp_path):
-    """torchvision's WebP decoder ignores the grey mode (3 channels came back where the batch
-    holds 1: a traceback); grey is PIL's luma of the RGB it decodes."""
+    """libwebp has no grey mode (torchvision's decoder returned 3 channels where the batch holds
+    1: a traceback); grey is PIL's luma of the RGB it decodes."""
     rgb = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     path = tmp_path / "x.webp"
     Image.fromarray(rgb).save(path, lossless=True)
@@ -214,7 +260,7 @@ def test_a_webp_in_a_grey_run_decodes_grey(tmp_path):
 @pytest.mark.parametrize("case", ["float tiff", "32-bit tiff", "bomb", "zero width", "eps"])
 def test_files_the_rule_refuses_are_one_line(tmp_path, case):
     """Pixels without an 8-bit range, an image over PIL's decompression-bomb limit (refused from
-    its header, before torchvision's decoder allocates it), a zero-width image, a format kd_accel
+    its header, before TorchCodec's decoder allocates it), a zero-width image, a format kd_accel
     does not read under an image name: one line naming the file."""
     path = tmp_path / "x.png"
     if case == "float tiff":
@@ -245,10 +291,10 @@ def test_files_the_rule_refuses_are_one_line(tmp_path, case):
 
 @pytest.mark.parametrize("damage", ["short pixel data", "bad CRC", "bad zlib stream", "bad row filter"])
 def test_a_damaged_png_is_one_line_not_a_crash(tmp_path, damage):
-    """torchvision 0.29's decode_png dies of SIGSEGV on a libpng error in the pixel data (every
-    damaged PNG tried); PIL decodes PNG: one line, or (a bad IDAT CRC, which PIL does not check)
-    PIL's pixels, by the rule. (Were torchvision's decoder used again, this test would crash the
-    test process: a failure, loudly.)"""
+    """torchvision 0.29's decode_png died of SIGSEGV on a libpng error in the pixel data (every
+    damaged PNG tried); TorchCodec's raises, and PIL then decodes the file: one line, or (a bad
+    IDAT CRC, which PIL does not check) PIL's pixels, by the rule. (Were a crashing decoder used,
+    this test would crash the test process: a failure, loudly.)"""
     rows = {"short pixel data": b"\0" * 3, "bad row filter": b"\7\1\2\3\4" * 4}.get(damage, b"\0\1\2\3\4" * 4)
     body = b"xxxxxxx" if damage == "bad zlib stream" else zlib.compress(rows)
     crc = zlib.crc32(b"IDAT" + body) ^ (1 if damage == "bad CRC" else 0)

@@ -21,17 +21,19 @@ it (PIL would hand some of them to outside programs, e.g. EPS to Ghostscript). T
 read with PIL first (size, mode, frames): an image over PIL's decompression-bomb limit
 (2 x PIL.Image.MAX_IMAGE_PIXELS) is refused before any pixel is decoded, by any decoder.
 
-For speed, one-frame JPEG and WebP files are decoded by torchvision.io (libjpeg-turbo and
-libwebp in C++, without PIL's image objects), which gives exactly PIL's pixels for the
-(format, mode) pairs in _TORCHVISION (the sweep checks it): grey JPEGs are decoded grey, the
-rest to RGB, and grey from colour uses PIL's own integer luma (L = (19595 R + 38470 G + 7471 B
-+ 0x8000) >> 16), not the decoders' (libjpeg takes Y; libwebp ignores the grey mode and returns
-RGB). Whatever torchvision cannot decode goes to PIL, which decodes it or says why not. PNG is
-PIL's: torchvision 0.29's decode_png crashes the process (SIGSEGV) on any libpng error in the
-pixel data (a bad CRC, a short or corrupt zlib stream, a bad row filter), a damaged file that
-would kill a DataLoader worker without naming it; PIL's own PNG decoder raises instead.
+For speed, one-frame JPEG, PNG and WebP files are decoded by TorchCodec (libjpeg-turbo, libpng
+and libwebp in C++, without PIL's image objects; torchvision.io's decoders, used until issue 28,
+are deprecated since torchvision 0.29), which gives exactly PIL's pixels for the (format, mode)
+pairs in _CODEC (the sweep checks every one): grey files are decoded grey, the rest to RGB, and
+grey from colour uses PIL's own integer luma (L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16),
+not the decoders' (libjpeg takes Y, libpng and TorchCodec weigh in floating point, libwebp has
+no grey); 16-bit PNG samples come back as uint16 and are shifted as above. Whatever TorchCodec
+cannot decode goes to PIL, which decodes it or says why not: a damaged PNG raises in TorchCodec
+(torchvision 0.29's decode_png died of SIGSEGV instead, which is why PNG was PIL's until then),
+and PIL's line is the one said, or PIL's pixels where PIL reads it (a bad IDAT CRC, which PIL
+does not check).
 """
-import re
+import functools
 import warnings
 from io import BytesIO
 
@@ -42,15 +44,21 @@ from ..errors import KDError, first_line
 
 # Part of every image folder's fingerprint (streamed.FolderSplit): a change to the pixels any file
 # decodes to is a change of the data. 1: torchvision.io first, then PIL (to
-# 12925bf and just after); 2: decoded as PIL's convert gives it, or refused (issue 25).
+# 12925bf and just after); 2: decoded as PIL's convert gives it, or refused (issue 25; TorchCodec
+# instead of torchvision.io since issue 28 changed no pixel: the rule is the same, and swept).
 DECODER_VERSION = 2
 FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")  # PIL's names; PPM reads PBM/PGM/PPM/PFM
 FORMAT_NAMES = "JPEG, PNG, PPM/PGM, BMP, TIFF, WebP, GIF"
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16-bit grey modes
 _HELD_AS_I = ("PNG", "PPM")  # formats whose grey "I" PIL fills from 16-bit samples (PPM: scaled to 0-65535)
-# (format, PIL mode) decoded by torchvision to PIL's pixels; CMYK JPEGs (Adobe's inverted, YCCK) are left to PIL
-_TORCHVISION = {"JPEG": ("L", "RGB"), "WEBP": ("RGB", "RGBA")}
-_GREY = ("L",)  # decoded grey by torchvision (its grey JPEG is PIL's L); the rest to RGB
+# (format, PIL mode) that TorchCodec decodes to PIL's pixels (the sweep checks each pair) -> whether
+# it is decoded grey where 1 channel is wanted: a grey file's grey is PIL's L (1-, 2-, 4-bit grey
+# PNG scaled up alike; alpha dropped), a colour file's is not (RGB, then PIL's luma: _luma).
+# CMYK JPEGs (Adobe's inverted, YCCK) are left to PIL.
+_CODEC = {"JPEG": {"L": True, "RGB": False},
+          "PNG": {"1": True, "L": True, "LA": True, "I": True, "I;16": True, "I;16B": True,
+                  "P": False, "RGB": False, "RGBA": False},
+          "WEBP": {"RGB": False, "RGBA": False}}
 
 
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic)
@@ -103,12 +111,31 @@ def _eight_bit(t):
     return (t.to(torch.int32) >> 8).to(torch.uint8) if t.dtype == torch.uint16 else t
 
 
-def _torchvision(data, channels, grey):
-    """torchvision.io's decoding, made PIL's; None when its result is not the expected shape."""
-    from torchvision.io import ImageReadMode, decode_image
+@functools.lru_cache(maxsize=None)  # once a process: a failed import is not cached by Python
+def _codecs():
+    """torchcodec.decoders, or None where it cannot be loaded (not installed, a build for another
+    torch or CUDA): PIL then decodes every file, to the same pixels, more slowly."""
+    try:
+        from torchcodec import decoders
+    except Exception:  # noqa: BLE001 - ImportError, or the C++ libraries' OSError/RuntimeError
+        return None
+    return decoders
 
-    mode = ImageReadMode.GRAY if channels == 1 and grey else ImageReadMode.RGB
-    t = _eight_bit(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode))
+
+def _codec(data, fmt, channels, grey):
+    """TorchCodec's decoding of `data` (a `fmt` file: JPEG, PNG or WEBP), made PIL's; None when
+    TorchCodec is not there or its result is not one image of the expected shape (an animated
+    WebP: [N, C, H, W])."""
+    decoders = _codecs()
+    if decoders is None:
+        return None
+    # a copy the tensor may own (frombuffer on bytes warns that they are read-only): [n] uint8
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    mode = "GRAY" if channels == 1 and grey else "RGB"
+    if fmt == "PNG":  # 16-bit samples as they are (uint16): TorchCodec's uint8 rounds v / 257, the rule is v >> 8
+        t = _eight_bit(decoders.decode_png(raw, mode=mode, output_dtype="auto"))
+    else:
+        t = (decoders.decode_jpeg if fmt == "JPEG" else decoders.decode_webp)(raw, mode=mode)
     if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[0] not in (1, 3):
         return None
     if channels == 1 and t.shape[0] == 3:
@@ -116,10 +143,10 @@ def _torchvision(data, channels, grey):
     return t if t.shape[0] == channels else None
 
 
-def _torchvision_or_none(data: bytes, channels: int, grey: bool) -> torch.Tensor | None:
-    """_torchvision's image, or None where it fails: PIL then decodes the file, or says why not."""
+def _codec_or_none(data: bytes, fmt: str, channels: int, grey: bool) -> torch.Tensor | None:
+    """_codec's image, or None where it fails: PIL then decodes the file, or says why not."""
     try:
-        return _torchvision(data, channels, grey)
+        return _codec(data, fmt, channels, grey)
     except Exception:  # noqa: BLE001 - any decoder error: PIL's is the one said
         return None
 
@@ -160,11 +187,11 @@ def _decode(path, channels, data=None):
                 data = f.read()
         if not data:
             raise _Refused("empty file")
-        tried = False  # torchvision tried on these bytes already: a failure falls to PIL, not to it again
-        if data[:2] == b"\xff\xd8":  # a grey or colour JPEG of a sane size: straight to torchvision (PIL's pixels)
+        tried = False  # TorchCodec tried on these bytes already: a failure falls to PIL, not to it again
+        if data[:2] == b"\xff\xd8":  # a grey or colour JPEG of a sane size: straight to TorchCodec (PIL's pixels)
             frame, limit = _jpeg_frame(data), Image.MAX_IMAGE_PIXELS or float("inf")  # None: the user turned it off
             if frame and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= limit:
-                tried, out = True, _torchvision_or_none(data, channels, frame[2] == 1)
+                tried, out = True, _codec_or_none(data, "JPEG", channels, frame[2] == 1)
                 if out is not None:
                     return out
         try:
@@ -174,13 +201,13 @@ def _decode(path, channels, data=None):
         with im:
             if 0 in im.size:
                 raise _Refused(f"it has no pixels ({im.size[0]} x {im.size[1]})")
-            if not tried and im.mode in _TORCHVISION.get(im.format, ()) and getattr(im, "n_frames", 1) == 1:
-                out = _torchvision_or_none(data, channels, im.mode in _GREY)
+            grey = _CODEC.get(im.format, {}).get(im.mode)
+            if not tried and grey is not None and getattr(im, "n_frames", 1) == 1:
+                out = _codec_or_none(data, im.format, channels, grey)
                 if out is not None:
                     return out
             return _pil(im, channels)
     except Exception as e:  # noqa: BLE001 - truncated, not an image, unreadable: each fails its own way
-        # torchvision prefixes its C++ function, file and line: "decode_jpeg, /.../decode_jpeg.cpp:171, "
-        why = re.sub(r"^[\w():<>~ ]+, \S+\.(cpp|h):\d+, ", "", first_line(e))
-        raise KDError(f"cannot read image {path}: {why} (a bad file would shift every sample after it: fix or "
-                      "remove it)") from None
+        # PIL's error or the rule's: TorchCodec's never gets here (_codec_or_none)
+        raise KDError(f"cannot read image {path}: {first_line(e)} (a bad file would shift every sample after it: "
+                      "fix or remove it)") from None

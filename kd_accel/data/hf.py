@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import KDError, first_line
 from .decode import DECODER_VERSION, _decode

@@ -147,10 +147,12 @@ def partners(mix: torch.Tensor) -> torch.Tensor:
 def box_pixels(mix: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[B, 4] int64 (y0, y1, x0, x1) of the stored boxes on a height x width image: integer
     arithmetic, so every device rounds alike (an empty box for mixup)."""
-    m = mix[:, 3:].to(torch.int64)
-    sides = torch.tensor([height, width, height, width], device=m.device)
-    y0, x0, y1, x1 = ((m * sides + LEVELS // 2) // LEVELS).unbind(1)
-    return torch.stack([y0, y1, x0, x1], 1)
+    top, left, bottom, right = mix[:, 3:].to(torch.int64).unbind(1)  # no host tensor: no copy to the device
+
+    def at(q, side):
+        return (q * side + LEVELS // 2) // LEVELS
+
+    return torch.stack([at(top, height), at(bottom, height), at(left, width), at(right, width)], 1)
 
 
 def weights(mix: torch.Tensor) -> torch.Tensor:

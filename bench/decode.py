@@ -1,8 +1,9 @@
 """Image decoding (issue 28): kd_accel's decoder (kd_accel/data/decode.py: TorchCodec, then PIL)
-against the one at another commit (default HEAD, whose decode.py used torchvision.io, deprecated
-since torchvision 0.29), side by side on the same files, in this process and in DataLoader workers.
+against the one at another commit (default 3308765, the last whose decode.py used torchvision.io,
+deprecated since torchvision 0.29), side by side on the same files, in this process and in
+DataLoader workers.
 
-    python bench/decode.py [--against HEAD] [--files 2000] [--sides 64 256] [--workers 0 2] [--reps 5]
+    python bench/decode.py [--against 3308765] [--files 2000] [--sides 64 256] [--workers 0 2] [--reps 5]
                            [--json bench/results/decode.json]
 
 --files files in four kinds, a quarter each: JPEG (quality 90) and PNG (zlib level 6), RGB and
@@ -39,6 +40,7 @@ from kd_accel.io import write_json  # noqa: E402
 
 KINDS = (("jpg", "RGB"), ("jpg", "L"), ("png", "RGB"), ("png", "L"))
 BATCH = 64
+BASELINE = "3308765"  # the last decode.py on torchvision.io's decoders (JPEG, WebP; PNG was PIL's)
 
 
 def old_decoder(rev):
@@ -128,7 +130,7 @@ def check_same_pixels(old, new, paths, channels):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--against", default="HEAD", help="the commit whose decode.py is the baseline")
+    p.add_argument("--against", default=BASELINE, help="the commit whose decode.py is the baseline")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--sides", type=int, nargs=2, default=[64, 256])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
@@ -142,7 +144,7 @@ def main():
 
     old = old_decoder(a.against)
     print(describe(info))
-    print(f"{a.against} ({a.against}'s decode.py) vs the working tree's (TorchCodec {torchcodec.__version__}); "
+    print(f"decode.py at {a.against} vs the working tree's (TorchCodec {torchcodec.__version__}); "
           f"{a.files} files, sides {a.sides[0]}-{a.sides[1]} px, {a.reps} reps; images/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -311,9 +311,11 @@ def folder_child(args):
     written to a temporary folder, then images/s of kd_accel's folder pipeline (data/streamed.py:
     workers decoding, RandomResizedCrop + flip drawn there, 224 px uint8 batches moved to the
     device and normalised there, as fit's step does) with each --folder-workers count; and, where
-    torchvision's GPU JPEG decoder works, the same crops from files decoded on the device
-    (torchvision.io.decode_jpeg(device="cuda"), batched). First epoch of each a warm-up. One JSON line."""
-    from torchvision.io import decode_jpeg, encode_jpeg
+    TorchCodec's GPU JPEG decoder works, the same crops from files decoded on the device
+    (torchcodec.decoders.decode_jpeg(device="cuda"), batched: nvJPEG; torchvision.io's, used
+    until issue 28, is deprecated). The files are written by PIL (quality 90). First epoch of each
+    a warm-up. One JSON line."""
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     from kd_accel.data import load_folder
@@ -330,7 +332,7 @@ def folder_child(args):
             img = (img + torch.randint(0, 16, (3, h, w), generator=g)).clamp(0, 255).to(torch.uint8)
             path = Path(root) / "train" / f"c{i % 10}" / f"{i:05d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path, quality=90)
         split = load_folder(root, "train").at({"image_size": [size, size], "resize_size": None,
                                                "interpolation": "bilinear"})
         mean = torch.tensor([0.485, 0.456, 0.406], device=device)[:, None, None]
@@ -349,7 +351,9 @@ def folder_child(args):
             out["workers"][str(workers)] = statistics.median(rates)
             del loader, x
         if device.type == "cuda":
-            try:  # torchvision's GPU decoder: read on the host, decode and crop on the device
+            try:  # TorchCodec's GPU decoder: read on the host, decode and crop on the device
+                from torchcodec.decoders import decode_jpeg
+
                 paths = [os.path.join(split.index.root, p) for p in split.index.paths]
                 crops = DrawnCrops(0)
                 rates = []
@@ -370,7 +374,7 @@ def folder_child(args):
                     if epoch:
                         rates.append(n / (time.perf_counter() - t))
                 out["gpu_decode"] = statistics.median(rates)
-            except Exception as e:  # no nvjpeg in this build, or another failure: say which
+            except Exception as e:  # no TorchCodec or nvJPEG here, or another failure: say which
                 out["gpu_decode_error"] = f"{type(e).__name__}: {first_line(e)}"
     print(json.dumps(out), flush=True)
 

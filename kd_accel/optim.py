@@ -72,12 +72,18 @@ def make_optimizer(model: nn.Module, spec: Any, device: torch.device | str) -> t
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0, milestones: Sequence[int] = (),
-              gamma: float = 0.1) -> Callable[[int], float]:
+              gamma: float = 0.1, per_step: int = 1) -> Callable[[int], float]:
     """Multiplier of the base lr at optimizer step `step` (0-based), for LambdaLR: 'constant'
     (the notebook), 'cosine' to zero over the steps after the warm-up (as timm), or 'step' (x gamma
     from each of `milestones`, steps counted from 0 as the warm-up's). A warm-up of W steps
     multiplies by (step + 1) / (W + 1) before step W: from about 0 to 1, never exactly 0 (a step
-    at lr 0 would still move Adam's and SGD's moment buffers), as torch's LinearLR(1 / (W + 1))."""
+    at lr 0 would still move Adam's and SGD's moment buffers), as torch's LinearLR(1 / (W + 1)).
+
+    `per_step`: scheduler steps per optimizer step. Accelerate's prepared scheduler steps once
+    per process on each optimizer step (P processes: the steps of the un-sharded loader), so the
+    warm-up counts in units of P: (s + P) / (W + P) at scheduler step s = P * j is (j + 1) /
+    (W / P + 1), the 1-process multiplier of optimizer step j (P = 1: the formula above). The
+    cosine and the milestones are fractions of the run and need no such care."""
     if schedule == "constant":
         # closures, not callable objects: LambdaLR's state_dict (in every checkpoint) keeps none of them
         base = lambda step: 1.0
@@ -92,14 +98,14 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0, milestones
         raise KDError(f"unknown lr schedule {schedule!r}")
     if not warmup_steps:
         return base
-    return lambda step: base(step) * min(1.0, (step + 1) / (warmup_steps + 1))
+    return lambda step: base(step) * min(1.0, (step + per_step) / (warmup_steps + per_step))
 
 
-def schedule_of(spec: Any, steps_per_epoch: int) -> Callable[[int], float]:
+def schedule_of(spec: Any, steps_per_epoch: int, per_step: int = 1) -> Callable[[int], float]:
     """lr_lambda for `spec` (training.TrainSpec), its epochs (length, warm-up, milestones)
-    turned into optimizer steps at `steps_per_epoch`."""
+    turned into scheduler steps at `steps_per_epoch`, `per_step` of them per optimizer step."""
     return lr_lambda(spec.schedule, spec.epochs * steps_per_epoch, spec.warmup_epochs * steps_per_epoch,
-                     [m * steps_per_epoch for m in spec.milestones], spec.gamma)
+                     [m * steps_per_epoch for m in spec.milestones], spec.gamma, per_step)
 
 
 def check_recipe(recipe: Recipe, flags: Mapping[str, str]) -> None:

@@ -207,7 +207,8 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
     # per process on each optimizer step and not at all on accumulation micro-steps. Warm-up and
     # milestones, in epochs, are converted the same way.
     steps_per_epoch = math.ceil(len(loader) / accelerator.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_of(spec, steps_per_epoch))
+    multiplier = schedule_of(spec, steps_per_epoch, accelerator.num_processes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     log_every = LOG_EVERY

@@ -10,7 +10,6 @@ cannot see; the decoding test below records every warning, wherever it is attrib
 pixels the decoders give is tests/test_trust_images.py's sweep."""
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
@@ -23,7 +22,8 @@ from kd_accel.distributed import _sync_normalise
 
 
 def files(tmp_path):
-    """Paths of one grey and one RGB 12 x 9 image in each format decode.py reads (16-bit grey PNG too)."""
+    """Paths of one grey and one RGB 12 x 9 image in each format decode.py reads; a 16-bit grey PNG
+    and a palette PNG with a transparent colour (PIL warns on its convert) too."""
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 12, 3), dtype=np.uint8))
     paths = []
     for fmt, ext in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("TIFF", "tif"),
@@ -33,7 +33,19 @@ def files(tmp_path):
             im.save(paths[-1], fmt)
     paths.append(tmp_path / "sixteen.png")
     Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)).save(paths[-1])
+    paths.append(tmp_path / "palette.png")
+    rgb.convert("P").save(paths[-1], transparency=0)
     return paths
+
+
+def test_the_torchcodec_used_is_the_one_pinned():
+    """decode.TORCHCODEC (the release swept) is pyproject's pin, and the one installed here."""
+    import torchcodec
+
+    from conftest import ROOT
+
+    assert f'"torchcodec=={decode.TORCHCODEC}"' in (ROOT / "pyproject.toml").read_text()
+    assert torchcodec.__version__.split("+")[0] == decode.TORCHCODEC, torchcodec.__version__
 
 
 def recorded(fn):
@@ -49,17 +61,37 @@ def test_decoding_every_format_warns_nothing_and_jpeg_png_webp_go_to_torchcodec(
     TorchCodec decoded the JPEG, PNG and WebP files (were it not loadable, PIL would give the same
     pixels slower, silently: this is where an install without it shows). The check can fail: the
     decoder used before issue 28 (torchvision.io's) warns under the same recorder."""
-    codec = []
-    real = decode._codec
-    monkeypatch.setattr(decode, "_codec", lambda data, fmt, *a: codec.append(fmt) or real(data, fmt, *a))
+    codec, real = [], decode._codec
+
+    def spy(data, fmt, *args):  # the formats TorchCodec decoded (a failure raises, or is None)
+        out = real(data, fmt, *args)
+        codec.extend([fmt] if out is not None else [])
+        return out
+
+    monkeypatch.setattr(decode, "_codec", spy)
     paths = files(tmp_path)
     said = recorded(lambda: [decode._decode(str(p), c) for p in paths for c in (1, 3)])
     assert not said, said
-    assert sorted(codec) == ["JPEG"] * 4 + ["PNG"] * 6 + ["WEBP"] * 4, codec  # 2, 3 and 2 files; 1 and 3 channels
+    # 2 JPEG, 4 PNG and 2 WebP files, 1 and 3 channels each, but colour PNGs to grey (PIL's: faster)
+    assert sorted(codec) == ["JPEG"] * 4 + ["PNG"] * 6 + ["WEBP"] * 4, codec
     from torchvision.io import decode_jpeg
 
     data = (tmp_path / "RGB.jpg").read_bytes()
     assert recorded(lambda: decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+
+
+def test_grey_from_colour_is_pils_for_every_colour():
+    """decode._luma (float32, for speed) against PIL's convert("L") (integer) on all 2^24 RGB
+    colours, in 16 images of 1024 x 1024, as the CHW view of HWC memory TorchCodec returns and as
+    a contiguous CHW tensor."""
+    rgb = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).reshape(1024, 64, 2)
+    for blue in range(0, 256, 16):  # 16 blues per image: [1024, 1024] pixels
+        hwc = np.concatenate([np.dstack([rgb, np.full((1024, 64, 1), b)]) for b in range(blue, blue + 16)], 1)
+        hwc = np.ascontiguousarray(hwc.astype(np.uint8))
+        want = np.asarray(Image.fromarray(hwc).convert("L"))
+        view = torch.from_numpy(hwc).permute(2, 0, 1)
+        for t in (view, view.contiguous()):
+            assert np.array_equal(decode._luma(t)[0].numpy(), want), blue
 
 
 def test_a_deprecation_attributed_to_kd_accel_is_an_error_in_the_suite():

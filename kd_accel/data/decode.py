@@ -27,11 +27,12 @@ are deprecated since torchvision 0.29), which gives exactly PIL's pixels for the
 pairs in _CODEC (the sweep checks every one): grey files are decoded grey, the rest to RGB, and
 grey from colour uses PIL's own integer luma (L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16),
 not the decoders' (libjpeg takes Y, libpng and TorchCodec weigh in floating point, libwebp has
-no grey); 16-bit PNG samples come back as uint16 and are shifted as above. Whatever TorchCodec
-cannot decode goes to PIL, which decodes it or says why not: a damaged PNG raises in TorchCodec
-(torchvision 0.29's decode_png died of SIGSEGV instead, which is why PNG was PIL's until then),
-and PIL's line is the one said, or PIL's pixels where PIL reads it (a bad IDAT CRC, which PIL
-does not check).
+no grey), except a colour PNG wanted grey, which PIL converts faster (_PIL_GREY). 16-bit PNG
+samples come back as uint16 and are shifted as above. Whatever TorchCodec cannot decode goes to
+PIL, which decodes it or says why not: a damaged PNG raises in TorchCodec (torchvision 0.29's
+decode_png died of SIGSEGV instead, which is why PNG was PIL's until then), and PIL's line is
+the one said, or PIL's pixels where PIL reads it (a bad IDAT CRC, which PIL does not check).
+Without TorchCodec at the release swept (TORCHCODEC), PIL decodes everything: the same pixels.
 """
 import functools
 import warnings
@@ -47,6 +48,9 @@ from ..errors import KDError, first_line
 # 12925bf and just after); 2: decoded as PIL's convert gives it, or refused (issue 25; TorchCodec
 # instead of torchvision.io since issue 28 changed no pixel: the rule is the same, and swept).
 DECODER_VERSION = 2
+# The TorchCodec release whose pixels the sweep checked (pyproject pins it; a test keeps the two
+# equal): another is not used (0.16 decodes a palette PNG with a tRNS chunk to other colours)
+TORCHCODEC = "0.17.0"
 FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP", "GIF")  # PIL's names; PPM reads PBM/PGM/PPM/PFM
 FORMAT_NAMES = "JPEG, PNG, PPM/PGM, BMP, TIFF, WebP, GIF"
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's 16-bit grey modes
@@ -59,6 +63,9 @@ _CODEC = {"JPEG": {"L": True, "RGB": False},
           "PNG": {"1": True, "L": True, "LA": True, "I": True, "I;16": True, "I;16B": True,
                   "P": False, "RGB": False, "RGBA": False},
           "WEBP": {"RGB": False, "RGBA": False}}
+# ... but a colour PNG wanted grey is PIL's: its convert("L") inside the decoded image beats
+# TorchCodec's RGB then _luma (libpng decodes no faster than PIL's zlib: bench/decode.py, 0.93x)
+_PIL_GREY = {"PNG": ("P", "RGB", "RGBA")}
 
 
 # JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic)
@@ -94,17 +101,19 @@ class _Refused(Exception):
     """A readable file kd_accel will not read: the message says why."""
 
 
+# PIL's RGB -> L weights (ImagingConvert's rgb2l: L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16)
+_LUMA = np.array([19595, 38470, 7471], dtype=np.float32)
+
+
 def _luma(rgb):
-    """PIL's RGB -> L (ImagingConvert's rgb2l), in integers: uint8 [3, H, W] -> [1, H, W] (numpy:
-    a third of torch's time on small images, where each torch op's overhead dominates)."""
-    r, g, b = rgb.numpy()
-    y = r.astype(np.uint32)
-    y *= 19595
-    y += g.astype(np.uint32) * 38470
-    y += b.astype(np.uint32) * 7471
+    """PIL's RGB -> L: uint8 [3, H, W] -> [1, H, W], exactly, in float32: every partial sum is an
+    integer below 2^24 (255 x 65536 + 0x8000 at most), which float32 holds exactly, and the
+    division by 65536 is exact; one product over [H, W, 3] (TorchCodec's CHW is a view of HWC
+    memory) runs 1.3-1.8x faster than integer numpy over the three strided channel planes."""
+    y = rgb.permute(1, 2, 0).numpy().astype(np.float32) @ _LUMA  # [H, W]
     y += 0x8000
-    y >>= 16
-    return torch.from_numpy(y.astype(np.uint8))[None]
+    y *= 1 / 65536
+    return torch.from_numpy(y.astype(np.uint8))[None]  # the cast truncates: the floor, as >> 16
 
 
 def _eight_bit(t):
@@ -113,13 +122,15 @@ def _eight_bit(t):
 
 @functools.lru_cache(maxsize=None)  # once a process: a failed import is not cached by Python
 def _codecs():
-    """torchcodec.decoders, or None where it cannot be loaded (not installed, a build for another
-    torch or CUDA): PIL then decodes every file, to the same pixels, more slowly."""
+    """torchcodec.decoders at the release swept (TORCHCODEC), or None where it is another release
+    or cannot be loaded (not installed, a build for another torch or CUDA): PIL then decodes every
+    file, to the same pixels, more slowly."""
     try:
+        import torchcodec
         from torchcodec import decoders
     except Exception:  # noqa: BLE001 - ImportError, or the C++ libraries' OSError/RuntimeError
         return None
-    return decoders
+    return decoders if torchcodec.__version__.split("+")[0] == TORCHCODEC else None
 
 
 def _codec(data, fmt, channels, grey):
@@ -159,7 +170,10 @@ def _pil(im, channels):
     elif im.mode in ("I", "F"):
         raise _Refused(f"its pixels are {'32-bit integers' if im.mode == 'I' else 'floating point'} (PIL mode "
                        f"{im.mode}), which have no 8-bit range kd_accel could know: save it as an 8- or 16-bit image")
-    arr = torch.from_numpy(np.asarray(im.convert("L" if channels == 1 else "RGB")).copy())
+    with warnings.catch_warnings():
+        # PIL's advice, on a palette image with transparency, to convert it to RGBA: the rule drops alpha
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+        arr = torch.from_numpy(np.asarray(im.convert("L" if channels == 1 else "RGB")).copy())
     return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1).contiguous()
 
 
@@ -202,7 +216,8 @@ def _decode(path, channels, data=None):
             if 0 in im.size:
                 raise _Refused(f"it has no pixels ({im.size[0]} x {im.size[1]})")
             grey = _CODEC.get(im.format, {}).get(im.mode)
-            if not tried and grey is not None and getattr(im, "n_frames", 1) == 1:
+            pil_grey = channels == 1 and im.mode in _PIL_GREY.get(im.format, ())
+            if not tried and grey is not None and not pil_grey and getattr(im, "n_frames", 1) == 1:
                 out = _codec_or_none(data, im.format, channels, grey)
                 if out is not None:
                     return out

@@ -61,7 +61,13 @@ def set_aside_previous_result(accelerator: Accelerator, cfg: Config) -> None:
     (metrics.json first, then the files it describes) into <run>/previous/, so a run that fails
     half-way never leaves new weights beside old metrics, and the last good result is kept.
     The teacher and the cache stay: they are stamped and checked on reuse."""
-    if cfg.run.resume or not (cfg.run_dir / "metrics.json").exists():
+    if cfg.run.resume:
+        return
+    # Every process looks before the main one moves anything: a process that looked after the move
+    # would skip the barrier below while the others wait in it (a 2-process re-run hung so).
+    finished = (cfg.run_dir / "metrics.json").exists()
+    accelerator.wait_for_everyone()
+    if not finished:
         return
     if accelerator.is_main_process:
         previous = cfg.run_dir / "previous"

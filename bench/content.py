@@ -26,17 +26,17 @@ from kd_accel.data.streamed import _decode  # noqa: E402
 
 
 def write_files(folder, n, side, fmt):
-    from torchvision.io import encode_jpeg, encode_png
+    from PIL import Image
 
+    options = {"format": "JPEG", "quality": 90} if fmt == "jpg" else {"format": "PNG"}
     g = torch.Generator().manual_seed(0)
     base = torch.randint(0, 256, (3, side // 8, side // 8), generator=g, dtype=torch.uint8)
     paths = []
     for i in range(n):  # smooth images (a noise image would not compress like a photo)
         img = torch.nn.functional.interpolate(((base.float() + i) % 256)[None], size=(side, side), mode="bilinear")[0]
         img = img.round().clamp(0, 255).to(torch.uint8)
-        data = encode_jpeg(img, quality=90) if fmt == "jpg" else encode_png(img)
         path = folder / f"{i:06d}.{fmt}"
-        path.write_bytes(data.numpy().tobytes())
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(path, **options)  # [H, W, 3]
         paths.append(str(path))
     return paths
 

@@ -7,7 +7,7 @@ torchvision's reference, a cached KD epoch against a plain CE epoch, and the mem
 The folders are synthetic JPEGs written once into --workdir and reused by later runs (a marker
 file records how each was made): smooth random colour fields (a 6x6 uniform random image
 upsampled bicubically) plus mild Gaussian noise (sigma 0.05), so they compress like photographs
-rather than like white noise; JPEG quality 90 (torchvision.io.encode_jpeg), RGB. The pipeline
+rather than like white noise; JPEG quality 90 (PIL: the bytes torchvision.io.encode_jpeg wrote), RGB. The pipeline
 and KD/CE cases read --images files (default 4,000, 10 classes) whose height and width are each
 drawn in --sides (default 64-160 px, ~6 KB a file); the memory case reads --rss-sizes files of
 32x32 px (100 classes, ~1.2 KB a file).
@@ -76,7 +76,7 @@ def _images(g, n, h, w):
 def jpeg_folder(workdir, n, classes, side_lo, side_hi, seed=0, quality=90):
     """DIR with DIR/train/c<class>/<i>.jpg: n JPEGs, each side drawn in [side_lo, side_hi],
     written once and reused (a marker names how it was made). Returns (DIR, seconds to write)."""
-    from torchvision.io import encode_jpeg
+    from PIL import Image
 
     spec = {"n": n, "classes": classes, "side": [side_lo, side_hi], "seed": seed, "quality": quality,
             "content": "bicubic-upsampled 6x6 uniform colour field + N(0, 0.05) noise, RGB"}
@@ -98,8 +98,9 @@ def jpeg_folder(workdir, n, classes, side_lo, side_hi, seed=0, quality=90):
             imgs = list(_images(g, e - s, side_lo, side_lo))
         else:
             imgs = [_images(g, 1, int(h), int(w))[0] for h, w in sizes[s:e].tolist()]
-        for i, data in zip(range(s, e), encode_jpeg(imgs, quality=quality)):
-            (folder / "train" / f"c{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(data.numpy().tobytes())
+        for i, img in zip(range(s, e), imgs):
+            path = folder / "train" / f"c{i % classes:03d}" / f"{i:07d}.jpg"
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path, format="JPEG", quality=quality)  # [H, W, 3]
     made = time.perf_counter() - start
     nbytes = sum(f.stat().st_size for f in (folder / "train").rglob("*.jpg"))
     marker.write_text(json.dumps({"spec": spec, "bytes": nbytes, "write_s": made}))

@@ -55,7 +55,7 @@ def png_folder(workdir: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
     """DIR/train/c<k>/<i>.png: n PNGs, each side drawn in [64, 128], a smooth random colour field
     plus mild noise; written once (a marker records how) and reused. DIR/val holds the classes'
     folders, empty (the precompute reads the training split only)."""
-    from torchvision.io import encode_png, write_file
+    from PIL import Image
 
     root = workdir / f"png{n}"
     made = {"images": n, "classes": classes, "seed": seed, "sides": [64, 128]}
@@ -70,7 +70,8 @@ def png_folder(workdir: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
         img = (img + 0.05 * torch.randn(1, 3, h, w, generator=g)).clamp(0, 1)
         folder = root / "train" / f"c{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
-        write_file(str(folder / f"{i:06d}.png"), encode_png((img * 255).round().to(torch.uint8)[0]))
+        pixels = (img * 255).round().to(torch.uint8)[0].permute(1, 2, 0)  # [H, W, 3]
+        Image.fromarray(pixels.numpy()).save(folder / f"{i:06d}.png", format="PNG")
     for c in range(classes):
         (root / "val" / f"c{c}").mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(made))

@@ -123,20 +123,32 @@ def tiny_split(n=64, num_classes=10, seed=0):
     return Split("mnist", "train", images, labels, num_classes)
 
 
+def encode_image(img: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
+    """The bytes of image uint8 [C, H, W] (C = 1 or 3) as a PNG file (fmt "png": lossless) or a
+    JPEG file at `quality` (any other fmt), written by PIL: torchvision 0.29 deprecated its
+    encoders, and PIL's JPEG (the same libjpeg-turbo settings) is byte for byte theirs."""
+    import io
+
+    from PIL import Image
+
+    pixels = img.permute(1, 2, 0).numpy()  # [H, W, C]; PIL takes grey as [H, W]
+    buf = io.BytesIO()
+    options = {"format": "PNG"} if fmt == "png" else {"format": "JPEG", "quality": quality}
+    Image.fromarray(pixels[..., 0] if img.shape[0] == 1 else pixels).save(buf, **options)
+    return buf.getvalue()
+
+
 def write_image_folder(root, images, labels, fmt="png", start=0):
     """An ImageFolder of images uint8 [N, C, H, W] with labels [N]: root/<class c{label}>/
-    {start + i:05d}.{fmt}, written by torchvision's encoders (PNG lossless, JPEG quality 95).
+    {start + i:05d}.{fmt}, written by encode_image (PNG lossless, JPEG quality 95).
     Returns the paths in torchvision's ImageFolder order (sorted classes, then sorted names)."""
-    from torchvision.io import encode_jpeg, encode_png
-
     root = Path(root)
     paths = []
     for i, (img, label) in enumerate(zip(images, labels.tolist())):
         folder = root / f"c{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        data = encode_png(img) if fmt == "png" else encode_jpeg(img, quality=95)
         path = folder / f"{start + i:05d}.{fmt}"
-        path.write_bytes(data.numpy().tobytes())
+        path.write_bytes(encode_image(img, fmt))
         paths.append(path)
     return sorted(paths, key=lambda p: (p.parent.name, p.name))
 

@@ -1,7 +1,7 @@
 """Issue 28, item 1: Hugging Face datasets as a data source (kd_accel/data/hf.py).
 
 Tiny DatasetDicts written here with the `datasets` library (the first 200 + 100 MNIST images,
-PNG-encoded in the Arrow table by torchvision's encoder, as tests/conftest.write_image_folder
+PNG-encoded in the Arrow table by PIL (conftest.encode_image), as tests/conftest.write_image_folder
 writes a folder's files), saved with save_to_disk or built into a temporary Hugging Face cache
 (hf:NAME; offline, nothing downloaded). Checked: the listing and class names; decoding equal to
 the image folder's for the same bytes; a distill.py run whose student replays the cached crops
@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value  #
 
 datasets.disable_progress_bars()  # the fixtures' saves would fill stderr, which cli_error reads
 
-from conftest import cli_error, folder_order, run_main, write_image_folder  # noqa: E402
+from conftest import cli_error, encode_image, folder_order, run_main, write_image_folder  # noqa: E402
 from kd_accel import cli  # noqa: E402
 from kd_accel.augment import stream_seed  # noqa: E402
 from kd_accel.checkpointing import check_stamp  # noqa: E402
@@ -35,8 +35,6 @@ from kd_accel.errors import KDError, worker_message  # noqa: E402
 from kd_accel.models import load_model  # noqa: E402
 from test_imagefolder import distill, find_idx, fp16_close, notebook_teacher, read_idx  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
 N_TRAIN, N_TEST = 200, 100
 CLASSES = [f"digit {c}" for c in range(10)]
 FEATURES = Features({"image": Image(), "label": ClassLabel(names=CLASSES)})
@@ -44,15 +42,9 @@ HF = ["--dataset", "hf", "--channels", "1", "--image-size", "28", "--batch-size"
       "--no-baseline"]
 
 
-def png(img):
-    from torchvision.io import encode_png
-
-    return encode_png(img).numpy().tobytes()
-
-
 def table(images, labels, features=FEATURES):
     """A Dataset of PNG-encoded images uint8 [N, C, H, W] (or encoded bytes) and labels."""
-    cells = [{"bytes": img if isinstance(img, bytes) else png(img), "path": None} for img in images]
+    cells = [{"bytes": img if isinstance(img, bytes) else encode_image(img), "path": None} for img in images]
     return Dataset.from_dict({"image": cells, "label": [int(y) for y in labels]}, features=features)
 
 
@@ -220,7 +212,7 @@ def test_a_changed_dataset_is_refused_naming_its_fingerprint_and_rows(mnist, sav
 def bad(tmp_path, how, mnist):
     """A saved dataset spoiled as `how` says; returns (its folder, the words its refusal holds)."""
     xtr, ytr, xte, yte = (t[:12] for t in mnist)
-    images = [png(x) for x in xtr]
+    images = [encode_image(x) for x in xtr]
     splits = {"train": table(images, ytr), "test": table(xte, yte)}
     words = []
     if how == "undecodable image":

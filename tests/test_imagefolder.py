@@ -29,10 +29,7 @@ from kd_accel.data.streamed import DrawnCrops, FolderDataset, View, crop_pixels,
 from kd_accel.models import load_model, save_model
 from kd_accel.roles import build
 
-from conftest import folder_order, precompute_killed_and_resumed, run_main, write_image_folder
-
-# torchvision 0.29 deprecates torchvision.io's decoders (in favour of TorchCodec): once per decoded batch
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+from conftest import encode_image, folder_order, precompute_killed_and_resumed, run_main, write_image_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 300, 100
@@ -164,7 +161,6 @@ def test_the_listing_and_class_order_are_torchvisions(tmp_path):
     decodes, and the pixels of the lossless formats (PNG, BMP, TIFF) are those of ImageFolder's
     PIL loader."""
     from torchvision.datasets import ImageFolder
-    from torchvision.io import encode_jpeg, encode_png
 
     root = tmp_path / "train"
     g = torch.Generator().manual_seed(0)
@@ -177,9 +173,9 @@ def test_the_listing_and_class_order_are_torchvisions(tmp_path):
         img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g)
         suffix = path.suffix.lower()
         if suffix == ".png":
-            path.write_bytes(encode_png(img).numpy().tobytes())
+            path.write_bytes(encode_image(img))
         elif suffix in (".jpg", ".jpeg"):
-            path.write_bytes(encode_jpeg(img).numpy().tobytes())
+            path.write_bytes(encode_image(img, "jpg", quality=75))
         else:  # webp, bmp, tif: written by PIL
             from PIL import Image
 
@@ -210,8 +206,6 @@ def test_the_listing_and_class_order_are_torchvisions(tmp_path):
 @pytest.fixture(scope="module")
 def odd_sizes(tmp_path_factory):
     """40 noise images of five sizes (portrait, landscape, square) in 3 classes."""
-    from torchvision.io import encode_png
-
     root = tmp_path_factory.mktemp("sizes") / "train"
     g = torch.Generator().manual_seed(1)
     sizes = [(28, 28), (40, 30), (30, 44), (33, 35), (64, 20)]
@@ -220,7 +214,7 @@ def odd_sizes(tmp_path_factory):
         img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
         path = root / f"k{i % 3}" / f"{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_png(img).numpy().tobytes())
+        path.write_bytes(encode_image(img))
     return root
 
 
@@ -229,7 +223,7 @@ def test_crops_are_the_same_in_any_worker_and_batch_and_epoch_e_is_view_e(odd_si
     crop and the same pixels; epoch e's order is EpochPermutation's and its crops are
     DrawnCrops' view e (drawn in the main process here); the pixels are torchvision's
     resized_crop of the decoded file with those crops (and flip)."""
-    from torchvision.io import decode_image
+    from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
     index = scan(odd_sizes)
@@ -255,7 +249,8 @@ def test_crops_are_the_same_in_any_worker_and_batch_and_epoch_e_is_view_e(odd_si
         for epoch in range(epochs):
             assert torch.equal(got[epoch][0], ref[epoch][0]) and torch.equal(got[epoch][1], ref[epoch][1]), (key, epoch)
 
-    decoded = [decode_image(str(Path(index.root) / p)) for p in index.paths]
+    # the files are RGB PNGs: PIL's pixels are any lossless decoder's, [3, H, W]
+    decoded = [torch.from_numpy(np.array(Image.open(Path(index.root) / p))).permute(2, 0, 1) for p in index.paths]
     heights = torch.tensor([d.shape[-2] for d in decoded])
     widths = torch.tensor([d.shape[-1] for d in decoded])
     for epoch in range(epochs):

@@ -20,8 +20,6 @@ from kd_accel.models import load_model
 
 from conftest import run_main, tiny_split, write_image_folder
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
 
 def frozen(teacher_file):
     model, _ = load_model(teacher_file, "teacher")

@@ -20,9 +20,6 @@ from kd_accel.models import build_model, save_model
 from kd_accel.roles import build
 from kd_accel.threads import choose_threads
 
-# torchvision 0.29 deprecates torchvision.io's decoders (in favour of TorchCodec)
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-
 
 def files_under(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))

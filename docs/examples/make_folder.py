@@ -10,13 +10,26 @@ the sample index zero-padded. --limit-train N / --limit-val N write only the fir
 the training / test split (N >= 1; all of them without the flag, or where the split has fewer).
 Existing files are kept (delete DIR to write it anew).
 """
+from __future__ import annotations
+
 import argparse
+import io
 from pathlib import Path
 
-from torchvision.io import encode_jpeg, encode_png
+import torch
+from PIL import Image
 
 from kd_accel.data import load_split
 from kd_accel.errors import KDError, run_cli
+
+
+def encode(img: torch.Tensor, fmt: str) -> bytes:
+    """The file bytes of image uint8 [C, H, W] (C = 1 or 3): PNG (lossless), or JPEG at quality 95."""
+    pixels = img.permute(1, 2, 0).numpy()  # [H, W, C]; PIL takes grey as [H, W]
+    buf = io.BytesIO()
+    options = {"format": "PNG"} if fmt == "png" else {"format": "JPEG", "quality": 95}
+    Image.fromarray(pixels[..., 0] if img.shape[0] == 1 else pixels).save(buf, **options)
+    return buf.getvalue()
 
 
 def main(argv=None):
@@ -41,8 +54,7 @@ def main(argv=None):
             if path.exists():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            data = encode_png(s.images[i]) if a.format == "png" else encode_jpeg(s.images[i], quality=95)
-            path.write_bytes(data.numpy().tobytes())
+            path.write_bytes(encode(s.images[i], a.format))
         print(f"{sub}: {n} images in {Path(a.out) / sub}")
 
 

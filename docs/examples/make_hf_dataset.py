@@ -8,7 +8,7 @@ PNG-encoded in the Arrow table, for trying --dataset hf on real images offline:
 Splits "train" and "test"; columns "image" (datasets.Image: the PNG bytes) and "label" (a
 ClassLabel). From an in-memory data set (read as kd_accel reads it: Debian's
 /usr/share/datasets/fashion-mnist, or --data-dir) row i is sample i, its bytes those
-make_folder.py writes for it (torchvision's encode_png), its class name the class number
+make_folder.py writes for it (its encode: PIL's PNG), its class name the class number
 zero-padded ("00".."09", make_folder.py's class folders). From an image folder
 (make_folder.py's, or any in torchvision's layout: DIR/train, DIR/val) row i is the folder's
 sample i, its bytes the file's own, its classes the class folders: the same data as the folder,
@@ -37,13 +37,13 @@ Rows = tuple[list[bytes], list[int], list[str]]  # (encoded images, labels, clas
 
 def from_memory(dataset: str, data_dir: str | None, split: str, limit: int | None) -> Rows:
     """(PNG bytes, labels, class names) of the first `limit` samples of an in-memory split."""
-    from torchvision.io import encode_png
+    from make_folder import encode  # beside this script: the bytes make_folder.py writes
 
     from kd_accel.data import load_split
 
     s = load_split(dataset, split, data_dir)
     n = len(s) if limit is None else min(limit, len(s))
-    images = [encode_png(s.images[i]).numpy().tobytes() for i in range(n)]
+    images = [encode(s.images[i], "png") for i in range(n)]
     return images, s.labels[:n].tolist(), [f"{c:02d}" for c in range(s.num_classes)]
 
 

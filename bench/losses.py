@@ -27,7 +27,9 @@ Two measurements of the same cases:
   parts summed and watched on the device), the cases' steps interleaved one by one, their order
   rotated every step, each step timed alone: a burst of other load on a shared machine lands on
   every case alike. A rep is one epoch's steps of each case (after 3 untimed steps each); a
-  loss's ratio is the median over reps of its summed step time / ce's.
+  loss's ratio is the median over reps of its summed step time / ce's. Beside it, the loss
+  alone: each case's objective, forward and backward, on one batch of its own and logits of the
+  suite's shape, 300 calls interleaved the same way (what the loss adds to a step).
 - fit epochs (a cross-check): one whole training.fit epoch per case (no evaluation), timed by
   fit itself (train_time_s: its steps, not the Accelerator's set-up), after an untimed warm-up
   epoch, the cases alternated rep by rep (order reversed every other rep). Whole epochs are
@@ -53,6 +55,8 @@ from machine import describe, machine_info  # noqa: E402
 from precompute import commit  # noqa: E402
 
 AIM = 1.05
+ZOO_STUDENT = "torchvision:mobilenet_v3_small"
+LOSS_CALLS = 300  # calls of each case's loss alone
 TOPK = 5
 # case -> (the distillation flags, the cache it reads: None (hard labels), "full" or "top5")
 CASES = {
@@ -61,7 +65,7 @@ CASES = {
     "dkd": ({"kd_loss": "dkd"}, "full"),
     "dist": ({"kd_loss": "dist"}, "full"),
     "hinton+ls": ({"kd_loss": "hinton", "logit_standardization": True}, "full"),
-    f"dkd-top{TOPK}": ({"kd_loss": "dkd"}, "top5"),
+    f"dkd-top{TOPK}": ({"kd_loss": "dkd"}, f"top{TOPK}"),
 }
 
 
@@ -83,7 +87,7 @@ def open_caches(train: Any, workdir: Path) -> dict[str, Any]:
     logits = torch.randn(len(train), train.num_classes, generator=torch.Generator().manual_seed(1)) * 5
     key = cache_key(train, "0" * 32)
     caches = {}
-    for name, topk in (("full", None), ("top5", TOPK)):
+    for name, topk in (("full", None), (f"top{TOPK}", TOPK)):
         path = workdir / f"{train.dataset}-{name}.safetensors"
         save_cache(path, logits, train.labels, key, "fp32", topk=topk)
         caches[name] = open_cache(path, key)
@@ -153,7 +157,7 @@ class StepRunner:
         self.model.train()
         self.watch, self.sums, self.steps, self.epoch, self.batches = NonFiniteWatch(label), {}, 0, -1, iter(())
 
-    def _next_batch(self) -> dict:
+    def next_batch(self) -> dict:
         batch = next(self.batches, None)
         if batch is None:
             self.epoch += 1
@@ -164,7 +168,7 @@ class StepRunner:
         return self.data.complete(batch)
 
     def step(self) -> None:
-        batch = self._next_batch()
+        batch = self.next_batch()
         x = batch["x"] = self.inputs(batch).contiguous(memory_format=self.format)
         batch["epoch"] = self.epoch
         parts = self.objective(self.model(x), batch)
@@ -197,6 +201,23 @@ def interleaved(runners: dict[str, StepRunner], steps: int) -> dict[str, float]:
     return total
 
 
+def loss_alone(runners: dict[str, StepRunner], calls: int, classes: int) -> dict[str, float]:
+    """{case: ms of its objective's forward and backward alone}, on one batch of its own (its
+    labels and teacher columns, top-k rebuilt where it reads a top-k cache) and logits of the
+    suite's shape, the cases interleaved as in `interleaved`: what the loss itself adds to a step."""
+    names, total = list(runners), dict.fromkeys(runners, 0.0)
+    batches = {name: {**r.next_batch(), "epoch": 0} for name, r in runners.items()}
+    logits = torch.randn(len(batches["ce"]["labels"]), classes)  # [B, C], as the model's
+    for s in range(calls):
+        k = s % len(names)
+        for name in names[k:] + names[:k]:
+            x = logits.clone().requires_grad_()
+            start = time.perf_counter()
+            runners[name].objective(x, dict(batches[name]))["loss"].backward()
+            total[name] += time.perf_counter() - start
+    return {name: 1000 * t / calls for name, t in total.items()}
+
+
 def make_suites(a: argparse.Namespace, workdir: Path) -> list[Suite]:
     from kd_accel.data import load_split
 
@@ -205,7 +226,7 @@ def make_suites(a: argparse.Namespace, workdir: Path) -> list[Suite]:
         if name == "notebook":
             suites.append(Suite(name, load_split("mnist", "train", a.data_dir).subset(a.images), None, workdir))
         elif name == "zoo":
-            suites.append(Suite(name, synthetic_split(a.zoo_images, 100, 32), "torchvision:mobilenet_v3_small", workdir))
+            suites.append(Suite(name, synthetic_split(a.zoo_images, 100, 32), ZOO_STUDENT, workdir))
         else:
             raise SystemExit(f"unknown suite {name!r}: choose from notebook, zoo")
     return suites
@@ -225,20 +246,25 @@ def print_table(result: dict[str, Any], info: dict[str, Any]) -> None:
     print(f"\n{describe(info)}\ncommit {result['commit']}, {result['threads']} thread(s); "
           f"load average {result['loadavg_end']:.2f} at the end\n")
     print(f"| suite | case | interleaved steps: ms/step (median) | / ce (median of {result['reps']} reps) | aim "
-          f"| fit epochs: / ce (median of {result['fit_reps']} reps) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"| fit epochs: / ce (median of {result['fit_reps']} reps) | the loss alone: ms (fwd + bwd) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for suite, s in result["summary"].items():
         fits = result["fit_summary"].get(suite, {})
         for case, c in s.items():
             aim = "" if case == "ce" else f"<= {AIM}: {'met' if c['met'] else 'missed'}"
             fit_ratio = f"{fits[case]['ratio_to_ce']:.3f}x" if case in fits else "-"
-            print(f"| {suite} | {case} | {c['ms_per_step']:.1f} | {c['ratio_to_ce']:.3f}x | {aim} | {fit_ratio} |")
+            print(f"| {suite} | {case} | {c['ms_per_step']:.1f} | {c['ratio_to_ce']:.3f}x | {aim} | {fit_ratio} "
+                  f"| {result['loss_ms'][suite][case]:.3f} |")
 
 
 def measure_steps(suite: Suite, reps: int, result: dict[str, Any]) -> None:
     runners = suite.runners()
     steps = result["steps"][suite.name]
     interleaved(runners, 3)  # warm-up: first kernels, first cache reads
+    loss_alone(runners, 20, suite.train.num_classes)
+    result["loss_ms"][suite.name] = got = loss_alone(runners, LOSS_CALLS, suite.train.num_classes)
+    print(f"{suite.name}: the loss alone, forward and backward: " + ", ".join(f"{c} {got[c]:.3f} ms" for c in CASES),
+          flush=True)
     for rep in range(reps):
         got = interleaved(runners, steps)
         result["cases"].setdefault(suite.name, []).append(got)
@@ -282,14 +308,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(describe(info), flush=True)
         result = {"machine": info, "commit": commit(), "threads": a.threads, "reps": a.reps, "fit_reps": a.fit_reps,
                   "quick": a.quick, "images": {"notebook": a.images, "zoo": a.zoo_images}, "aim": AIM,
-                  "steps": {s.name: -(-len(s.train) // 100) for s in suites}, "cases": {}, "fit_epochs": {}}
+                  "steps": {s.name: -(-len(s.train) // 100) for s in suites}, "cases": {}, "fit_epochs": {},
+                  "loss_ms": {}}
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # dynamo's one-off import, outside every timer
         for suite in suites:
             measure_steps(suite, a.reps, result)
             if a.fit_reps:
                 measure_fit(suite, a.fit_reps, result)
     result["summary"] = {name: summarise(reps, result["steps"][name]) for name, reps in result["cases"].items()}
-    result["fit_summary"] = {name: summarise(reps, result["steps"][name]) for name, reps in result["fit_epochs"].items()}
+    result["fit_summary"] = {name: summarise(reps, result["steps"][name])
+                             for name, reps in result["fit_epochs"].items()}
     result["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print_table(result, info)
     if a.json:

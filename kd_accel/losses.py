@@ -118,9 +118,12 @@ def _binary(logp: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
                         logp.masked_fill(onehot, float("-inf")).logsumexp(-1)], dim=-1)
 
 
-def _others(z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """[B, C] -> [B, C-1]: each row without its target column (DKD's non-target classes)."""
-    return z[~onehot].view(z.shape[0], z.shape[1] - 1)
+def _others(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, C] -> [B, C-1]: each row without its target column (DKD's non-target classes). A
+    gather of columns 0..C-2, each from the target on shifted by one: a boolean mask would size
+    its result on the host (a device sync every step on a GPU)."""
+    cols = torch.arange(z.shape[1] - 1, device=z.device).expand(z.shape[0], -1)
+    return z.gather(1, cols + (cols >= target.unsqueeze(1)))
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -135,7 +138,7 @@ def dkd_terms(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> tuple[t
     dropped: mdistiller's "- 1000 * gt_mask" taken to its limit)."""
     onehot = F.one_hot(target, s.shape[-1]).bool()
     tckd = _kl(_binary(F.log_softmax(t, dim=-1), onehot), _binary(F.log_softmax(s, dim=-1), onehot))
-    nckd = _kl(F.log_softmax(_others(t, onehot), dim=-1), F.log_softmax(_others(s, onehot), dim=-1))
+    nckd = _kl(F.log_softmax(_others(t, target), dim=-1), F.log_softmax(_others(s, target), dim=-1))
     return tckd, nckd
 
 

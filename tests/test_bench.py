@@ -144,36 +144,35 @@ def test_gpu_script_keeps_what_it_measured_when_killed(tmp_path):
     assert saved["cases"]["nb_distill_epoch"]["n"] >= 3
 
 
-@pytest.mark.slow
-def test_gpu_script_runs_from_a_bare_copy_of_the_tree(tmp_path):
-    """No editable install needed: bench/gpu.py imports the package of the tree it sits in."""
-    import shutil
-    import subprocess
-    import sys
+def fresh_venv(tmp_path):
+    """A venv at tmp_path/venv where kd_accel is not installed: torch and accelerate come from the
+    system's site-packages; the editable install's finder is removed. Returns its environment
+    (PATH first to its python3, no GPU)."""
+    import venv
 
-    root = Path(__file__).resolve().parents[1]
-    tree = tmp_path / "tree"
-    for part in ("kd_accel", "bench"):
-        shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("results", "__pycache__"))
-    out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, str(tree / "bench" / "gpu.py"), "--device", "cpu", "--steps", "2", "--reps", "1",
-                    "--synthetic", "--modes", "eager", "--no-fit", "--no-resume-check", "--no-zoo", "--no-folder",
-                    "--json", str(out)],
-                   check=True, cwd=tmp_path,
-                   capture_output=True, timeout=300)
-    saved = json.loads(out.read_text())
-    assert saved["machine"]["kd_accel_from"] == str(tree / "kd_accel") and saved["partial"] is False
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True)
+    site = next((env_dir / "lib").glob("python3*/site-packages"))
+    (site / "sitecustomize.py").write_text(
+        "import sys\nsys.meta_path[:] = [f for f in sys.meta_path\n"
+        "                 if not getattr(f, '__module__', '').startswith('__editable___kd_accel')]\n")
+    env = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "VIRTUAL_ENV": str(env_dir)}
+    env.pop("PYTHONPATH", None)
+    return env_dir / "bin" / "python3", env
 
 
 @pytest.mark.slow
 def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
-    """bash bench/gpu.sh on a machine without CUDA, from a copy of the tree with no install of
-    its own: a CPU dry run of every case (tiny sizes), its JSON written, the copy's package used.
+    """bash bench/gpu.sh on a machine without CUDA, from a copy of the tree, in a fresh venv where
+    kd_accel is not installed (issue 20, part 3; the test first checks `import kd_accel` fails
+    there): a CPU dry run of every case (tiny sizes), its JSON written, the copy's package used
+    (bench/gpu.py imports the package of the tree it sits in, in its own children too).
     Every case runs, the ratios are computed and the JSON carries the machine. OUT is a folder
     (issue 25: it ended in IsADirectoryError): OUT/gpu.json and OUT/gpu.log, nothing in the
-    current folder (a file OUT: tests/test_gpu_path.py; the argument handling:
-    tests/test_trust_scripts.py). (One run for what were two tests: gpu.py's CPU path in-process
-    and this one.)"""
+    current folder (the argument handling, a file OUT included: tests/test_trust_scripts.py).
+    (One run for what were four tests: gpu.py's CPU path in-process, gpu.py from a bare copy,
+    gpu.sh in a fresh venv, and this one.)"""
     import shutil
     import subprocess
 
@@ -184,13 +183,16 @@ def test_gpu_sh_falls_back_to_a_cpu_dry_run_from_a_bare_copy(tmp_path):
     folder, cwd = tmp_path / "out", tmp_path / "cwd"
     folder.mkdir()
     cwd.mkdir()
+    python, env = fresh_venv(tmp_path)
+    probe = subprocess.run([str(python), "-c", "import kd_accel"], capture_output=True, text=True, cwd=cwd, env=env)
+    assert probe.returncode != 0 and "No module named 'kd_accel'" in probe.stderr  # really not installed there
+    assert sys.executable != str(python)
     tiny = ["--steps", "3", "--zoo-size", "32", "--zoo-batch", "4", "--zoo-steps", "2", "--folder-images", "30",
             "--folder-size", "32", "--folder-workers", "0"]  # after gpu.sh's own dry-run sizes: these win
     proc = subprocess.run(["bash", str(tree / "bench" / "gpu.sh"), str(folder), *tiny],
-                          capture_output=True, text=True, timeout=400, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-                          cwd=cwd)
+                          capture_output=True, text=True, timeout=400, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "no CUDA device: a CPU dry run" in proc.stderr
+    assert "no CUDA device: a CPU dry run" in proc.stderr and "warm-up nb_distill_epoch" in proc.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["gpu.json", "gpu.log"] and not any(cwd.iterdir())
     log = (folder / "gpu.log").read_text()
     assert "no CUDA device: a CPU dry run" in log and "warm-up nb_distill_epoch" in log and "total " in log

@@ -178,10 +178,14 @@ def test_export_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow  # a process: the launch script's imports and its run_cli wrapper, as a user runs it
-def test_the_launch_script_exports_and_refuses_in_one_line(tmp_path):
+def test_the_launch_script_exports_and_refuses_in_one_line(tmp_path, capsys):
+    """The export through run_cli, what launch/export.py calls, in-process (a process of its own
+    spent 2-3 s importing torch and torch.export again); the refusal as a user runs the script."""
+    from kd_accel.errors import run_cli
+
     path = saved(tmp_path, "notebook:student", (1, 28, 28))
-    ok = run_script("export.py", path, "--pt2", tmp_path / "m.pt2", "--check")
-    assert "torch.export.load: max abs difference" in ok.stdout and (tmp_path / "README.md").is_file()
+    run_cli(export.export_main, [str(path), "--pt2", str(tmp_path / "m.pt2"), "--check"])
+    assert "torch.export.load: max abs difference" in capsys.readouterr().out and (tmp_path / "README.md").is_file()
     bad = run_script("export.py", tmp_path / "missing.safetensors", "--pt2", tmp_path / "n.pt2", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"kd_accel: error: checkpoint not found: {tmp_path / 'missing.safetensors'}"], bad.stderr

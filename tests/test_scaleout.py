@@ -1,6 +1,7 @@
 """Distributed equivalence, gradient accumulation, precision and fault handling (issue: scale out)."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 
@@ -16,12 +17,53 @@ HELPER = ROOT / "tests" / "scripts" / "train_check.py"
 FAULT = ROOT / "tests" / "scripts" / "fault.py"  # runs a launch script with a SIGKILL step hook
 
 
-def launch(nproc, *args):
-    """Run the helper under `nproc` CPU processes (gloo), the Accelerate way."""
-    cmd, extra = launch_cmd(HELPER, args, nproc)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra}, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+def job(*words):
+    """One train_check.py job: its words as one argument, split there like a shell line."""
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+# the models trained on 1 process x batch 40 and 2 processes x 20 (and 1 x 20: another batch size)
+MODELS = {"teacher": ["--role", "teacher"], "student": ["--role", "student"],
+          "timm:test_efficientnet": ["--arch", "timm:test_efficientnet"], "timm:test_resnet": ["--arch", "timm:test_resnet"]}
+NO_BN = ["--role", "student", "--no-bn"]
+
+
+def jobs(nproc, folder, mnist_dir, teacher_file):
+    """What one launch under `nproc` processes runs, for every check of this file that compares
+    1 with N processes. Outputs: folder/<model>.b<B>.safetensors (and .rank<r>.json, the order),
+    accum.safetensors and ddp.safetensors (gradient accumulation), eval.json, cache.safetensors."""
+    batches = {1: (40, 20), 2: (20,), 3: ()}[nproc]
+    out = [job("train", folder / f"{m}.b{b}.safetensors", *flags, "--batch-size", b)
+           for m, flags in MODELS.items() for b in batches]
+    if nproc == 1:  # K micro-batches of B/K, one process
+        out.append(job("train", folder / "accum.safetensors", *NO_BN, "--batch-size", 10, "--grad-accum", 4))
+        out.append(job("train", folder / "full.safetensors", *NO_BN, "--batch-size", 40))
+    if nproc == 2:  # and on two
+        out.append(job("train", folder / "ddp.safetensors", *NO_BN, "--batch-size", 10, "--grad-accum", 2))
+    out.append(job("eval", folder / "eval.json"))
+    out.append(job("precompute", "--data-dir", mnist_dir, "--teacher", teacher_file, "--out",
+                   folder / "cache.safetensors", "--limit-train", "1001", "--augment", "shift", "--views", "2",
+                   "--cache-dtype", "fp32", "--output-dir", folder / "precompute"))  # the last job: see train_check.py
+    return out
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, mnist_dir, teacher_file):
+    """nproc -> the folder of the one launch of tests/scripts/train_check.py under `nproc` CPU
+    processes (gloo, the Accelerate way) that ran jobs(nproc): made on first use, then shared by
+    the tests below (a 2-process launch costs 5-8 s before any work)."""
+    done = {}
+
+    def folder(nproc):
+        if nproc not in done:
+            out = tmp_path_factory.mktemp(f"launch{nproc}")
+            cmd, extra = launch_cmd(HELPER, ["--data-dir", mnist_dir, *jobs(nproc, out, mnist_dir, teacher_file)], nproc)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra}, cwd=ROOT, timeout=600)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            done[nproc] = out
+        return done[nproc]
+
+    return folder
 
 
 def noise_only(k, keys):
@@ -44,21 +86,17 @@ def assert_same_weights(a, b, atol=1e-3, every_weight=True):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["teacher", "student"])
-def test_two_processes_half_batch_equal_one_process_full_batch(role, tmp_path, mnist_dir):
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    launch(1, "train", one, "--data-dir", mnist_dir, "--role", role, "--batch-size", 40)
-    launch(2, "train", two, "--data-dir", mnist_dir, "--role", role, "--batch-size", 20)
+def test_two_processes_half_batch_equal_one_process_full_batch(role, launched):
+    one, two = launched(1) / f"{role}.b40.safetensors", launched(2) / f"{role}.b20.safetensors"
     assert_same_weights(one, two)
     # and the check can fail: a different batch size gives different weights
-    other = tmp_path / "other.safetensors"
-    launch(1, "train", other, "--data-dir", mnist_dir, "--role", role, "--batch-size", 20)
     with pytest.raises(AssertionError):
-        assert_same_weights(one, other)
+        assert_same_weights(one, launched(1) / f"{role}.b20.safetensors")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["timm:test_efficientnet", "timm:test_resnet"])
-def test_a_zoo_student_trains_the_same_on_two_processes(arch, tmp_path, mnist_dir):
+def test_a_zoo_student_trains_the_same_on_two_processes(arch, launched):
     """Issue 18: any architecture, its batch norms synchronised (timm's BatchNormAct2d in
     test_efficientnet, BatchNorm2d in test_resnet), 1 process x 40 == 2 processes x 20.
 
@@ -67,36 +105,26 @@ def test_a_zoo_student_trains_the_same_on_two_processes(arch, tmp_path, mnist_di
     gradient (the zero-padded border alone), which Adam turns into lr-sized steps of float noise
     (measured: 0.011 apart after 20 steps, the next BN's running mean following), the same effect
     noise_only describes for a conv bias before BN."""
-    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    launch(1, "train", one, "--data-dir", mnist_dir, "--arch", arch, "--batch-size", 40)
-    launch(2, "train", two, "--data-dir", mnist_dir, "--arch", arch, "--batch-size", 20)
+    one, two = launched(1) / f"{arch}.b40.safetensors", launched(2) / f"{arch}.b20.safetensors"
     assert_same_weights(one, two, every_weight=arch == "timm:test_resnet")
-    other = tmp_path / "other.safetensors"  # and the check can fail: another batch size, other weights
-    launch(1, "train", other, "--data-dir", mnist_dir, "--arch", arch, "--batch-size", 20)
-    with pytest.raises(AssertionError):
-        assert_same_weights(one, other, every_weight=False)
+    with pytest.raises(AssertionError):  # and the check can fail: another batch size, other weights
+        assert_same_weights(one, launched(1) / f"{arch}.b20.safetensors", every_weight=False)
 
 
 @pytest.mark.slow
-def test_grad_accumulation_equals_full_batch(tmp_path, mnist_dir):
+def test_grad_accumulation_equals_full_batch(launched):
     """K micro-batches of B/K == one batch of B, on one and on two processes. BatchNorm is
     replaced by Identity here: BN normalises each micro-batch with its own statistics, so with BN
     accumulation is close to, but not the same as, a K-times larger batch (see docs/scaling-out.md)."""
-    common = ["--data-dir", mnist_dir, "--role", "student", "--no-bn"]
-    full, accum, ddp = (tmp_path / f"{n}.safetensors" for n in ("full", "accum", "ddp"))
-    launch(1, "train", full, *common, "--batch-size", 40)
-    launch(1, "train", accum, *common, "--batch-size", 10, "--grad-accum", 4)
-    launch(2, "train", ddp, *common, "--batch-size", 10, "--grad-accum", 2)
-    assert_same_weights(full, accum)
-    assert_same_weights(full, ddp)
+    full = launched(1) / "full.safetensors"
+    assert_same_weights(full, launched(1) / "accum.safetensors")
+    assert_same_weights(full, launched(2) / "ddp.safetensors")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_evaluation_counts_every_sample_once(nproc, tmp_path, mnist_dir):
-    launch(1, "eval", tmp_path / "1.json", "--data-dir", mnist_dir)
-    launch(nproc, "eval", tmp_path / "n.json", "--data-dir", mnist_dir)
-    one, many = (json.loads((tmp_path / f).read_text()) for f in ("1.json", "n.json"))
+def test_evaluation_counts_every_sample_once(nproc, launched):
+    one, many = (json.loads((launched(n) / "eval.json").read_text()) for n in (1, nproc))
     assert many["processes"] == nproc
     assert many["accuracy"] == one["accuracy"]
 
@@ -114,16 +142,12 @@ def teacher_file(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_precompute_on_n_processes_equals_one(nproc, teacher_file, tmp_path, mnist_dir):
+def test_precompute_on_n_processes_equals_one(nproc, launched):
     """1,001 samples divide by neither 2 nor 3: every (view, sample) row once, in index order,
     for a K-view cache of augmented views (each rank rebuilds its samples' views from their
-    indices alone)."""
-    outs = {}
-    for n in (1, nproc):
-        outs[n] = tmp_path / f"c{n}.safetensors"
-        run_script("precompute_logits.py", "--data-dir", mnist_dir, "--teacher", teacher_file, "--out", outs[n],
-                   "--limit-train", "1001", "--augment", "shift", "--views", "2", "--cache-dtype", "fp32",
-                   "--output-dir", tmp_path / f"o{n}", nproc=n)
+    indices alone). precompute_logits.py's main, run in train_check.py's launches; the script
+    itself runs under 2 processes in tests/test_distributed.py and tests/test_imagefolder.py."""
+    outs = {n: launched(n) / "cache.safetensors" for n in (1, nproc)}
     a, b = load_file(outs[1]), load_file(outs[nproc])
     assert b["logits"].shape == (2, 1001, 10) and b["params"].shape == (2, 1001, 5)
     assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
@@ -168,13 +192,17 @@ def test_bf16_pipeline_is_finite_and_cache_stays_fp32(tmp_path, mnist_dir):
     assert load_file(out / "teacher_logits.safetensors")["logits"].dtype == torch.float32
 
 
-@pytest.mark.slow  # accelerate launch as a real process
-def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir):
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", tmp_path / "o",
-                      "--mixed-precision", "fp16", check=False)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [
-        "kd_accel: error: fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)"]
+def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, mnist_dir, capsys, reset_accelerate):
+    """In-process through run_cli, what launch/distill.py calls (a process of its own spent 2-3 s
+    on its imports; each launch script runs as a process in tests/test_cli.py)."""
+    from kd_accel.cli import distill_main
+
+    from conftest import cli_error
+
+    err = cli_error(distill_main, ["--data-dir", mnist_dir, "--output-dir", tmp_path / "o", "--mixed-precision", "fp16"],
+                    capsys)
+    assert err == "kd_accel: error: fp16 mixed precision needs a GPU; on CPU use --mixed-precision bf16 (or no)"
+    assert not (tmp_path / "o").exists()
 
 
 def test_non_finite_loss_stops_with_step_and_parts(accelerator):
@@ -211,8 +239,8 @@ def test_partial_checkpoints_are_never_resumed(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, mnist_dir):
     """The whole pipeline, killed in its third phase (baseline), resumed with --resume latest."""
-    args = ["--data-dir", mnist_dir, "--limit-train", "1000", "--limit-test", "300", "--teacher-epochs", "1",
-            "--epochs", "2", "--batch-size", "50", "--checkpoint-every", "8"]
+    args = ["--data-dir", mnist_dir, "--limit-train", "500", "--limit-test", "100", "--teacher-epochs", "1",
+            "--epochs", "2", "--batch-size", "25", "--checkpoint-every", "8"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script("distill.py", *args, "--output-dir", whole)
     # 20 steps an epoch; checkpoints at 8, 16, 20 (epoch end), 24; SIGKILL after baseline step 27
@@ -251,13 +279,11 @@ def test_accelerate_config_files_load(name):
 
 
 @pytest.mark.slow
-def test_one_and_two_processes_see_the_same_global_order(tmp_path, mnist_dir):
+def test_one_and_two_processes_see_the_same_global_order(launched):
     """The data order is the seed's alone: two ranks with batch B/2 take turns over the same
     global permutation that one process walks with batch B."""
-    launch(1, "order", tmp_path / "one", "--data-dir", mnist_dir, "--batch-size", 40)
-    launch(2, "order", tmp_path / "two", "--data-dir", mnist_dir, "--batch-size", 20)
-    one = json.loads((tmp_path / "one.rank0.json").read_text())
-    r0, r1 = (json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in (0, 1))
+    one = json.loads((launched(1) / "student.b40.safetensors.rank0.json").read_text())
+    r0, r1 = (json.loads((launched(2) / f"student.b20.safetensors.rank{r}.json").read_text()) for r in (0, 1))
     assert len(one) == len(r0) == len(r1) == 20  # 2 epochs x 400 / 40 steps
     assert [a + b for a, b in zip(r0, r1)] == one
     assert sorted(sum(one[:10], [])) == list(range(400)) and one[:10] != one[10:]

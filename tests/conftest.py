@@ -113,6 +113,41 @@ def run_script(script, *args, nproc=1, check=True, env=None, timeout=600):
     return proc
 
 
+IN_ONE = ROOT / "tests" / "scripts" / "in_one.py"
+
+
+def start_in_one_process(runs, env=None):
+    """Start tests/scripts/in_one.py on `runs`, [(launch script, [args])]: each run as `python
+    launch/<script> ARGS` runs it, one after another in one process (one interpreter start, 2-3 s
+    of imports, for them all). Returns the Popen; in_one_results reads it."""
+    argv = [arg for n, (script, args) in enumerate(runs)
+            for arg in ["++"] * (n > 0) + [str(ROOT / "launch" / script), *map(command_line_arg, args)]]
+    return subprocess.Popen([sys.executable, str(IN_ONE), *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="backslashreplace",
+                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+
+
+def command_line_arg(arg):
+    """str(arg); bytes (a name that is not UTF-8) as Python gives them in sys.argv, which Popen
+    encodes back to the same bytes."""
+    return os.fsdecode(arg) if isinstance(arg, bytes) else str(arg)
+
+
+def in_one_results(proc, timeout=600):
+    """What each run of start_in_one_process's process did: [CompletedProcess(args=None,
+    returncode, stdout, stderr)], in the order given (split at in_one.py's `== exit CODE` lines)."""
+    out, err = proc.communicate(timeout=timeout)
+    outs, errs = out.split("== exit "), err.split("== exit ")
+    assert len(outs) == len(errs) > 1, (out, err)
+    tails = [[o.partition("\n") for o in outs[1:]], [e.partition("\n") for e in errs[1:]]]  # (code, \n, next run's)
+    codes = [int(code) if code != "None" else 0 for code, _, _ in tails[0]]
+    assert codes == [int(code) if code != "None" else 0 for code, _, _ in tails[1]] and proc.returncode == codes[-1], (
+        out, err)
+    stdouts = [outs[0], *(rest for _, _, rest in tails[0][:-1])]
+    stderrs = [errs[0], *(rest for _, _, rest in tails[1][:-1])]
+    return [subprocess.CompletedProcess(None, code, o, e) for code, o, e in zip(codes, stdouts, stderrs)]
+
+
 def tiny_split(n=64, num_classes=10, seed=0):
     """A synthetic MNIST-shaped split: uint8 images [n,1,28,28], labels [n]."""
     from kd_accel.data import Split

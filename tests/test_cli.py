@@ -2,15 +2,12 @@
 
 Checked in-process through run_cli (what every launch script calls), so no Python is spawned per
 case; each launch script is still run once as a user runs it (--help, and a bad flag)."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch.distributed as dist
 
-from conftest import ROOT, cli_error
+from conftest import cli_error, in_one_results, start_in_one_process
 from kd_accel import cli
 from kd_accel.config import TEACHER, Recipe
 from kd_accel.errors import KDError, run_cli
@@ -66,50 +63,21 @@ def test_help_and_bad_flag_of_each_script(script, capsys, reset_accelerate):
     assert words in cli_error(main, argv, capsys)
 
 
-# `python launch/<script> ARGS` as Python runs it (sys.argv, sys.path[0], __main__), twice in one
-# process: with --help, then with a bad flag; after each, "== exit CODE" on both streams. One
-# interpreter start per script instead of two (each imports torch and kd_accel: 2-3 s).
-HELP_THEN_BAD = """
-import runpy, sys
-script, *bad = sys.argv[1:]
-sys.path[0] = script.rpartition("/")[0]
-for argv in (["--help"], bad):
-    sys.argv = [script, *argv]
-    code = None
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    for stream in (sys.stdout, sys.stderr):
-        print(f"== exit {code}", file=stream, flush=True)
-sys.exit(code)
-"""
-
-
 def run_launch_scripts():
     """Every launch script as a real process (its imports and its run_cli wrapper), all started
-    at once, each run with --help and then with its bad flag (HELP_THEN_BAD).
-    Returns {script: (exit code, (help's stdout, its stderr), (the bad flag's stdout, its stderr))}."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    procs = {script: subprocess.Popen([sys.executable, "-c", HELP_THEN_BAD, str(ROOT / "launch" / script),
-                                       *SCRIPTS[script][1]],
-                                      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for script in SCRIPTS}
-    done = {}
-    for script, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        outs, errs = out.split("== exit "), err.split("== exit ")
-        assert len(outs) == len(errs) == 3 and outs[1].startswith("0\n") and errs[1].startswith("0\n"), (script, out, err)
-        done[script] = (proc.returncode, (outs[0], errs[0]), (outs[1][2:], errs[1][2:]))
-    return done
+    at once, each run with --help and then with its bad flag, in one process per script
+    (tests/scripts/in_one.py). Returns {script: (--help's CompletedProcess, the bad flag's)}."""
+    procs = {script: start_in_one_process([(script, ["--help"]), (script, SCRIPTS[script][1])],
+                                          env={"OMP_NUM_THREADS": "1"}) for script in SCRIPTS}
+    return {script: in_one_results(proc, timeout=300) for script, proc in procs.items()}
 
 
 def test_launch_scripts_help_and_refuse_a_bad_flag_in_one_line():
-    for script, (rc, (out, _), (_, err)) in run_launch_scripts().items():
-        assert out.startswith("usage:") and script in out, (script, out)  # --help: exit 0 (checked above)
-        lines = err.strip().splitlines()
-        assert rc == 2 and len(lines) == 1, (script, rc, err)
-        assert lines[0].startswith("kd_accel: error:") and SCRIPTS[script][2] in lines[0], (script, err)
+    for script, (helped, bad) in run_launch_scripts().items():
+        assert helped.returncode == 0 and helped.stdout.startswith("usage:") and script in helped.stdout, (script, helped)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1, (script, bad)
+        assert lines[0].startswith("kd_accel: error:") and SCRIPTS[script][2] in lines[0], (script, bad)
 
 
 def test_train_teacher_epochs_default_to_the_teacher_recipe(capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_error, run_script
+from conftest import cli_error, in_one_results, start_in_one_process
 from kd_accel import cli
 from kd_accel.cache import CacheKey, save_cache
 from kd_accel.data import load_split
@@ -26,8 +26,24 @@ def no_work(monkeypatch):
     monkeypatch.setattr(cli, "setup", setup)
 
 
-def one_process_script_error(script, *args):
-    proc = run_script(script, *map(str, args), check=False)
+@pytest.fixture(scope="module")
+def script_errors(tmp_path_factory, mnist_dir, tiny_teacher):
+    """The refusals of the `_by_the_script` tests below as a user meets them, each launch script
+    run as a real process would (its imports and its run_cli wrapper), the three runs in one
+    process (tests/scripts/in_one.py: one interpreter start, 2-3 s, for them all).
+    Returns (their folder, {run: its CompletedProcess})."""
+    tmp = tmp_path_factory.mktemp("script_errors")
+    (tmp / "a_folder").mkdir()
+    runs = {
+        "seed": ("train_teacher.py", ["--data-dir", mnist_dir, "--output-dir", tmp / "seed", "--seed", -1]),
+        "folder": ("inspect_logits.py", [tmp / "a_folder"]),
+        "model": ("distill.py", ["--data-dir", mnist_dir, "--output-dir", tmp / "model", "--limit-train", 100,
+                                 "--limit-test", 100, "--teacher-epochs", 1, "--logits", tiny_teacher]),
+    }
+    return tmp, dict(zip(runs, in_one_results(start_in_one_process(list(runs.values())))))
+
+
+def one_process_script_error(proc):
     err = proc.stderr.strip()
     assert proc.returncode == 2, proc.stderr
     assert len(err.splitlines()) == 1 and err.startswith("kd_accel: error:"), err
@@ -103,12 +119,12 @@ def test_seed_outside_numpys_range_refused(main, seed, tmp_path, mnist_dir, caps
     assert not out.exists()
 
 
-@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
-def test_negative_seed_refused_by_the_script(tmp_path, mnist_dir):
-    out = tmp_path / "run"
-    err = one_process_script_error("train_teacher.py", "--data-dir", mnist_dir, "--output-dir", out, "--seed", -1)
+@pytest.mark.slow  # a real process (startup ~3 s, shared: script_errors); the in-process tests cover the check
+def test_negative_seed_refused_by_the_script(script_errors):
+    tmp, procs = script_errors
+    err = one_process_script_error(procs["seed"])
     assert "--seed must be between 0" in err, err
-    assert not out.exists()
+    assert not (tmp / "seed").exists()
 
 
 # ---- 11: CIFAR-10 batches pickled with protocols 4 and 5 ----------------------------------------
@@ -170,9 +186,9 @@ def test_inspect_names_a_folder(tmp_path, capsys):
     assert f"logits cache {tmp_path} is a folder, not a cache file" in err, err
 
 
-@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
-def test_inspect_script_names_a_folder(tmp_path):
-    err = one_process_script_error("inspect_logits.py", tmp_path)
+@pytest.mark.slow  # a real process (startup ~3 s, shared: script_errors); the in-process tests cover the check
+def test_inspect_script_names_a_folder(script_errors):
+    err = one_process_script_error(script_errors[1]["folder"])
     assert "is a folder, not a cache file" in err, err
 
 
@@ -187,10 +203,9 @@ def test_distill_refuses_a_non_cache_logits_before_training(given, words, tiny_t
     assert not out.exists()
 
 
-@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
-def test_distill_script_refuses_a_model_as_logits(tiny_teacher, tmp_path, mnist_dir):
-    out = tmp_path / "run"
-    err = one_process_script_error("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", 100,
-                                   "--limit-test", 100, "--teacher-epochs", 1, "--logits", tiny_teacher)
+@pytest.mark.slow  # a real process (startup ~3 s, shared: script_errors); the in-process tests cover the check
+def test_distill_script_refuses_a_model_as_logits(script_errors):
+    tmp, procs = script_errors
+    err = one_process_script_error(procs["model"])
     assert "holds a 'teacher' model, not a teacher-logits cache" in err, err
-    assert not out.exists()
+    assert not (tmp / "model").exists()

@@ -4,14 +4,12 @@ included); a tracker that cannot start, and a path whose name is not UTF-8, are 
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from accelerate import Accelerator
 from accelerate.tracking import TensorBoardTracker
 
-from conftest import ROOT, run_script
+from conftest import in_one_results, start_in_one_process
 from kd_accel import cli, tracking
 from kd_accel.config import GROUPS, flag_fields, setting_choices
 from kd_accel.errors import KDError, run_cli
@@ -29,17 +27,41 @@ def one_error_line(stderr):
 # ---- item 7: every teacher mode, end to end --------------------------------------------------
 
 # read from the declared setting, so that a new mode is run here too
-MODES = [pytest.param([], "cache", id="no-augment")] + [
-    pytest.param(["--augment", "shift", "--teacher-mode", mode], mode, id=f"shift-{mode}")
-    for mode in setting_choices("kd", "teacher_mode")]
+MODE_VALUES = [([], "cache")] + [(["--augment", "shift", "--teacher-mode", mode], mode)
+                                 for mode in setting_choices("kd", "teacher_mode")]
+MODES = [pytest.param(extra, mode, id=f"shift-{mode}" if extra else "no-augment") for extra, mode in MODE_VALUES]
 
 
-@pytest.mark.slow  # about 12 s a mode: a subprocess each, as a user runs it
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory, mnist_dir, tiny_teacher):
+    """distill.py as a user runs it (its imports and its run_cli wrapper), for the `slow` tests
+    of this file: each teacher mode (MODES), a tracker folder blocked by a file, an --output-dir
+    whose name is not UTF-8. The runs one after another in one process (tests/scripts/in_one.py:
+    one interpreter start, 2-3 s, for them all). Returns (their folder, {run: CompletedProcess});
+    a mode's run is named by its flags, its folder is <folder>/<its name>."""
+    tmp = tmp_path_factory.mktemp("script_runs")
+    runs = {mode_run(extra): ("distill.py", ["--data-dir", mnist_dir, "--teacher", tiny_teacher, "--output-dir",
+                                             tmp / mode_run(extra), *TINY, *extra]) for extra, _ in MODE_VALUES}
+    blocked = tmp / "blocked"
+    blocked.mkdir()
+    (blocked / "tensorboard").write_text("a file where TensorBoard's folder goes")
+    runs["blocked"] = ("distill.py", ["--data-dir", mnist_dir, "--teacher", tiny_teacher, "--output-dir", blocked,
+                                      *TINY, "--report-to", "tensorboard"])
+    runs["not utf8"] = ("distill.py", ["--data-dir", mnist_dir, "--output-dir", os.fsencode(tmp / "runs") + b"/bad\xff",
+                                       "--limit-train", "300", "--limit-test", "200", "--teacher-epochs", "1",
+                                       "--epochs", "1", "--batch-size", "50"])
+    return tmp, dict(zip(runs, in_one_results(start_in_one_process(list(runs.values())))))
+
+
+def mode_run(extra):
+    return " ".join(extra) or "no-augment"
+
+
+@pytest.mark.slow  # a real process as a user runs it (one for every mode: script_runs)
 @pytest.mark.parametrize("extra,mode", MODES)
-def test_every_teacher_mode_runs_distill_end_to_end(extra, mode, mnist_dir, tiny_teacher, tmp_path):
-    out = tmp_path / "run"
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--teacher", tiny_teacher, "--output-dir", out, *TINY,
-                      *extra)
+def test_every_teacher_mode_runs_distill_end_to_end(extra, mode, script_runs):
+    out, proc = script_runs[0] / mode_run(extra), script_runs[1][mode_run(extra)]
+    assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     text = " ".join(proc.stdout.split())
     assert "distilled student" in text and "baseline" in text and "gain over baseline:" in text
@@ -64,13 +86,9 @@ def test_tracker_folder_blocked_by_a_file_is_refused_in_process(mnist_dir, tiny_
     assert [p.name for p in out.iterdir()] == ["tensorboard"]  # nothing else written
 
 
-@pytest.mark.slow  # a real process (startup ~3 s); the in-process test above covers the check
-def test_tracker_folder_blocked_by_a_file_is_refused_before_any_work(mnist_dir, tiny_teacher, tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "tensorboard").write_text("a file where TensorBoard's folder goes")
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--teacher", tiny_teacher, "--output-dir", out, *TINY,
-                      "--report-to", "tensorboard", check=False)
+@pytest.mark.slow  # a real process (startup ~3 s, shared: script_runs); the in-process test above covers the check
+def test_tracker_folder_blocked_by_a_file_is_refused_before_any_work(script_runs):
+    out, proc = script_runs[0] / "blocked", script_runs[1]["blocked"]
     assert proc.returncode == 2
     assert one_error_line(proc.stderr) == (f"--report-to tensorboard: cannot create the logging folder "
                                            f"{out}/tensorboard/distill/kd_accel: {out}/tensorboard is not a folder")
@@ -129,13 +147,10 @@ def test_every_path_setting_not_utf8_is_refused_before_any_work(flag, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.slow  # a real process (startup ~3 s); the in-process tests cover the check
-def test_output_dir_not_utf8_on_the_command_line(mnist_dir, tmp_path):
-    bad = os.fsencode(tmp_path / "runs") + b"/bad\xff"
-    cmd = [sys.executable, str(ROOT / "launch" / "distill.py"), "--data-dir", str(mnist_dir), "--output-dir", bad,
-           "--limit-train", "300", "--limit-test", "200", "--teacher-epochs", "1", "--epochs", "1", "--batch-size", "50"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="backslashreplace", cwd=ROOT, timeout=600)
+@pytest.mark.slow  # a real process (startup ~3 s, shared: script_runs); the in-process tests cover the check
+def test_output_dir_not_utf8_on_the_command_line(script_runs):
+    bad, proc = os.fsencode(script_runs[0] / "runs") + b"/bad\xff", script_runs[1]["not utf8"]
     assert proc.returncode == 2
     assert one_error_line(proc.stderr) == (f"--output-dir {os.fsdecode(bad)!r} is not valid UTF-8; kd_accel writes its "
                                            "paths into JSON and safetensors metadata, which need UTF-8: rename it")
-    assert not any(tmp_path.iterdir())
+    assert not (script_runs[0] / "runs").exists()  # nothing made on the way to it

@@ -180,20 +180,31 @@ def paused_run(tmp_path, args, nproc=1):
 
 
 @pytest.mark.slow
-def test_second_run_on_a_busy_folder_is_refused_and_the_first_finishes(tmp_path, mnist_dir, tiny_teacher):
+def test_second_run_on_a_busy_folder_is_refused_and_the_first_finishes(tmp_path, mnist_dir, tiny_teacher, capsys):
     """Both used to exit 0: the second's fresh start deleted the first's checkpoints and its
-    results overwrote the first's."""
+    results overwrote the first's. The second: distill.py's run_cli in this process (another
+    process than the first's; a refused run as its own process: the two-process test below)."""
+    from kd_accel.cli import distill_main
+    from kd_accel.errors import run_cli
+
     out = tmp_path / "run"
     args = distill_args(mnist_dir, tiny_teacher, out, "--checkpoint-every", "2")
     with paused_run(tmp_path, args) as (first, pid, _):
         before = snapshot(out)
         start = time.monotonic()
-        second = run_script("distill.py", *args, check=False)
+        capsys.readouterr()
+        reset_accelerate_state()
+        try:
+            with pytest.raises(SystemExit) as exited:
+                run_cli(distill_main, list(map(str, args)))
+        finally:
+            reset_accelerate_state()
+        second = capsys.readouterr()
         took = time.monotonic() - start
-        assert second.returncode == 2, second.stdout + second.stderr
-        (line,) = error_lines(second.stderr)
-        assert line.startswith(refusal(out, pid)) and second.stderr == line + "\n", second.stderr
-        assert "teacher:" not in second.stdout, second.stdout  # refused before any work
+        assert exited.value.code == 2, second.out + second.err
+        (line,) = error_lines(second.err)
+        assert line.startswith(refusal(out, pid)) and second.err == line + "\n", second.err
+        assert "teacher:" not in second.out, second.out  # refused before any work
         assert snapshot(out) == before  # nothing of the first run moved, written or deleted
         assert took < 60, took
     assert first.returncode == 0, (tmp_path / "paused_run.log").read_text()
@@ -204,7 +215,11 @@ def test_second_run_on_a_busy_folder_is_refused_and_the_first_finishes(tmp_path,
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_not_refused(tmp_path, mnist_dir, tiny_teacher):
+def test_resume_after_sigkill_is_not_refused(tmp_path, mnist_dir, tiny_teacher, capsys):
+    from kd_accel.cli import distill_main
+
+    from conftest import run_main
+
     out = tmp_path / "run"
     args = distill_args(mnist_dir, tiny_teacher, out, "--checkpoint-every", "2")
     cmd, _ = launch_cmd(FAULT, ["student:3", "--", ROOT / "launch" / "distill.py", *args], 1)
@@ -212,8 +227,10 @@ def test_resume_after_sigkill_is_not_refused(tmp_path, mnist_dir, tiny_teacher):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert (out / LOCK_NAME).exists()  # stale: its process is gone, and with it the lock
-    proc = run_script("distill.py", *args, "--resume", "latest")
-    assert "student: resumed from" in proc.stdout, proc.stdout
+    capsys.readouterr()
+    run_main(distill_main, [*args, "--resume", "latest"])  # in this process: no 2-3 s start
+    resumed = capsys.readouterr().out
+    assert "student: resumed from" in resumed, resumed
     assert (out / "metrics.json").exists() and not (out / LOCK_NAME).exists()
 
 

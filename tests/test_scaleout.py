@@ -178,11 +178,15 @@ def test_teacher_is_frozen_and_never_prepared(teacher_file, mnist_dir, monkeypat
     assert all(not p.requires_grad and p.grad is None for p in teachers[0].parameters())
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a long end-to-end run (in this process: a process of its own spent 2-3 s on imports)
 def test_bf16_pipeline_is_finite_and_cache_stays_fp32(tmp_path, mnist_dir):
+    from kd_accel.cli import distill_main
+
+    from conftest import run_main
+
     out = tmp_path / "bf16"
-    run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "2000", "--limit-test",
-               "300", "--epochs", "2", "--teacher-epochs", "2", "--no-baseline", "--mixed-precision", "bf16")
+    run_main(distill_main, ["--data-dir", mnist_dir, "--output-dir", out, "--limit-train", "2000", "--limit-test",
+                            "300", "--epochs", "2", "--teacher-epochs", "2", "--no-baseline", "--mixed-precision", "bf16"])
     m = json.loads((out / "metrics.json").read_text())
     assert m["environment"]["mixed_precision"] == "bf16"
     for role in ("teacher", "student"):

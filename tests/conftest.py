@@ -158,6 +158,31 @@ def tiny_split(n=64, num_classes=10, seed=0):
     return Split("mnist", "train", images, labels, num_classes)
 
 
+def fp16_close(got, want):
+    """Cached fp16 logits vs the teacher's fp32 ones: within fp16 rounding (relative 2^-11)."""
+    return bool(((got.float() - want).abs() <= 1e-3 + 1e-3 * want.abs()).all())
+
+
+def frozen_teacher(teacher_file):
+    """A saved teacher as the pipeline runs it: eval mode, frozen, channels-last."""
+    from kd_accel.models import load_model
+
+    model, _ = load_model(teacher_file, "teacher")
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+
+def replay_check(teacher_file):
+    """(hook, close): a Hooks.batch hook that runs the teacher on each student batch's input and
+    appends whether it gives the logits the student was taught (fp16_close) to `close`."""
+    teacher, close = frozen_teacher(teacher_file), []
+
+    def check(label, batch):
+        with torch.no_grad():
+            close.append(fp16_close(batch["teacher_logits"], teacher(batch["x"]).float()))
+
+    return check, close
+
+
 def encode_image(img: torch.Tensor, fmt: str = "png", quality: int = 95) -> bytes:
     """The bytes of image uint8 [C, H, W] (C = 1 or 3) as a PNG file (fmt "png": lossless) or a
     JPEG file at `quality` (any other fmt), written by PIL: torchvision 0.29 deprecated its

@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value  #
 
 datasets.disable_progress_bars()  # the fixtures' saves would fill stderr, which cli_error reads
 
-from conftest import cli_error, encode_image, folder_order, run_main, write_image_folder  # noqa: E402
+from conftest import cli_error, encode_image, folder_order, replay_check, run_main, write_image_folder  # noqa: E402
 from kd_accel import cli  # noqa: E402
 from kd_accel.augment import stream_seed  # noqa: E402
 from kd_accel.checkpointing import check_stamp  # noqa: E402
@@ -32,8 +32,7 @@ from kd_accel.data.decode import _decode  # noqa: E402
 from kd_accel.data.hf import HFDataset  # noqa: E402
 from kd_accel.data.streamed import DrawnCrops, View, folder_loader  # noqa: E402
 from kd_accel.errors import KDError, worker_message  # noqa: E402
-from kd_accel.models import load_model  # noqa: E402
-from test_imagefolder import distill, find_idx, fp16_close, notebook_teacher, read_idx  # noqa: E402
+from test_imagefolder import distill, find_idx, notebook_teacher, read_idx  # noqa: E402
 
 N_TRAIN, N_TEST = 200, 100
 CLASSES = [f"digit {c}" for c in range(10)]
@@ -155,14 +154,7 @@ def hf_run(saved, tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_run")
     train = open_splits("hf", saved, channels=1, workers=0)[0]
     teacher_file = notebook_teacher(train, root / "teacher.safetensors")
-    teacher, _ = load_model(teacher_file, "teacher")
-    teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    close = []
-
-    def check(label, batch):
-        with torch.no_grad():
-            close.append(fp16_close(batch["teacher_logits"], teacher(batch["x"]).float()))
-
+    check, close = replay_check(teacher_file)
     out = root / "run"
     seen = distill([*HF, "--data-dir", saved, "--augment", "rrc", "--views", "1", "--augment-seed", "5",
                     "--num-workers", "1", "--teacher", teacher_file], out, hooks=[check])

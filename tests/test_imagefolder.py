@@ -26,10 +26,11 @@ from kd_accel.config import from_flags
 from kd_accel.data import EpochPermutation, load_folder
 from kd_accel.data.folder import scan
 from kd_accel.data.streamed import DrawnCrops, FolderDataset, View, crop_pixels, folder_loader
-from kd_accel.models import load_model, save_model
+from kd_accel.models import save_model
 from kd_accel.roles import build
 
-from conftest import encode_image, folder_order, precompute_killed_and_resumed, run_main, write_image_folder
+from conftest import (encode_image, folder_order, precompute_killed_and_resumed, replay_check, run_main,
+                      write_image_folder)
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 300, 100
@@ -145,11 +146,6 @@ def notebook_teacher(train, path, seed=0):
     model, record = build(from_flags(teacher_image_size=28).teacher, train, "teacher", log=lambda line: None)
     save_model(model, path, "teacher", train.num_classes, record=record)
     return path
-
-
-def fp16_close(got, want):
-    """Cached fp16 logits vs the teacher's fp32 ones: within fp16 rounding (relative 2^-11)."""
-    return bool(((got.float() - want).abs() <= 1e-3 + 1e-3 * want.abs()).all())
 
 
 # -- 1. the listing --------------------------------------------------------------------------------
@@ -308,14 +304,7 @@ def test_a_k_view_cache_from_a_folder_replays_view_e_mod_k(folder, tmp_path):
     n = 100  # 2 steps an epoch
     train = load_folder(folder, "train", channels=1, workers=0)
     teacher_file = notebook_teacher(train, tmp_path / "teacher.safetensors")
-    teacher, _ = load_model(teacher_file, "teacher")
-    teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    close = []
-
-    def check(label, batch):
-        with torch.no_grad():
-            close.append(fp16_close(batch["teacher_logits"], teacher(batch["x"]).float()))
-
+    check, close = replay_check(teacher_file)
     out = tmp_path / "run"
     seen = distill([*FOLDER, "--data-dir", folder, "--limit-train", n, "--limit-test", "50", "--image-size", "28",
                     "--augment", "rrc", "--views", "2", "--augment-seed", "5", "--epochs", "3", "--batch-size", "50",
@@ -341,16 +330,9 @@ def test_a_cache_recomputed_in_the_same_process_is_the_one_replayed(folder, tmp_
     new cache's crops, on which the teacher gives the logits it is taught, not the old file's."""
     n = 100
     teacher_file = notebook_teacher(load_folder(folder, "train", channels=1), tmp_path / "teacher.safetensors")
-    teacher, _ = load_model(teacher_file, "teacher")
-    teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     out = tmp_path / "run"
     for seed in ("5", "6"):
-        close = []
-
-        def check(label, batch):
-            with torch.no_grad():
-                close.append(fp16_close(batch["teacher_logits"], teacher(batch["x"]).float()))
-
+        check, close = replay_check(teacher_file)
         seen = distill(["--dataset", "imagefolder", "--channels", "1", "--num-workers", "0", "--data-dir", folder,
                         "--limit-train", n, "--limit-test", "50", "--image-size", "28", "--augment", "rrc", "--views",
                         "2", "--augment-seed", seed, "--epochs", "1", "--batch-size", "50", "--teacher", teacher_file,

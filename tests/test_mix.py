@@ -18,16 +18,7 @@ from kd_accel.data.streamed import DrawnMixes
 from kd_accel.errors import KDError
 from kd_accel.models import load_model
 
-from conftest import run_main, tiny_split, write_image_folder
-
-
-def frozen(teacher_file):
-    model, _ = load_model(teacher_file, "teacher")
-    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-
-
-def fp16_close(got, want):
-    return bool(((got.float() - want).abs() <= 1e-3 + 1e-3 * want.abs()).all())
+from conftest import fp16_close, frozen_teacher, run_main, tiny_split, write_image_folder
 
 
 def test_mix_parameters_are_a_pure_function_of_seed_view_and_index():
@@ -116,7 +107,7 @@ def test_students_without_a_cache_draw_their_own_mix_each_epoch(accelerator, tin
     train = tiny_split(40)
     cfg = from_flags(mix="cutmix", teacher_mode="online", epochs=2, batch_size=20, output_dir=str(tmp_path))
     soft, online, _ = teaching.resolve_soft_targets(accelerator, cfg, tiny_teacher, "fp", train)
-    teacher, diffs = frozen(tiny_teacher), []
+    teacher, diffs = frozen_teacher(tiny_teacher), []
 
     def check(label, batch):
         want = draw_mix(MixSpec("cutmix"), stream_seed("student", 0), len(diffs) // 2, batch["idx"], 40)
@@ -155,7 +146,7 @@ class Replay:
     `step`, `per_epoch` steps an epoch); its input is mixed (not the views alone)."""
 
     def __init__(self, teacher_file, cache, spec, step=0, per_epoch=2):
-        self.teacher, self.cache, self.spec = frozen(teacher_file), cache, spec
+        self.teacher, self.cache, self.spec = frozen_teacher(teacher_file), cache, spec
         self.step, self.per_epoch, self.seen, self.stored = step, per_epoch, [], None
 
     def __call__(self, label, batch):

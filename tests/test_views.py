@@ -16,14 +16,9 @@ from kd_accel.data import to_float
 from kd_accel.errors import KDError
 from kd_accel.models import load_model, state_fingerprint
 
-from conftest import ROOT, launch_cmd, precompute_killed_and_resumed, tiny_split
+from conftest import ROOT, fp16_close, launch_cmd, precompute_killed_and_resumed, tiny_split
 
 SHIFT = dict(augment="shift", views=3, limit_train=None)
-
-
-def fp16_close(got, want):
-    """Cached fp16 logits vs the teacher's fp32 ones: within fp16 rounding (relative 2^-11)."""
-    return bool(((got.float() - want).abs() <= 1e-3 + 1e-3 * want.abs()).all())
 
 
 def frozen(teacher_file):

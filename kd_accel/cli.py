@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import outputs, recipes, runlock, study, tracking
+from . import export, outputs, recipes, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
 from .cache import DTYPES, check_cache_file, open_cache
 from .checkpointing import parse_every
@@ -31,6 +31,7 @@ from .pipeline import (
     set_aside_previous_result, setup, train_student, train_teacher, write_config,
 )
 from .reporting import experiment_metrics, print_summary
+from .runfolder import EXPORT_DIR
 from .roles import TeacherId, check_fitnets
 from .teaching import cache_path, ignored_cache_settings, precompute, resolve_soft_targets
 
@@ -231,9 +232,17 @@ def precompute_parser() -> argparse.ArgumentParser:
 RUN_FLAGS = [dest for group in GROUPS for dest, _, _ in flag_fields(group) if dest != "out"]
 
 
+def add_export_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--export", nargs="+", choices=sorted(export.FORMATS), metavar="FORMAT", default=[],
+                        help="at the end, export the distilled student to RUN/export/ as student.onnx and/or "
+                             "student.pt2 (torch.export), each checked against torch as launch/export.py --check "
+                             "does, with a model card (README.md) beside them: onnx, pt2")
+
+
 def distill_parser() -> argparse.ArgumentParser:
     return build_parser("The whole experiment: teacher (train or reuse) -> logits cache (reuse or precompute) -> "
-                        "distilled student -> baseline student -> summary.", ALL, only=RUN_FLAGS)
+                        "distilled student -> baseline student -> summary [-> exported student].", ALL,
+                        extra=add_export_flag, only=RUN_FLAGS)
 
 
 def compare_parser() -> argparse.ArgumentParser:
@@ -289,7 +298,8 @@ def distill_outputs(cfg: Config) -> list[outputs.Output]:
     results = {name: ("json" if name.endswith(".json") else "recipe" if name.endswith(".yaml") else "model")
                for name in RESULT_FILES}
     files = {**teacher_output(cfg), **results, "previous": "cleared folder", **CHECKPOINTS,
-             **{f"previous/{name}": kind for name, kind in results.items()}}  # the last result, set aside
+             **{f"previous/{name}": kind for name, kind in results.items()},  # the last result, set aside
+             EXPORT_DIR: "folder", f"previous/{EXPORT_DIR}": "folder"}
     return [*run_outputs(cfg, files), *cache_output(cfg)]
 
 
@@ -344,7 +354,10 @@ def precompute_main(argv: Sequence[str] | None = None) -> None:
 def distill_main(argv: Sequence[str] | None = None) -> None:
     parser = distill_parser()
     cfg, args = parse(parser, ALL, argv)
+    exports = export.run_exports(cfg.run_dir / EXPORT_DIR, args["export"])
+    export.require_packages("onnx" in args["export"], check=True)  # before hours of training, not after
     outputs.check(distill_outputs(cfg), run_inputs(cfg))
+    export.check_outputs(cfg.run_dir / "student.safetensors", exports, "--export")  # e.g. a user's own README.md there
     phases = ["teacher"] * (not cfg.run.teacher) + ["student"] + ["baseline"] * cfg.kd.baseline
     check_resume_target(cfg, "distill.py", phases)
     accelerator = setup(cfg, "distill")
@@ -364,6 +377,9 @@ def distill_main(argv: Sequence[str] | None = None) -> None:
     if accelerator.is_main_process:
         write_json(cfg.run_dir / "metrics.json", metrics)
     print_summary(accelerator, metrics)
+    if exports and accelerator.is_main_process:  # the result is saved: a failed export loses none of it
+        for line in export.export_files(cfg.run_dir / "student.safetensors", exports, export.DEFAULT_TOLERANCE):
+            accelerator.print(line)
 
 
 @ends_training

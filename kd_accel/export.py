@@ -94,13 +94,18 @@ def _require(module: str, flag: str) -> None:
         raise KDError(f"{flag} needs the {module} package, not installed: {INSTALL}")
 
 
-def check_requirements(args: argparse.Namespace) -> None:
-    """Every package the flags need, before any work (one line naming the install)."""
-    if args.onnx:
+def require_packages(onnx: bool, check: bool) -> None:
+    """Every package an ONNX export (and its check) needs, before any work: one line naming the install."""
+    if onnx:
         for module in ("onnx", "onnxscript"):  # torch.onnx's exporter is written with onnxscript
             _require(module, "--onnx")
-        if args.check:
+        if check:
             _require("onnxruntime", "--onnx --check")
+
+
+def check_requirements(args: argparse.Namespace) -> None:
+    """Every package the flags need, and a usable tolerance, before any work."""
+    require_packages(bool(args.onnx), args.check)
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise KDError(f"--tolerance must be a finite number >= 0, got {args.tolerance:g}")
 
@@ -128,18 +133,20 @@ KINDS = {"--onnx": ("an ONNX model", _is_onnx), "--pt2": ("a torch.export progra
          "--card": ("a kd_accel model card", _is_card)}
 
 
-def check_outputs(weights: Path, outputs: Mapping[str, Path]) -> None:
+def check_outputs(weights: Path, outputs: Mapping[str, Path], named_by: str | None = None) -> None:
     """No output over the weights it is made from, over another output, over a folder or over an
-    existing file of another kind (a user's own README.md is never replaced by a card)."""
+    existing file of another kind (a user's own README.md is never replaced by a card).
+    `named_by`: the flag the messages name (distill.py's --export), not each file's own."""
     seen: dict[Path, str] = {}
-    for flag, path in outputs.items():
+    for kind, path in outputs.items():
+        flag = named_by or kind
         resolved = path.resolve()
         if resolved == weights.resolve():
             raise KDError(f"{flag} {path} is the weights file being exported; choose another path")
         if resolved in seen:
             raise KDError(f"{flag} {path} is also {seen[resolved]}'s path; choose another")
         seen[resolved] = flag
-        desc, holds = KINDS[flag]
+        desc, holds = KINDS[kind]
         if path.is_dir():
             raise KDError(f"{flag} {path} is a folder; give a file's path")
         if path.exists() and not holds(path):
@@ -155,6 +162,16 @@ def planned_outputs(args: argparse.Namespace) -> dict[str, Path]:
     if not args.no_card:
         files["--card"] = Path(args.card) if args.card else next(iter(files.values())).parent / "README.md"
     return files
+
+
+# distill.py --export FORMAT...: the student's files in RUN/<EXPORT_DIR>/, checked, with a card
+FORMATS = {"onnx": "--onnx", "pt2": "--pt2"}
+
+
+def run_exports(export_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
+    """{flag: path} of distill.py --export's files: student.onnx / student.pt2 and README.md."""
+    files = {FORMATS[f]: export_dir / f"student.{f}" for f in dict.fromkeys(formats)}
+    return {**files, "--card": export_dir / "README.md"} if files else {}
 
 
 def load_source(path: Path) -> Source:
@@ -455,20 +472,27 @@ def write_card(src: Source, path: Path) -> None:
         Path(tmp).write_text(card_text(src), encoding="utf-8")
 
 
+def export_files(weights: Path, files: Mapping[str, Path], check: float | None, opset: int | None = None) -> list[str]:
+    """Export the model file `weights` to `files` ({flag: path} as planned_outputs gives them:
+    --onnx, --pt2, --card), each checked against torch within `check` when it is not None.
+    Returns the lines that say what was written."""
+    src = load_source(weights)
+    if "--onnx" in files:
+        src.written.append((files["--onnx"], write_onnx(src, files["--onnx"], opset, check)))
+    if "--pt2" in files:
+        src.written.append((files["--pt2"], write_pt2(src, files["--pt2"], check)))
+    said = [f"wrote {path}: {what}" for path, what in src.written]
+    if "--card" in files:
+        write_card(src, files["--card"])
+        said.append(f"wrote {files['--card']} (model card)")
+    return said
+
+
 def export_main(argv: Sequence[str] | None = None) -> None:
     args = export_parser().parse_args(argv)
     weights = Path(args.weights)
     check_requirements(args)
     files = planned_outputs(args)
     check_outputs(weights, files)
-    src = load_source(weights)
-    check = args.tolerance if args.check else None
-    if args.onnx:
-        src.written.append((files["--onnx"], write_onnx(src, files["--onnx"], args.opset, check)))
-    if args.pt2:
-        src.written.append((files["--pt2"], write_pt2(src, files["--pt2"], check)))
-    for path, said in src.written:
-        print(f"wrote {path}: {said}")
-    if "--card" in files:
-        write_card(src, files["--card"])
-        print(f"wrote {files['--card']} (model card)")
+    for line in export_files(weights, files, args.tolerance if args.check else None, args.opset):
+        print(line)

@@ -144,7 +144,7 @@ def flag_value(action: argparse.Action, value: Any, where: str, setting: tuple[s
         return _bool(value, where)
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         items = value.split() if isinstance(value, str) else value if isinstance(value, list) else [value]
-        if action.nargs == "+" and not items:
+        if action.nargs == "+" and not items and action.default != []:  # [] is e.g. --export's default: none
             raise KDError(f"{where}: needs at least one value")
         out = [_scalar(action, item, where) for item in items]
         checked = out

@@ -54,6 +54,7 @@ def write_config(accelerator: Accelerator, cfg: Config, script: str) -> None:
 
 
 RESULT_FILES = ("metrics.json", "config.json", "student.safetensors", "baseline.safetensors", "recipe.yaml")
+EXPORT_DIR = "export"  # distill.py --export's files: set aside with the result they were made from
 
 
 def set_aside_previous_result(accelerator: Accelerator, cfg: Config) -> None:
@@ -73,7 +74,7 @@ def set_aside_previous_result(accelerator: Accelerator, cfg: Config) -> None:
         previous = cfg.run_dir / "previous"
         shutil.rmtree(previous, ignore_errors=True)
         make_dir(previous)
-        for name in RESULT_FILES:
+        for name in (*RESULT_FILES, EXPORT_DIR):
             if (cfg.run_dir / name).exists():
                 os.replace(cfg.run_dir / name, previous / name)
         accelerator.print(f"previous result moved to {previous} (a new run starts here; --resume latest continues one)")

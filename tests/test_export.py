@@ -46,8 +46,9 @@ def test_a_tiny_run_reports_deployment_and_its_student_exports_with_a_card(tmp_p
                                                                            monkeypatch, capsys):
     monkeypatch.setenv(LATENCY_ENV, "0.01")  # the shape of the report, not its values: minimal repeats
     run = tmp_path / "run"
+    # one command: the run, its deployment report, and the student exported and checked (--export)
     run_main(cli.distill_main, ["--data-dir", mnist_dir, "--teacher", tiny_teacher, "--limit-train", "200",
-                                "--limit-test", "100", "--epochs", "1", "--output-dir", run])
+                                "--limit-test", "100", "--epochs", "1", "--output-dir", run, "--export", "onnx", "pt2"])
     metrics = json.loads((run / "metrics.json").read_text())
     caption = summary_table(metrics).caption
     assert "the student keeps" in caption and "x its speed (batch 1;" in caption, caption
@@ -66,12 +67,12 @@ def test_a_tiny_run_reports_deployment_and_its_student_exports_with_a_card(tmp_p
                                                     / metrics["teacher"]["test_accuracy"])
     assert set(vs["speedup"]) == {f"batch_{b}" for b in BATCHES} and vs["flops_ratio"] > 10
 
-    # the student: ONNX and torch.export, checked, and its card from the run folder beside it
-    out = tmp_path / "deploy"
-    run_main(export.export_main, [run / "student.safetensors", "--onnx", out / "student.onnx", "--pt2",
-                                  out / "student.pt2", "--check"])
+    # the student: ONNX and torch.export, checked, and its card from the run folder, in RUN/export/
+    out = run / "export"
     printed = capsys.readouterr().out
-    assert printed.count("max abs difference") == 2, printed
+    assert printed.count("max abs difference") == 2 and f"wrote {out / 'README.md'} (model card)" in printed, printed
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "student.onnx", "student.pt2"]
+    assert "\nexport: [onnx, pt2]\n" in (run / "recipe.yaml").read_text()  # a re-run of the recipe exports too
     x = torch.rand(3, 1, 28, 28)
     want = torch_logits(run / "student.safetensors", x)
     assert torch.allclose(ort_logits(out / "student.onnx", x), want, atol=1e-4)
@@ -171,10 +172,19 @@ def test_export_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch, c
     ]
     for argv, words in cases:
         assert words in cli_error(export.export_main, argv, capsys), argv
+    # distill.py --export: the same refusals before any work (a user's README.md where the card goes)
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "README.md").write_text("# my own readme\n")
+    err = cli_error(cli.distill_main, ["--output-dir", run, "--export", "pt2"], capsys)
+    assert f"--export {run / 'export' / 'README.md'} exists and is not a kd_accel model card" in err, err
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     assert "pip install 'kd_accel[export]'" in cli_error(export.export_main, [path, "--onnx", out / "a.onnx"], capsys)
+    assert "pip install 'kd_accel[export]'" in cli_error(cli.distill_main, ["--output-dir", run, "--export", "onnx"],
+                                                         capsys)
     assert not out.exists() or not any(out.iterdir())
     assert [p.name for p in mine.iterdir()] == ["README.md"]
+    assert sorted(p.name for p in run.rglob("*")) == ["README.md", "export"]  # nothing trained, nothing written
 
 
 @pytest.mark.slow  # a process: the launch script's imports and its run_cli wrapper, as a user runs it

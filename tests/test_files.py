@@ -65,8 +65,10 @@ def test_distill_failing_half_way_keeps_the_previous_result_whole(tmp_path, mnis
     args = ["--data-dir", str(mnist_dir), "--output-dir", str(out), "--limit-train", "200", "--limit-test", "100",
             "--epochs", "1", "--teacher", str(tiny_teacher)]
     cli.distill_main(args)
+    (out / "export").mkdir()  # as distill.py --export leaves it: made from the old student, set aside with it
+    (out / "export" / "student.onnx").write_bytes(b"the old student's")
     old = {n: (out / n).read_bytes() for n in ("metrics.json", "config.json", "student.safetensors",
-                                               "baseline.safetensors")}
+                                               "baseline.safetensors", "export/student.onnx")}
     real = cli.train_student
 
     def baseline_fails(accelerator, cfg, train, test, logits, label, *rest):
@@ -79,6 +81,7 @@ def test_distill_failing_half_way_keeps_the_previous_result_whole(tmp_path, mnis
         cli.distill_main([*args, "--alpha", "0.5"])
     assert {n: (out / "previous" / n).read_bytes() for n in old} == old
     assert not (out / "metrics.json").exists() and not (out / "baseline.safetensors").exists()
+    assert not (out / "export").exists()
     assert (out / "student.safetensors").read_bytes() != old["student.safetensors"]  # the new run's
 
 

@@ -38,6 +38,7 @@ def _resident_student(images, labels, logits, seed=0):
     return step.model.state_dict(), sums, step.steps
 
 
+@pytest.mark.slow  # a benchmark's step against fit's, trained (3 s)
 def test_resident_step_is_fits_step(accelerator, mnist_dir):
     """The GPU script's kd_accel step (data resident, gathered by the epoch permutation) trains
     the same weights as training.fit on the same data, seed and loss: it measures kd_accel's math."""

@@ -72,6 +72,7 @@ def run_launch_scripts():
     return {script: in_one_results(proc, timeout=300) for script, proc in procs.items()}
 
 
+@pytest.mark.slow  # a process per launch script (each imports torch): 6-10 s
 def test_launch_scripts_help_and_refuse_a_bad_flag_in_one_line():
     for script, (helped, bad) in run_launch_scripts().items():
         assert helped.returncode == 0 and helped.stdout.startswith("usage:") and script in helped.stdout, (script, helped)

@@ -263,6 +263,7 @@ def test_crops_are_the_same_in_any_worker_and_batch_and_epoch_e_is_view_e(odd_si
 
 # -- 3. the folder trains as the same data in memory ------------------------------------------------
 
+@pytest.mark.slow  # end to end twice: a folder run and the in-memory run of the same images (5 s)
 def test_a_folder_trains_bit_for_bit_as_the_same_images_in_memory(images, folder, memory_copy, folder_run, tmp_path):
     """distill.py from the PNG folder (2 decoding workers) and from the same images in the
     same order held in memory (IDX files, --dataset mnist): every phase draws the same samples

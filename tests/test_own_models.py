@@ -339,6 +339,7 @@ def test_a_zoo_student_under_bf16_from_a_top_k_k_view_cache(tmp_path, reset_acce
                                   online)["test_accuracy"] >= 0
 
 
+@pytest.mark.slow  # end to end: a ResNet-18 teacher from a .pth file, a run (2.7 s)
 def test_a_user_with_a_pth_teacher_runs_one_command(tmp_path, mnist_dir):
     """The issue's done-criterion through the launch script's entry point, to its last line: a
     torchvision .pth given as the teacher (used as it is), a zoo student, its baseline and the

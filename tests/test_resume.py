@@ -74,6 +74,7 @@ def whole(mnist_dir, tmp_path_factory):
 
 # -- item 1: --resume PATH belongs to one phase of one run ---------------------------------------
 
+@pytest.mark.slow  # a whole run, crashed and resumed, twice (6-9 s)
 @pytest.mark.parametrize("crash,step,pruned", [("student:27", 24, False), ("student:19", 16, True)])
 def test_resume_path_resumes_only_its_phase(crash, step, pruned, whole, mnist_dir, tmp_path, monkeypatch, capsys):
     """The README's `--resume runs/x/checkpoints/student/step_N`: the baseline used to continue

@@ -154,6 +154,7 @@ def test_temperature_flattens():
     assert rows[0]["mean_max_prob"] == pytest.approx(float((p.max() + q.max()) / 2), rel=1e-6)
 
 
+@pytest.mark.slow  # end to end: a comparison, its table and plot, inspect (4 s)
 def test_compare_and_inspect_end_to_end(tmp_path, mnist_dir, tiny_teacher, capsys, reset_accelerate):
     """compare.py and inspect_logits.py in-process, on the session's shared teacher (each launch
     script also runs as a real process in test_cli.py)."""

@@ -111,6 +111,7 @@ def test_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
         tracking.resolve("tensorboard")
 
 
+@pytest.mark.slow  # a process, as a user runs the script (3.5 s)
 @pytest.mark.skipif(tracking.installed("wandb"), reason="wandb is installed here")
 def test_missing_wandb_from_the_command_line(tmp_path):
     proc = run_script("distill.py", "--output-dir", tmp_path / "run", "--report-to", "wandb", check=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from .config import (
     ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args, group_default,
     layered_defaults, settings_with_flags,
 )
-from .models import check_arch
+from .models import check_arch, user
 from .optim import check_recipes
 from .data import DATA_DIR_ENV, NAMES as DATA_NAMES, data_files
 from .errors import KDError
@@ -137,6 +138,19 @@ def validate(cfg: Config, groups: Groups = ALL, variant: bool = False) -> None:
         check_cache_file(cfg.run.logits, "--logits")
 
 
+def _recorded_arch(path: str) -> dict[str, Any]:
+    """{"arch": spec, "arch_kwargs": kwargs} a kd_accel model file records; {} for a file that
+    cannot be read here (reading it later says why, in one line)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            record = json.loads((f.metadata() or {})["arch_spec"])
+        return {"arch": record["spec"], "arch_kwargs": record.get("kwargs") or {}}
+    except Exception:  # noqa: BLE001 - not a model file, not there, no record: the load says which
+        return {}
+
+
 def check_models(cfg: Config, groups: Groups = ALL) -> None:
     """The architectures by name, their weights files and epochs, before any work (the weights'
     fit to the architecture and the preprocessing are checked once the data are read:
@@ -157,9 +171,12 @@ def check_models(cfg: Config, groups: Groups = ALL) -> None:
             raise KDError(f"{flag('epochs')} 0 uses the teacher as {flag('weights')} give it, untrained: give "
                           f"{flag('weights')} FILE, or epochs >= 1")
     if "teacher" in groups and groups["teacher"] != "" and cfg.run.teacher:
+        recorded = _recorded_arch(cfg.run.teacher)  # a recipe's --teacher-arch that is the file's own is no conflict
         given = [f"--teacher-{name.replace('_', '-')}" for name in ("arch", "weights", "image_size", "normalize",
                                                                      "arch_kwargs")
-                 if getattr(cfg.teacher, name) != getattr(group_default("teacher"), name)]
+                 if getattr(cfg.teacher, name) != getattr(group_default("teacher"), name)
+                 and not (name in recorded and recorded[name] == (user.parse_kwargs(cfg.teacher.arch_kwargs)
+                                                                  if name == "arch_kwargs" else cfg.teacher.arch))]
         if given:
             raise KDError(f"--teacher {cfg.run.teacher} is a trained teacher file, which says its architecture and "
                           f"preprocessing; {', '.join(given)} would be ignored: give one or the other")

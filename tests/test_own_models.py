@@ -252,6 +252,16 @@ def test_teacher_weights_beside_a_teacher_file_is_refused(capsys, tmp_path, tiny
     assert "--teacher-weights would be ignored" in err
 
 
+def test_a_recipes_teacher_arch_that_is_the_teacher_files_own_is_no_conflict(tiny_teacher, tmp_path):
+    """distill.py -c recipe.yaml (which names --teacher-arch) --teacher FILE: the same architecture
+    as the file records is accepted; another is refused as ignored."""
+    base = ["--teacher", str(tiny_teacher), "--output-dir", str(tmp_path / "r")]
+    cfg, _ = cli.parse(cli.distill_parser(), cli.ALL, [*base, "--teacher-arch", "notebook:teacher"])
+    assert cfg.teacher.arch == "notebook:teacher"
+    with pytest.raises(KDError, match="--teacher-arch would be ignored"):
+        cli.parse(cli.distill_parser(), cli.ALL, [*base, "--teacher-arch", "notebook:student"])
+
+
 def test_list_models(capsys):
     with pytest.raises(SystemExit) as e:
         cli.distill_parser().parse_args(["--list-models", "mobilenet_v3*"])

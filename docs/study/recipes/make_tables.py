@@ -1,0 +1,78 @@
+"""Issue 27's study tables (docs/recipes.md) from compare.py's results.json files.
+
+    python docs/study/recipes/make_tables.py RESULTS.json [...] [--against VARIANT ...]
+
+Per file, per variant: mean ± std over seeds, test errors (of the run's test set), and for each
+reference (the baseline, and each --against variant, e.g. `hinton T=4 a=0.9`) the paired gain over
+the seeds both hold, its 95% t interval and p; and the share of the baseline's error gap to the
+teacher that the variant closes, (baseline errors - variant errors) / (baseline errors - teacher
+errors), as Hinton et al. count it. A variant name may be given by its start (`hinton T=4`)."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from kd_accel.stats import mean, paired_ci, std  # noqa: E402
+
+NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def fmt_gain(c):
+    if c["p"] is None:
+        return f"{c['mean']:+.3f} (n={c['n']})"
+    p = "< 0.001" if c["p"] < 0.001 else f"{c['p']:.3f}"
+    return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], p {p}"
+
+
+def by_seed(res, variant):
+    return {int(seed): run["test_accuracy"] for seed, run in res["runs"][variant].items()}
+
+
+def find(res, name):
+    hits = [v for v in res["runs"] if v == name] or [v for v in res["runs"] if v.startswith(name)]
+    if len(hits) != 1:
+        raise SystemExit(f"{name!r}: {len(hits)} variants match in {sorted(res['runs'])}")
+    return hits[0]
+
+
+def table(path, against):
+    res = json.loads(Path(path).read_text())
+    cfg, teacher = res["config"], res["teacher"]["test_accuracy"]
+    data, student = cfg.get("data", cfg), cfg.get("student", cfg)
+    n_test = 10000 if data.get("limit_test") is None else data["limit_test"]
+    errors = lambda acc: (100 - acc) / 100 * n_test  # noqa: E731
+    base = res.get("reference") or find(res, "baseline")
+    refs = [base, *(find(res, a) for a in against)]
+    opt = student.get("opt", "adam")
+    head = (f"**{NAMES.get(data['dataset'], data['dataset'])}**, {student['epochs']} epochs, {opt} lr {student['lr']}"
+            + (f", weight decay {student['weight_decay']}" if student.get("weight_decay") else "")
+            + f"; teacher {teacher:.2f}% ({errors(teacher):.0f} errors); `{path}`")
+    cols = ["variant", "test acc (mean ± std)", "errors", *(f"gain over {r} [95% CI], p" for r in refs), "gap closed"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    base_err = errors(mean(list(by_seed(res, base).values())))
+    for v in res["runs"]:
+        accs = by_seed(res, v)
+        m = mean(list(accs.values()))
+        row = [v, f"{m:.3f} ± {std(list(accs.values())):.3f} (n={len(accs)})" if len(accs) > 1 else f"{m:.3f}",
+               f"{errors(m):.0f}"]
+        for r in refs:
+            ref = by_seed(res, r)
+            seeds = sorted(set(accs) & set(ref))
+            row.append("-" if r == v else fmt_gain(paired_ci([accs[s] - ref[s] for s in seeds])))
+        gap = base_err - errors(teacher)
+        row.append(f"{100 * (base_err - errors(m)) / gap:+.0f}%" if gap > 0 and v != base else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+")
+    p.add_argument("--against", nargs="*", default=[], help="more reference variants (by name or its start)")
+    a = p.parse_args()
+    print("\n".join(table(f, a.against) for f in a.results))
+
+
+if __name__ == "__main__":
+    main()

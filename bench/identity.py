@@ -8,7 +8,8 @@ precompute, a kill and --resume latest) once in a git worktree of REF and once i
 each with its own package on PYTHONPATH and one thread, then compares every safetensors file
 they wrote tensor by tensor (names, dtypes, bits) and the accuracies in every metrics.json.
 Tensors only one side holds are listed (a cache layout that grew columns), never counted as
-equal. Exit 0 when everything both sides hold is identical.
+equal; so are accuracies only this tree reports (a new figure). Exit 0 when everything both
+sides hold is identical.
 """
 import argparse
 import json
@@ -113,10 +114,13 @@ def compare(a, b):
                      + (f"; differ: {diff[:5]}" if diff else "") + (f"; only one side: {extra}" if extra else ""))
         same &= not diff
     acc_a, acc_b = accuracies(a), accuracies(b)
+    new = sorted(set(acc_b) - set(acc_a))  # a figure this tree adds (e.g. best_test_accuracy) is not a change
     for k in sorted(set(acc_a) | set(acc_b)):
-        if acc_a.get(k) != acc_b.get(k):
+        if k not in new and acc_a.get(k) != acc_b.get(k):
             lines.append(f"  {k}: {acc_a.get(k)} vs {acc_b.get(k)}")
             same = False
+    if new:
+        lines.append(f"  new in this tree: {', '.join(new)}")
     return same, lines
 
 

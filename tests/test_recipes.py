@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 from safetensors.torch import load_file
@@ -132,6 +133,60 @@ def test_every_shipped_recipe_parses(recipe, tmp_path, monkeypatch):
         cli.parse(cli.distill_parser(), cli.ALL, ["--config", str(recipe.relative_to(ROOT)), *extra])
     except KDError as e:
         pytest.fail(f"{recipe.name}: {e}")
+
+
+def recipe_world(tmp_path):
+    """{recipe: extra flags} that run each shipped recipe for one short epoch on tiny data here:
+    synthetic CIFAR-100 files, a 3-channel PNG folder and a ResNet-34 .pth in torchvision's format,
+    MNIST's first images; the schedules' milestones brought within one epoch. Only sizes and
+    lengths change: each recipe's models, optimizer, schedule kind, loss and teacher mode run."""
+    import torchvision
+
+    from conftest import write_image_folder
+    from test_cifar import write_pickle
+    from test_cifar100 import COARSE, FINE, make_split
+
+    cifar = tmp_path / "cifar" / "cifar-100-python"
+    cifar.mkdir(parents=True)
+    for name, obj in {"train": make_split(16, 1, "training"), "test": make_split(8, 2, "testing"),
+                      "meta": {"fine_label_names": FINE, "coarse_label_names": COARSE}}.items():
+        write_pickle(cifar / name, obj)
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 16), ("val", 8)):
+        write_image_folder(tmp_path / "folder" / split, torch.randint(0, 256, (n, 3, 40, 48), dtype=torch.uint8,
+                                                                      generator=g), torch.arange(n) % 2)
+    torch.save(torchvision.models.resnet34(num_classes=2).state_dict(), tmp_path / "r34.pth")
+    short = ["--epochs", "1", "--batch-size", "8", "--no-baseline"]
+    cifar_run = [*short, "--data-dir", tmp_path / "cifar", "--teacher-epochs", "1", "--milestones", "1",
+                 "--teacher-milestones", "1", "--teacher-batch-size", "8"]
+    folder_run = [*short, "--data-dir", tmp_path / "folder", "--image-size", "32", "--num-workers", "0"]
+    return {"cifar100_r56_r20_dist.yaml": cifar_run, "cifar100_r56_r20_dkd.yaml": cifar_run,
+            "cifar100_r56_r20_kd.yaml": cifar_run, "cifar100_r56_r20_lskd.yaml": cifar_run,
+            "hinton_mnist.yaml": [*short, "--teacher-epochs", "1", "--limit-train", "300", "--limit-test", "100",
+                                  "--warmup-epochs", "0"],
+            "imagenet_r34_r18_kd.yaml": [*folder_run, "--teacher-weights", tmp_path / "r34.pth",
+                                         "--teacher-image-size", "32", "--milestones", "1"],
+            "function_matching_folder.yaml": [*folder_run, "--teacher-epochs", "1", "--warmup-epochs", "0",
+                                              "--teacher-image-size", "32"]}
+
+
+@pytest.mark.slow  # seven short runs, ResNet-56 and ResNet-34 among them (about 20 s)
+def test_every_shipped_recipe_runs(tmp_path, mnist_dir, monkeypatch):
+    """Each file of configs/recipes/ runs through distill.py, shortened by flags (which win over the
+    file) to one epoch on tiny data: its student trains and is saved with the recipe's settings."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("KD_ACCEL_DATA_DIR", str(mnist_dir))
+    world = recipe_world(tmp_path)
+    assert sorted(world) == [p.name for p in RECIPES]  # a new recipe needs its tiny run here
+    for recipe in RECIPES:
+        out = tmp_path / "runs" / recipe.stem
+        run_main(cli.distill_main, ["--config", recipe.relative_to(ROOT), *world[recipe.name], "--output-dir", out])
+        ran = yaml.safe_load((out / "recipe.yaml").read_text())
+        written = yaml.safe_load(recipe.read_text())
+        for key in ("arch", "kd-loss", "opt", "schedule", "teacher-mode", "mix", "temperature"):
+            if key in written:
+                assert ran[key] == written[key], (recipe.name, key)
+        assert load_file(out / "student.safetensors"), recipe.name
 
 
 # --- last and best epoch ----------------------------------------------------------------------

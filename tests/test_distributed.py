@@ -15,15 +15,17 @@ SMALL = ["--limit-train", "1001", "--limit-test", "333", "--epochs", "1", "--tea
 @pytest.mark.slow
 def test_two_process_pipeline_matches_one_process_cache(mnist_dir, tmp_path):
     out = tmp_path / "ddp"
-    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, *SMALL, "--no-baseline", nproc=2)
+    proc = run_script("distill.py", "--data-dir", mnist_dir, "--output-dir", out, *SMALL, "--no-baseline",
+                      "--export", "pt2", nproc=2)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["processes"] == 2
     assert metrics["num_train"] == 1001 and metrics["num_test"] == 333
-    # rank-0-only output: the summary is printed once
-    assert proc.stdout.count("distilled student") == 1, proc.stdout
+    # rank-0-only output: the summary is printed once, the student exported once
+    assert proc.stdout.count("distilled student") == 1 and proc.stdout.count("(model card)") == 1, proc.stdout
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["config.json", "metrics.json", "recipe.yaml", "student.safetensors", "teacher.safetensors",
-                     "teacher_logits.safetensors"], files
+    assert files == ["config.json", "export", "metrics.json", "recipe.yaml", "student.safetensors",
+                     "teacher.safetensors", "teacher_logits.safetensors"], files
+    assert sorted(p.name for p in (out / "export").iterdir()) == ["README.md", "student.pt2"]
 
     # the same teacher, one process: the caches agree row for row
     one = tmp_path / "one.safetensors"

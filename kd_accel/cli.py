@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 from pathlib import Path
@@ -15,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import export, outputs, recipes, runlock, study, tracking
 from .augment import SPECS as AUGMENTS
-from .cache import DTYPES, check_cache_file, open_cache
+from .cache import DTYPES, check_cache_file, open_cache, read_metadata
 from .checkpointing import parse_every
 from .config import (
     ALL_GROUPS, GROUPS, PRESETS, Recipe, add_flags, check_bounds, check_setting, flag_fields, from_args, group_default,
     layered_defaults, settings_with_flags,
 )
 from .models import check_arch, user
+from .models.files import meta_record
 from .optim import check_recipes
 from .data import DATA_DIR_ENV, NAMES as DATA_NAMES, data_files
 from .errors import KDError
@@ -140,15 +140,12 @@ def validate(cfg: Config, groups: Groups = ALL, variant: bool = False) -> None:
 
 def _recorded_arch(path: str) -> dict[str, Any]:
     """{"arch": spec, "arch_kwargs": kwargs} a kd_accel model file records; {} for a file that
-    cannot be read here (reading it later says why, in one line)."""
-    from safetensors import safe_open
-
+    cannot be read here (loading it later says why, in one line)."""
     try:
-        with safe_open(path, framework="pt") as f:
-            record = json.loads((f.metadata() or {})["arch_spec"])
-        return {"arch": record["spec"], "arch_kwargs": record.get("kwargs") or {}}
-    except Exception:  # noqa: BLE001 - not a model file, not there, no record: the load says which
+        record = meta_record(read_metadata(path), path)
+    except KDError:  # not there, not safetensors, no record: the teacher's load names it
         return {}
+    return {"arch": record["spec"], "arch_kwargs": record.get("kwargs") or {}}
 
 
 def check_models(cfg: Config, groups: Groups = ALL) -> None:

@@ -52,7 +52,6 @@ EXEMPT = {
     "kd_accel.cache.CacheColumn.__call__": "maps again a cache open_cache validated, keyed by its checksum",
     "kd_accel.models.preprocessing._recorded": "metadata only: the preprocessing a model file records",
     "kd_accel.outputs._metadata": "metadata only, to name a file's kind",
-    "kd_accel.cli._recorded_arch": "metadata only: the architecture a --teacher file records",
     "kd_accel.data.folder.load_listing": "an image folder's int64 file hashes and class names",
     "kd_accel.data.content.Ledger.array": "an image folder's int64 file digests (what a run folder read)",
 }

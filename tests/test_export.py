@@ -188,6 +188,20 @@ def test_export_refusals_are_one_line_and_write_nothing(tmp_path, monkeypatch, c
     assert sorted(p.name for p in run.rglob("*")) == ["README.md", "export"]  # nothing trained, nothing written
 
 
+def test_a_distill_export_failing_its_check_keeps_the_run_and_writes_no_export(tmp_path, mnist_dir, tiny_teacher,
+                                                                                monkeypatch, capsys):
+    """docs/deploy.md: the export runs after metrics.json is written, so a failed export (here its
+    onnxruntime check off by 1e-3) is one line and loses none of the result."""
+    monkeypatch.setattr(export, "_onnxruntime", lambda p: lambda x: torch_logits(run / "student.safetensors", x) + 1e-3)
+    run = tmp_path / "run"
+    err = cli_error(cli.distill_main, ["--data-dir", mnist_dir, "--teacher", tiny_teacher, "--limit-train", "100",
+                                       "--limit-test", "50", "--epochs", "1", "--no-baseline", "--output-dir", run,
+                                       "--export", "onnx"], capsys)
+    assert "above --tolerance 0.0001; not written" in err, err
+    assert (run / "metrics.json").is_file() and (run / "student.safetensors").is_file()
+    assert not (run / "export").exists() or not any((run / "export").iterdir())
+
+
 @pytest.mark.slow  # a process: the launch script's imports and its run_cli wrapper, as a user runs it
 def test_the_launch_script_exports_and_refuses_in_one_line(tmp_path, capsys):
     """The export through run_cli, what launch/export.py calls, in-process (a process of its own

@@ -309,7 +309,7 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
         if checkpoints and checkpoints.due_at_epoch_end(epoch, spec.epochs):
             checkpoint(epoch + 1, 0, {}, 0)
     train_time = elapsed0 + time.perf_counter() - start
-    bn_warning(accelerator, model, spec, label, history, test_split)
+    chance_warning(accelerator, model, spec, label, history, test_split)
     return accelerator.unwrap_model(model, keep_torch_compile=False), {"epochs": history, "train_time_s": train_time}
 
 
@@ -322,8 +322,17 @@ def epoch_inputs(loader: Any, data: TrainData, epoch: int, n: int,
         yield inputs(data.complete(batch))
 
 
+def _flag(label: str, *names: str) -> str:
+    """The flags that set `names` for this phase: the teacher's are --teacher-* in distill.py and
+    compare.py, and plain in train_teacher.py."""
+    plain = ", ".join(f"--{n}" for n in names)
+    if label != "teacher":
+        return plain
+    return ", ".join(f"--teacher-{n}" for n in names) + f" (train_teacher.py: {plain})"
+
+
 def _precise_bn_flag(label: str) -> str:
-    return "--teacher-precise-bn N (train_teacher.py: --precise-bn N)" if label == "teacher" else "--precise-bn N"
+    return _flag(label, "precise-bn N")
 
 
 def bn_hint(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: str) -> None:
@@ -336,12 +345,21 @@ def bn_hint(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: 
                           f"{_precise_bn_flag(label)} re-estimates them before each evaluation", flush=True)
 
 
-def bn_warning(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: str, history: list[dict],
-               test_split: DataSource | None) -> None:
-    """After the last epoch, one line when a model with BatchNorm (precise BN off) ends below
-    twice chance: its statistics, not its weights, are the likelier cause (issue 27)."""
+def chance_warning(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, label: str, history: list[dict],
+                   test_split: DataSource | None) -> None:
+    """After the last epoch, one line when the phase ends below twice chance, naming the likelier
+    cause: a training loss that did not fall (last epoch's mean >= the first's, or not finite:
+    the run diverged, whatever its model), else a BatchNorm model's statistics (precise BN off)."""
     acc = history[-1].get("test_accuracy") if history and test_split is not None else None
-    if acc is None or spec.precise_bn or not bn_layers(model) or acc >= 200.0 / test_split.num_classes:
+    if acc is None or acc >= 200.0 / test_split.num_classes:
         return
-    accelerator.print(f"{label}: final test accuracy {acc:.2f}% is below twice chance; its BatchNorm statistics may "
-                      f"not match its weights: {_precise_bn_flag(label)} re-estimates them", flush=True)
+    first, last = history[0].get("loss_loss"), history[-1].get("loss_loss")
+    start = f"{label}: final test accuracy {acc:.2f}% is below twice chance"
+    if last is not None and (not math.isfinite(last) or (len(history) > 1 and last >= first)):
+        accelerator.print(f"{start} and its training loss did not fall ({first:.4g} in epoch 1, {last:.4g} in epoch "
+                          f"{history[-1]['epoch']}): it diverged or did not learn; a lower or warmed-up learning rate "
+                          f"or gradient clipping may help ({_flag(label, 'lr', 'warmup-epochs', 'clip-grad')})",
+                          flush=True)
+    elif bn_layers(model) and not spec.precise_bn:
+        accelerator.print(f"{start} while its training loss fell; its BatchNorm statistics may not match its "
+                          f"weights: {_precise_bn_flag(label)} re-estimates them", flush=True)

@@ -16,7 +16,7 @@ from kd_accel.errors import run_cli
 from kd_accel.models import Student, Teacher
 from kd_accel.optim import make_optimizer, param_groups, precise_bn, schedule_of
 from kd_accel.pipeline import columns
-from kd_accel.training import TrainSpec, bn_hint, bn_warning, fit
+from kd_accel.training import TrainSpec, bn_hint, chance_warning, fit
 
 
 def lrs_of(scheduler_factory, steps):
@@ -119,7 +119,8 @@ def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, caps
     """By hand on a tiny model: running mean/var = the mean over the batches of each batch's mean
     and unbiased variance; momentum, batch count and mode restored. In fit: the first N batches of
     the last epoch's order, on the returned model. A slow BN (momentum 0.01) without precise BN
-    is said at the start, and a final accuracy under twice chance at the end."""
+    is said at the start, and a final accuracy under twice chance at the end: blamed on a
+    training loss that did not fall when it did not, else on BatchNorm."""
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.01)
     model = nn.Sequential(conv, bn).eval()
@@ -145,11 +146,27 @@ def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, caps
     capsys.readouterr()
     bn_hint(accelerator, model, TrainSpec(1, 1, 1e-3), "student")
     bn_hint(accelerator, model, TrainSpec(1, 1, 1e-3, precise_bn=5), "student")  # on: nothing to say
-    bn_warning(accelerator, model, TrainSpec(1, 1, 1e-3), "teacher", [{"test_accuracy": 9.85}], tiny_split(10))
-    bn_warning(accelerator, model, TrainSpec(1, 1, 1e-3), "teacher", [{"test_accuracy": 74.0}], tiny_split(10))
+    fell = [{"epoch": 1, "loss_loss": 2.1}, {"epoch": 3, "loss_loss": 0.4}]
+    rose = [{"epoch": 1, "loss_loss": 48.8}, {"epoch": 5, "loss_loss": 69.7}]  # DKD under SGD, issue 27's study
+    spec, ten = TrainSpec(1, 1, 1e-3), tiny_split(10)
+    chance_warning(accelerator, model, spec, "teacher", [*fell[:1], {**fell[1], "test_accuracy": 9.85}], ten)
+    chance_warning(accelerator, model, spec, "teacher", [*fell[:1], {**fell[1], "test_accuracy": 74.0}], ten)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "momentum 0.01" in lines[0] and "--precise-bn N" in lines[0]
-    assert "9.85%" in lines[1] and "--teacher-precise-bn N" in lines[1]
+    assert "9.85%" in lines[1] and "--teacher-precise-bn N" in lines[1] and "loss fell" in lines[1]
+
+    # a loss that did not fall (rose, or NaN) is named as the cause, with or without BatchNorm; a
+    # model without BatchNorm whose loss fell, or one with precise BN on, is not blamed on BN
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(36, 10))
+    nan = [rose[0], {"epoch": 2, "loss_loss": float("nan")}]
+    for m, hist, sp in [(model, rose, spec), (plain, rose, spec), (plain, nan, spec), (plain, fell, spec),
+                        (model, fell, TrainSpec(1, 1, 1e-3, precise_bn=5)), (model, rose[1:], spec)]:
+        chance_warning(accelerator, m, sp, "student", [*hist[:-1], {**hist[-1], "test_accuracy": 10.0}], ten)
+        print("--")
+    said = capsys.readouterr().out.split("--\n")[:-1]
+    assert ["did not fall (48.8 in epoch 1, 69.7 in epoch 5)" in x for x in said] == [1, 1, 0, 0, 0, 0]
+    assert "nan in epoch 2" in said[2] and "--lr, --warmup-epochs, --clip-grad" in said[0]
+    assert said[3] == said[4] == "" and "BatchNorm" in said[5]  # one epoch: no trend to read, BN is named
 
 
 def test_resumed_mid_epoch_the_recipe_trains_the_same_weights(accelerator, tmp_path):

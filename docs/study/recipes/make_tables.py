@@ -6,7 +6,12 @@ Per file, per variant: mean ± std over seeds, test errors (of the run's test se
 reference (the baseline, and each --against variant, e.g. `hinton T=4 a=0.9`) the paired gain over
 the seeds both hold, its 95% t interval and p; and the share of the baseline's error gap to the
 teacher that the variant closes, (baseline errors - variant errors) / (baseline errors - teacher
-errors), as Hinton et al. count it. A variant name may be given by its start (`hinton T=4`)."""
+errors), as Hinton et al. count it. A variant name may be given by its start (`hinton T=4`).
+`--merge MORE.json` adds the variants of another comparison of the same recipe run later (the
+same teacher and seeds; its reference runs copied over, so they must hold the same accuracies per
+seed, which is checked), so that one table pairs them all.
+
+    python docs/study/recipes/make_tables.py T20/results.json --merge T8/results.json"""
 import argparse
 import json
 import sys
@@ -36,8 +41,24 @@ def find(res, name):
     return hits[0]
 
 
-def table(path, against):
+def merged(path, more):
+    """results.json of `path` with the variants of each file in `more` it lacks; a variant both
+    hold must have the same accuracy per seed (the copied reference runs), or the pairing is off."""
     res = json.loads(Path(path).read_text())
+    for other in more:
+        add = json.loads(Path(other).read_text())
+        if add["teacher"]["test_accuracy"] != res["teacher"]["test_accuracy"]:
+            raise SystemExit(f"{other}: another teacher ({add['teacher']['test_accuracy']}%) than {path}'s")
+        for v, runs in add["runs"].items():
+            if v in res["runs"] and by_seed(res, v) != {s: a for s, a in by_seed(add, v).items()
+                                                        if s in by_seed(res, v)}:
+                raise SystemExit(f"{other}: {v!r} differs from {path}'s: not the same runs, cannot pair")
+            res["runs"].setdefault(v, runs)
+    return res
+
+
+def table(path, against, more=()):
+    res = merged(path, more)
     cfg, teacher = res["config"], res["teacher"]["test_accuracy"]
     data, student = cfg.get("data", cfg), cfg.get("student", cfg)
     n_test = 10000 if data.get("limit_test") is None else data["limit_test"]
@@ -47,7 +68,8 @@ def table(path, against):
     opt = student.get("opt", "adam")
     head = (f"**{NAMES.get(data['dataset'], data['dataset'])}**, {student['epochs']} epochs, {opt} lr {student['lr']}"
             + (f", weight decay {student['weight_decay']}" if student.get("weight_decay") else "")
-            + f"; teacher {teacher:.2f}% ({errors(teacher):.0f} errors); `{path}`")
+            + f"; teacher {teacher:.2f}% ({errors(teacher):.0f} errors); `{path}`"
+            + "".join(f" + `{m}`" for m in more))
     cols = ["variant", "test acc (mean ± std)", "errors", *(f"gain over {r} [95% CI], p" for r in refs), "gap closed"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     base_err = errors(mean(list(by_seed(res, base).values())))
@@ -70,8 +92,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+")
     p.add_argument("--against", nargs="*", default=[], help="more reference variants (by name or its start)")
+    p.add_argument("--merge", nargs="*", default=[], help="results.json of later comparisons of the same recipe")
     a = p.parse_args()
-    print("\n".join(table(f, a.against) for f in a.results))
+    print("\n".join(table(f, a.against, a.merge) for f in a.results))
 
 
 if __name__ == "__main__":

@@ -293,7 +293,12 @@ def fit(accelerator: Accelerator, model: nn.Module, data: TrainData, test_split:
             # returned model: a resumed run continues from the same statistics
             bn_batches = epoch_inputs(loader, data, epoch, spec.precise_bn,
                                       lambda b: inputs(b).contiguous(memory_format=memory_format))
-            precise_bn(accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), bn_batches)
+            # a measurement, not a training step: its train-mode dropout and its DataLoader
+            # iterator's seed draw from the global generators, so they run on a fork of them and
+            # the next epoch trains as it would without precise BN (the same weights)
+            device = accelerator.device
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                precise_bn(accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), bn_batches)
         means = {k: (v / max(steps, 1)).item() for k, v in sums.items()}
         epoch_time = time.perf_counter() - epoch_start  # training only (synced by .item() above), not evaluation
         log.flush()

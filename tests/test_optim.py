@@ -143,6 +143,18 @@ def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, caps
     precise_bn(accelerator, trained, [to_float(x).contiguous(memory_format=torch.channels_last) for x in first_two])
     assert all(torch.allclose(a, b, atol=1e-5) for g, w in zip(got, bn_stats(trained)) for a, b in zip(g, w))
 
+    # a measurement, not a step: a model with dropout, evaluated (so re-estimated) after epoch 1,
+    # trains the same weights with precise BN as without (its pass runs on a fork of the RNG)
+    def with_dropout(n):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                            nn.Linear(4 * 26 * 26, 10))
+        return fit(accelerator, net, TensorData(columns(train)), tiny_split(20), TrainSpec(2, 20, 1e-3, precise_bn=n),
+                   ce, "bn")[0].state_dict()
+    on, off = with_dropout(2), with_dropout(0)
+    assert all(torch.equal(on[k], off[k]) for k in on if "running" not in k)
+    assert not torch.equal(on["1.running_var"], off["1.running_var"])
+
     capsys.readouterr()
     bn_hint(accelerator, model, TrainSpec(1, 1, 1e-3), "student")
     bn_hint(accelerator, model, TrainSpec(1, 1, 1e-3, precise_bn=5), "student")  # on: nothing to say

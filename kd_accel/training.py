@@ -360,10 +360,10 @@ def chance_warning(accelerator: Accelerator, model: nn.Module, spec: TrainSpec, 
         return
     first, last = history[0].get("loss_loss"), history[-1].get("loss_loss")
     start = f"{label}: final test accuracy {acc:.2f}% is below twice chance"
-    if last is not None and (not math.isfinite(last) or (len(history) > 1 and last >= first)):
-        accelerator.print(f"{start} and its training loss did not fall ({first:.4g} in epoch 1, {last:.4g} in epoch "
-                          f"{history[-1]['epoch']}): it diverged or did not learn; a lower or warmed-up learning rate "
-                          f"or gradient clipping may help ({_flag(label, 'lr', 'warmup-epochs', 'clip-grad')})",
+    if first is not None and last is not None and (not math.isfinite(last) or (len(history) > 1 and last >= first)):
+        accelerator.print(f"{start} and its training loss did not fall ({first:.4g} in epoch {history[0]['epoch']}, "
+                          f"{last:.4g} in epoch {history[-1]['epoch']}): it diverged or did not learn; a lower or "
+                          f"warmed-up learning rate or gradient clipping may help ({_flag(label, 'lr', 'warmup-epochs', 'clip-grad')})",
                           flush=True)
     elif bn_layers(model) and not spec.precise_bn:
         accelerator.print(f"{start} while its training loss fell; its BatchNorm statistics may not match its "

@@ -50,10 +50,10 @@ def merged(path, more):
         if add["teacher"]["test_accuracy"] != res["teacher"]["test_accuracy"]:
             raise SystemExit(f"{other}: another teacher ({add['teacher']['test_accuracy']}%) than {path}'s")
         for v, runs in add["runs"].items():
-            if v in res["runs"] and by_seed(res, v) != {s: a for s, a in by_seed(add, v).items()
-                                                        if s in by_seed(res, v)}:
+            if v not in res["runs"]:
+                res["runs"][v] = runs
+            elif any(by_seed(add, v).get(seed) != acc for seed, acc in by_seed(res, v).items()):
                 raise SystemExit(f"{other}: {v!r} differs from {path}'s: not the same runs, cannot pair")
-            res["runs"].setdefault(v, runs)
     return res
 
 

@@ -8,15 +8,17 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from conftest import cli_error, run_main, tiny_split
+from conftest import cli_error, run_main, tiny_split, write_image_folder
 from kd_accel import cli
 from kd_accel.data import TensorData, to_float
 from kd_accel.data.loading import EpochPermutation
+from kd_accel.data.streamed import load_folder
 from kd_accel.errors import run_cli
 from kd_accel.models import Student, Teacher
 from kd_accel.optim import make_optimizer, param_groups, precise_bn, schedule_of
 from kd_accel.pipeline import columns
 from kd_accel.training import TrainSpec, bn_hint, chance_warning, fit
+from test_folder_errors import images
 
 
 def lrs_of(scheduler_factory, steps):
@@ -115,7 +117,7 @@ def bn_stats(model):
     return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, capsys):
+def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, capsys, tmp_path):
     """By hand on a tiny model: running mean/var = the mean over the batches of each batch's mean
     and unbiased variance; momentum, batch count and mode restored. In fit: the first N batches of
     the last epoch's order, on the returned model. A slow BN (momentum 0.01) without precise BN
@@ -145,15 +147,22 @@ def test_precise_bn_is_the_cumulative_mean_of_batch_statistics(accelerator, caps
 
     # a measurement, not a step: a model with dropout, evaluated (so re-estimated) after epoch 1,
     # trains the same weights with precise BN as without (its pass runs on a fork of the RNG)
-    def with_dropout(n):
+    # in memory and from a folder (whose pass also draws a DataLoader's base seed from the RNG)
+    def with_dropout(n, data, test, side=28):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
-                            nn.Linear(4 * 26 * 26, 10))
-        return fit(accelerator, net, TensorData(columns(train)), tiny_split(20), TrainSpec(2, 20, 1e-3, precise_bn=n),
-                   ce, "bn")[0].state_dict()
-    on, off = with_dropout(2), with_dropout(0)
-    assert all(torch.equal(on[k], off[k]) for k in on if "running" not in k)
-    assert not torch.equal(on["1.running_var"], off["1.running_var"])
+                            nn.Linear(4 * (side - 2) ** 2, 10))
+        return fit(accelerator, net, data, test, TrainSpec(2, 20, 1e-3, precise_bn=n), ce, "bn")[0].state_dict()
+
+    write_image_folder(tmp_path / "train", images(60, size=12), torch.arange(60) % 10)
+    write_image_folder(tmp_path / "val", images(20, seed=1, size=12), torch.arange(20) % 10)
+    size = {"image_size": (12, 12)}
+    folder = load_folder(tmp_path, "train", channels=1, workers=0).at(size)
+    val = load_folder(tmp_path, "test", 1, 0, folder.index.classes).at(size)
+    for data, test, side in [(TensorData(columns(train)), tiny_split(20), 28), (folder.train_data(), val, 12)]:
+        on, off = with_dropout(2, data, test, side), with_dropout(0, data, test, side)
+        assert all(torch.equal(on[k], off[k]) for k in on if "running" not in k)
+        assert not torch.equal(on["1.running_var"], off["1.running_var"])
 
     capsys.readouterr()
     bn_hint(accelerator, model, TrainSpec(1, 1, 1e-3), "student")

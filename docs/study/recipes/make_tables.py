@@ -7,9 +7,10 @@ reference (the baseline, and each --against variant, e.g. `hinton T=4 a=0.9`) th
 the seeds both hold, its 95% t interval and p; and the share of the baseline's error gap to the
 teacher that the variant closes, (baseline errors - variant errors) / (baseline errors - teacher
 errors), as Hinton et al. count it. A variant name may be given by its start (`hinton T=4`).
-`--merge MORE.json` adds the variants of another comparison of the same recipe run later (the
-same teacher and seeds; its reference runs copied over, so they must hold the same accuracies per
-seed, which is checked), so that one table pairs them all.
+`--merge MORE.json` adds the variants and seeds of another comparison of the same recipe run later
+(the same teacher; a run both hold, e.g. a reference run copied over, must have the same accuracy,
+which is checked), so that one table pairs them all: more variants on the same seeds, or more
+seeds (each seed's comparison in its own output folder).
 
     python docs/study/recipes/make_tables.py T20/results.json --merge T8/results.json"""
 import argparse
@@ -42,18 +43,19 @@ def find(res, name):
 
 
 def merged(path, more):
-    """results.json of `path` with the variants of each file in `more` it lacks; a variant both
-    hold must have the same accuracy per seed (the copied reference runs), or the pairing is off."""
+    """results.json of `path` with the runs (variant, seed) of each file in `more` it lacks; a run
+    both hold must have the same accuracy (a copied reference run), or the pairing is off."""
     res = json.loads(Path(path).read_text())
     for other in more:
         add = json.loads(Path(other).read_text())
         if add["teacher"]["test_accuracy"] != res["teacher"]["test_accuracy"]:
             raise SystemExit(f"{other}: another teacher ({add['teacher']['test_accuracy']}%) than {path}'s")
         for v, runs in add["runs"].items():
-            if v not in res["runs"]:
-                res["runs"][v] = runs
-            elif any(by_seed(add, v).get(seed) != acc for seed, acc in by_seed(res, v).items()):
-                raise SystemExit(f"{other}: {v!r} differs from {path}'s: not the same runs, cannot pair")
+            mine = res["runs"].setdefault(v, {})
+            for seed, run in runs.items():
+                if seed in mine and mine[seed]["test_accuracy"] != run["test_accuracy"]:
+                    raise SystemExit(f"{other}: {v!r} seed {seed} differs from {path}'s: not the same runs, cannot pair")
+                mine.setdefault(seed, run)
     return res
 
 

@@ -249,3 +249,18 @@ def test_hinton_nets_are_the_paper_s():
                                                                                               (800, 10)]
     assert not any(isinstance(m, nn.Dropout) for m in student)
     assert sum(p.numel() for p in teacher.parameters()) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+    # the weight constraint (off by default): each hidden unit's incoming weights within the radius
+    # once a forward has run after an update (train and eval), the output layer's left as they are
+    constrained = nets.teacher(max_norm=3.5)
+    constrained.load_state_dict(teacher.state_dict())
+    layers = [m for m in constrained if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for m in layers:
+            m.weight.mul_(20)  # rows of norm ~11.5: over the radius
+        out_weight = layers[-1].weight.clone()
+        rows = layers[0].weight[:3].clone()
+    constrained(torch.rand(2, 1, 28, 28)).sum().backward()
+    assert [round(float(m.weight.detach().norm(dim=1).max()), 4) for m in layers[:2]] == [3.5, 3.5]
+    assert torch.allclose(layers[0].weight[:3], rows * 3.5 / rows.norm(dim=1, keepdim=True))  # scaled, not clipped
+    assert torch.equal(layers[-1].weight, out_weight)
+    assert not any(m._forward_pre_hooks for m in teacher.modules())

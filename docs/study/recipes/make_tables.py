@@ -12,7 +12,10 @@ errors), as Hinton et al. count it. A variant name may be given by its start (`h
 which is checked), so that one table pairs them all: more variants on the same seeds, or more
 seeds (each seed's comparison in its own output folder).
 
-    python docs/study/recipes/make_tables.py T20/results.json --merge T8/results.json"""
+    python docs/study/recipes/make_tables.py T20/results.json --merge T8/results.json
+
+`--epochs 20 40 ...` adds a table of each variant's mean test accuracy at those epochs and its
+mean best epoch (a learning curve over the seeds)."""
 import argparse
 import json
 import sys
@@ -90,13 +93,30 @@ def table(path, against, more=()):
     return "\n".join(lines) + "\n"
 
 
+def curve(path, epochs, more=()):
+    """Per variant: the mean over seeds of the test accuracy at each of `epochs`, and the mean
+    best epoch (where each seed's highest test accuracy came)."""
+    res = merged(path, more)
+    lines = ["| variant | seeds | " + " | ".join(f"epoch {e}" for e in epochs) + " | best epoch (mean) |",
+             "|" + " --- |" * (len(epochs) + 3)]
+    for v, runs in res["runs"].items():
+        at = [mean([next(h["test_accuracy"] for h in run["epochs"] if h["epoch"] == e) for run in runs.values()])
+              for e in epochs]
+        best = mean([run["best_epoch"] for run in runs.values()])
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(f"{a:.2f}" for a in at) + f" | {best:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+")
     p.add_argument("--against", nargs="*", default=[], help="more reference variants (by name or its start)")
     p.add_argument("--merge", nargs="*", default=[], help="results.json of later comparisons of the same recipe")
+    p.add_argument("--epochs", nargs="*", type=int, default=[], help="also the mean test accuracy at these epochs")
     a = p.parse_args()
     print("\n".join(table(f, a.against, a.merge) for f in a.results))
+    if a.epochs:
+        print("\n".join(curve(f, a.epochs, a.merge) for f in a.results))
 
 
 if __name__ == "__main__":

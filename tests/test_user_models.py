@@ -250,7 +250,7 @@ def test_hinton_nets_are_the_paper_s():
     assert not any(isinstance(m, nn.Dropout) for m in student)
     assert sum(p.numel() for p in teacher.parameters()) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
     # the weight constraint (off by default): each hidden unit's incoming weights within the radius
-    # once a forward has run after an update (train and eval), the output layer's left as they are
+    # once a forward has run after an update, the output layer's left as they are
     constrained = nets.teacher(max_norm=3.5)
     constrained.load_state_dict(teacher.state_dict())
     layers = [m for m in constrained if isinstance(m, nn.Linear)]

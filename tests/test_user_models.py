@@ -264,3 +264,6 @@ def test_hinton_nets_are_the_paper_s():
     assert torch.allclose(layers[0].weight[:3], rows * 3.5 / rows.norm(dim=1, keepdim=True))  # scaled, not clipped
     assert torch.equal(layers[-1].weight, out_weight)
     assert not any(m._forward_pre_hooks for m in teacher.modules())
+    for bad in (0, -1.0, float("nan"), float("inf")):  # refused, not read as "off" or applied
+        with pytest.raises(ValueError, match="max_norm must be a finite positive L2 norm"):
+            nets.teacher(max_norm=bad)

@@ -42,13 +42,16 @@ def mlp(input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, 
     """Flatten -> [dropout] -> `layers` x (Linear(hidden) -> ReLU -> [dropout]) -> Linear(classes):
     [B, C, H, W] -> [B, num_classes]; with `max_norm_radius`, the hidden Linears' rows are kept
     within that L2 norm (max_norm)."""
+    if max_norm_radius is not None and not (math.isfinite(max_norm_radius) and max_norm_radius > 0):
+        # 0 would read as "off", a negative radius would flip the weights' signs, NaN would fill them
+        raise ValueError(f"max_norm must be a finite positive L2 norm, got {max_norm_radius}")
     parts: list[nn.Module] = [nn.Flatten()]
     if input_dropout:
         parts.append(nn.Dropout(input_dropout))
     width = math.prod(input_shape)
     for _ in range(layers):
         layer = nn.Linear(width, hidden)
-        parts += [max_norm(layer, max_norm_radius) if max_norm_radius else layer, nn.ReLU(inplace=True)]
+        parts += [layer if max_norm_radius is None else max_norm(layer, max_norm_radius), nn.ReLU(inplace=True)]
         if hidden_dropout:
             parts.append(nn.Dropout(hidden_dropout))
         width = hidden
